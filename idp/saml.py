@@ -1,0 +1,386 @@
+"""SAML 2.0 messages the IdP reads and writes (SAML core, OASIS saml-core-2.0-os).
+
+Reading works only on elements that `renkei.xmlsecurity` has parsed (and, where signed,
+verified); writing builds Responses, LogoutResponses and the IdP's metadata.
+"""
+from __future__ import annotations
+
+import base64
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from lxml import etree
+
+from renkei.xmlsecurity import SAML_NS, SAMLP_NS, new_id
+
+MD_NS = "urn:oasis:names:tc:SAML:2.0:metadata"
+DS_NS = "http://www.w3.org/2000/09/xmldsig#"
+XS_NS = "http://www.w3.org/2001/XMLSchema"
+XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
+_NS = {"saml": SAML_NS, "samlp": SAMLP_NS}
+
+BINDING_REDIRECT = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect"
+BINDING_POST = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST"
+NAMEID_PERSISTENT = "urn:oasis:names:tc:SAML:2.0:nameid-format:persistent"
+NAMEID_UNSPECIFIED = "urn:oasis:names:tc:SAML:1.1:nameid-format:unspecified"
+ATTRNAME_URI = "urn:oasis:names:tc:SAML:2.0:attrname-format:uri"
+PAIRWISE_ID = "urn:oasis:names:tc:SAML:attribute:pairwise-id"  # Subject Identifier Attributes §3.3
+BEARER = "urn:oasis:names:tc:SAML:2.0:cm:bearer"
+
+# Status codes, SAML core §3.2.2.2
+SUCCESS = "urn:oasis:names:tc:SAML:2.0:status:Success"
+REQUESTER = "urn:oasis:names:tc:SAML:2.0:status:Requester"
+RESPONDER = "urn:oasis:names:tc:SAML:2.0:status:Responder"
+VERSION_MISMATCH = "urn:oasis:names:tc:SAML:2.0:status:VersionMismatch"
+NO_AUTHN_CONTEXT = "urn:oasis:names:tc:SAML:2.0:status:NoAuthnContext"
+NO_PASSIVE = "urn:oasis:names:tc:SAML:2.0:status:NoPassive"
+INVALID_NAMEID_POLICY = "urn:oasis:names:tc:SAML:2.0:status:InvalidNameIDPolicy"
+REQUEST_DENIED = "urn:oasis:names:tc:SAML:2.0:status:RequestDenied"
+UNSUPPORTED_BINDING = "urn:oasis:names:tc:SAML:2.0:status:UnsupportedBinding"
+AUTHN_FAILED = "urn:oasis:names:tc:SAML:2.0:status:AuthnFailed"
+
+# Authentication context classes (SAML authn-context §3.4) and how strong each is here.
+AC_UNSPECIFIED = "urn:oasis:names:tc:SAML:2.0:ac:classes:unspecified"
+AC_PASSWORD = "urn:oasis:names:tc:SAML:2.0:ac:classes:Password"
+AC_PPT = "urn:oasis:names:tc:SAML:2.0:ac:classes:PasswordProtectedTransport"
+AC_TIMESYNC = "urn:oasis:names:tc:SAML:2.0:ac:classes:TimeSyncToken"
+AC_REFEDS_MFA = "https://refeds.org/profile/mfa"
+LEVELS = {AC_UNSPECIFIED: 0, AC_PASSWORD: 1, AC_PPT: 1, AC_TIMESYNC: 2, AC_REFEDS_MFA: 2}
+CLASS_FOR_LEVEL = {1: AC_PPT, 2: AC_TIMESYNC}
+
+
+class SamlStatusError(Exception):
+    """A request the IdP answers with a SAML error status (core §3.2.2.2)."""
+
+    def __init__(self, status: str, message: str, sub_status: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.sub_status = sub_status
+        self.message = message
+        self.request = None  # the AuthnRequest being answered, once its ACS is trusted
+
+
+def saml_time(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_saml_time(value: str | None) -> datetime:
+    if not value:
+        raise SamlStatusError(REQUESTER, "IssueInstant is missing")
+    try:
+        text = value.strip().replace("Z", "+00:00")
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise SamlStatusError(REQUESTER, f"bad xs:dateTime {value!r}") from None
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+    return parsed
+
+
+# --- reading ----------------------------------------------------------------------------
+
+@dataclass
+class RequestedContext:
+    comparison: str
+    classes: list[str]
+
+
+@dataclass
+class AuthnRequest:
+    """The parts of a samlp:AuthnRequest (core §3.4.1) that the IdP acts on."""
+
+    id: str
+    issuer: str
+    issue_instant: datetime
+    destination: str | None
+    acs_url: str | None
+    acs_index: int | None
+    protocol_binding: str | None
+    force_authn: bool
+    is_passive: bool
+    name_id_format: str | None
+    requested_context: RequestedContext | None
+    relay_state: str | None = None
+    signed: bool = False
+    # resolved by the IdP after checks
+    acs_location: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["issue_instant"] = saml_time(self.issue_instant)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> AuthnRequest:
+        data = dict(data)
+        data["issue_instant"] = parse_saml_time(data["issue_instant"])
+        rc = data.get("requested_context")
+        data["requested_context"] = RequestedContext(**rc) if rc else None
+        return cls(**data)
+
+
+def _check_version(root: etree._Element) -> None:
+    if root.get("Version") != "2.0":
+        raise SamlStatusError(VERSION_MISMATCH, "only SAML Version 2.0 is supported")
+
+
+def _text(el: etree._Element | None) -> str | None:
+    if el is None:
+        return None
+    # the whole text content: comments were refused at parse, so no split node hides a suffix
+    return "".join(el.itertext()).strip() or None
+
+
+def issuer_of(root: etree._Element) -> str | None:
+    """The Issuer of a protocol message, read before the signature check to find its keys."""
+    issuers = root.findall("saml:Issuer", _NS)
+    return _text(issuers[0]) if len(issuers) == 1 else None
+
+
+def read_authn_request(root: etree._Element) -> AuthnRequest:
+    """Read an AuthnRequest (core §3.4.1) from an already-verified element."""
+    if root.tag != f"{{{SAMLP_NS}}}AuthnRequest":
+        raise SamlStatusError(REQUESTER, "the message is not a samlp:AuthnRequest")
+    _check_version(root)
+    request_id = root.get("ID")
+    if not request_id:
+        raise SamlStatusError(REQUESTER, "AuthnRequest has no ID")
+    issuer = issuer_of(root)
+    if not issuer:
+        raise SamlStatusError(REQUESTER, "AuthnRequest must carry exactly one Issuer")
+    policy = root.find("samlp:NameIDPolicy", _NS)
+    rac = root.find("samlp:RequestedAuthnContext", _NS)
+    requested = None
+    if rac is not None:
+        classes = [c for c in (_text(e) for e in rac.findall("saml:AuthnContextClassRef", _NS)) if c]
+        if rac.findall("saml:AuthnContextDeclRef", _NS):
+            raise SamlStatusError(REQUESTER, "AuthnContextDeclRef is not supported", NO_AUTHN_CONTEXT)
+        requested = RequestedContext(rac.get("Comparison") or "exact", classes)
+    index = root.get("AssertionConsumerServiceIndex")
+    if index is not None and not index.isdigit():
+        raise SamlStatusError(REQUESTER, "AssertionConsumerServiceIndex must be a number")
+    if index is not None and root.get("AssertionConsumerServiceURL"):
+        raise SamlStatusError(REQUESTER, "give AssertionConsumerServiceURL or its index, not both")
+    return AuthnRequest(
+        id=request_id,
+        issuer=issuer,
+        issue_instant=parse_saml_time(root.get("IssueInstant")),
+        destination=root.get("Destination"),
+        acs_url=root.get("AssertionConsumerServiceURL"),
+        acs_index=int(index) if index is not None else None,
+        protocol_binding=root.get("ProtocolBinding"),
+        force_authn=(root.get("ForceAuthn") or "").lower() in ("true", "1"),
+        is_passive=(root.get("IsPassive") or "").lower() in ("true", "1"),
+        name_id_format=policy.get("Format") if policy is not None else None,
+        requested_context=requested,
+    )
+
+
+@dataclass
+class LogoutRequest:
+    """The parts of a samlp:LogoutRequest (core §3.7.1) that the IdP acts on."""
+
+    id: str
+    issuer: str
+    issue_instant: datetime
+    destination: str | None
+    not_on_or_after: datetime | None
+    name_id: str | None
+    session_indexes: list[str]
+
+
+def read_logout_request(root: etree._Element) -> LogoutRequest:
+    if root.tag != f"{{{SAMLP_NS}}}LogoutRequest":
+        raise SamlStatusError(REQUESTER, "the message is not a samlp:LogoutRequest")
+    _check_version(root)
+    issuer = issuer_of(root)
+    if not root.get("ID") or not issuer:
+        raise SamlStatusError(REQUESTER, "LogoutRequest needs an ID and exactly one Issuer")
+    noa = root.get("NotOnOrAfter")
+    return LogoutRequest(
+        id=root.get("ID"),
+        issuer=issuer,
+        issue_instant=parse_saml_time(root.get("IssueInstant")),
+        destination=root.get("Destination"),
+        not_on_or_after=parse_saml_time(noa) if noa else None,
+        name_id=_text(root.find("saml:NameID", _NS)),
+        session_indexes=[t for t in (_text(e) for e in root.findall("samlp:SessionIndex", _NS)) if t],
+    )
+
+
+# --- authentication context (core §3.3.2.2.1 comparison semantics) ------------------------
+
+def required_level(requested: RequestedContext | None) -> int | None:
+    """The weakest login that satisfies the request (1 password, 2 password+TOTP), or None."""
+    for level in (1, 2):
+        if context_for_level(requested, level) is not None:
+            return level
+    return None
+
+
+def context_for_level(requested: RequestedContext | None, level: int) -> str | None:
+    """The AuthnContextClassRef to assert for a login of `level`, or None if it cannot satisfy."""
+    if requested is None or not requested.classes:
+        return CLASS_FOR_LEVEL[level]
+    known = [(c, LEVELS[c]) for c in requested.classes if c in LEVELS]
+    if not known:
+        return None
+    levels = [lv for _, lv in known]
+    match requested.comparison:
+        case "exact":
+            return next((c for c, lv in known if 1 <= lv <= level), None)
+        case "minimum":
+            return CLASS_FOR_LEVEL[level] if level >= min(levels) else None
+        case "better":
+            return CLASS_FOR_LEVEL[level] if level > min(levels) else None
+        case "maximum":
+            capped = min(level, max(levels))
+            return CLASS_FOR_LEVEL[capped] if capped >= 1 else None
+    return None
+
+
+# --- writing ----------------------------------------------------------------------------
+
+def _el(parent, ns: str, tag: str, attrib: dict | None = None, text: str | None = None):
+    el = etree.SubElement(parent, f"{{{ns}}}{tag}", attrib or {})
+    if text is not None:
+        el.text = text
+    return el
+
+
+def _status(parent, status: str, sub_status: str | None, message: str | None) -> None:
+    st = _el(parent, SAMLP_NS, "Status")
+    code = _el(st, SAMLP_NS, "StatusCode", {"Value": status})
+    if sub_status:
+        _el(code, SAMLP_NS, "StatusCode", {"Value": sub_status})
+    if message:
+        _el(st, SAMLP_NS, "StatusMessage", text=message)
+
+
+def response_root(
+    *, issuer: str, destination: str, in_response_to: str | None, now: datetime
+) -> etree._Element:
+    attrs = {"ID": new_id(), "Version": "2.0", "IssueInstant": saml_time(now), "Destination": destination}
+    if in_response_to:
+        attrs["InResponseTo"] = in_response_to
+    root = etree.Element(f"{{{SAMLP_NS}}}Response", attrs, nsmap={"samlp": SAMLP_NS, "saml": SAML_NS})
+    _el(root, SAML_NS, "Issuer", text=issuer)
+    return root
+
+
+def error_response(
+    *, issuer: str, destination: str, in_response_to: str | None, now: datetime,
+    status: str, sub_status: str | None, message: str,
+) -> etree._Element:
+    root = response_root(issuer=issuer, destination=destination, in_response_to=in_response_to, now=now)
+    _status(root, status, sub_status, message)
+    return root
+
+
+@dataclass(frozen=True)
+class AssertionFacts:
+    """What one assertion states about one person for one agency."""
+
+    idp_entity_id: str
+    sp_entity_id: str
+    acs_url: str
+    in_response_to: str | None
+    pseudonym: str
+    authn_context: str
+    authn_instant: datetime
+    session_index: str
+    now: datetime
+    lifetime: timedelta = timedelta(minutes=5)
+    skew: timedelta = timedelta(seconds=60)
+
+
+def assertion(facts: AssertionFacts) -> etree._Element:
+    """A saml:Assertion with a persistent pairwise NameID and the pairwise-id attribute."""
+    f = facts
+    a = etree.Element(
+        f"{{{SAML_NS}}}Assertion",
+        {"ID": new_id(), "Version": "2.0", "IssueInstant": saml_time(f.now)},
+        nsmap={"saml": SAML_NS, "xs": XS_NS, "xsi": XSI_NS},
+    )
+    _el(a, SAML_NS, "Issuer", text=f.idp_entity_id)
+    subject = _el(a, SAML_NS, "Subject")
+    _el(
+        subject,
+        SAML_NS,
+        "NameID",
+        {"Format": NAMEID_PERSISTENT, "NameQualifier": f.idp_entity_id, "SPNameQualifier": f.sp_entity_id},
+        f.pseudonym,
+    )
+    sc = _el(subject, SAML_NS, "SubjectConfirmation", {"Method": BEARER})
+    scd = {"NotOnOrAfter": saml_time(f.now + f.lifetime), "Recipient": f.acs_url}
+    if f.in_response_to:
+        scd["InResponseTo"] = f.in_response_to
+    _el(sc, SAML_NS, "SubjectConfirmationData", scd)
+    cond = _el(
+        a,
+        SAML_NS,
+        "Conditions",
+        {"NotBefore": saml_time(f.now - f.skew), "NotOnOrAfter": saml_time(f.now + f.lifetime)},
+    )
+    _el(_el(cond, SAML_NS, "AudienceRestriction"), SAML_NS, "Audience", text=f.sp_entity_id)
+    stmt = _el(
+        a, SAML_NS, "AuthnStatement",
+        {"AuthnInstant": saml_time(f.authn_instant), "SessionIndex": f.session_index},
+    )
+    _el(_el(stmt, SAML_NS, "AuthnContext"), SAML_NS, "AuthnContextClassRef", text=f.authn_context)
+    attrs = _el(a, SAML_NS, "AttributeStatement")
+    attr = _el(
+        attrs, SAML_NS, "Attribute",
+        {"Name": PAIRWISE_ID, "NameFormat": ATTRNAME_URI, "FriendlyName": "pairwise-id"},
+    )
+    _el(attr, SAML_NS, "AttributeValue", {f"{{{XSI_NS}}}type": "xs:string"}, f.pseudonym)
+    return a
+
+
+def logout_response(
+    *, issuer: str, destination: str, in_response_to: str, now: datetime,
+    status: str = SUCCESS, message: str | None = None,
+) -> etree._Element:
+    root = etree.Element(
+        f"{{{SAMLP_NS}}}LogoutResponse",
+        {
+            "ID": new_id(), "Version": "2.0", "IssueInstant": saml_time(now),
+            "Destination": destination, "InResponseTo": in_response_to,
+        },
+        nsmap={"samlp": SAMLP_NS, "saml": SAML_NS},
+    )
+    _el(root, SAML_NS, "Issuer", text=issuer)
+    _status(root, status, None, message)
+    return root
+
+
+def idp_metadata(
+    *, entity_id: str, sso_url: str, slo_url: str, signing_certs_der: list[bytes], want_signed: bool
+) -> bytes:
+    """The IdP's EntityDescriptor (metadata §2.4.3); every published signing key is listed."""
+    root = etree.Element(
+        f"{{{MD_NS}}}EntityDescriptor", {"entityID": entity_id},
+        nsmap={"md": MD_NS, "ds": DS_NS, "saml": SAML_NS},
+    )
+    idp = _el(
+        root, MD_NS, "IDPSSODescriptor",
+        {
+            "protocolSupportEnumeration": SAMLP_NS,
+            "WantAuthnRequestsSigned": "true" if want_signed else "false",
+        },
+    )
+    for der in signing_certs_der:
+        kd = _el(idp, MD_NS, "KeyDescriptor", {"use": "signing"})
+        x509data = _el(_el(kd, DS_NS, "KeyInfo"), DS_NS, "X509Data")
+        _el(x509data, DS_NS, "X509Certificate", text=base64.b64encode(der).decode())
+    _el(idp, MD_NS, "SingleLogoutService", {"Binding": BINDING_REDIRECT, "Location": slo_url})
+    _el(idp, MD_NS, "NameIDFormat", text=NAMEID_PERSISTENT)
+    for binding in (BINDING_REDIRECT, BINDING_POST):
+        _el(idp, MD_NS, "SingleSignOnService", {"Binding": binding, "Location": sso_url})
+    # the attribute this IdP releases (metadata §2.4.3), advertised without a value
+    _el(
+        idp, SAML_NS, "Attribute",
+        {"Name": PAIRWISE_ID, "NameFormat": ATTRNAME_URI, "FriendlyName": "pairwise-id"},
+    )
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")

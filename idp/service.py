@@ -1,0 +1,432 @@
+"""The IdP's business functions: check an incoming request, keep sessions, answer agencies.
+
+Views call these; the caller owns the transaction (one request, one commit).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import lru_cache
+
+from lxml import etree
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from idp import agencies, saml
+from idp.agencies import RegisteredAgency
+from idp.models import IdpSession, PendingAuthn, Person
+from pseudonym import service as pseudonyms
+from renkei import replay
+from renkei.db import utcnow
+from renkei.keys import KeyStore, SigningKey
+from renkei.settings import Settings
+from renkei.xmlsecurity import (
+    XMLSecurityError,
+    inflate_redirect,
+    parse_xml,
+    sign_enveloped,
+    sign_redirect_query,
+    verify_redirect_query,
+    verify_signed,
+)
+
+IDP_ROLE = "idp"
+
+
+class BadRequest(Exception):
+    """A request the IdP cannot answer to the agency (unknown SP, untrusted ACS, bad signature).
+
+    Shown to the person as a 4xx page; nothing is sent to an address that was not verified.
+    """
+
+
+@dataclass
+class Answer:
+    """A SAML message to deliver to an agency by the HTTP-POST binding."""
+
+    url: str
+    field: str  # "SAMLResponse"
+    value: str
+    relay_state: str | None
+
+
+@lru_cache(maxsize=4)
+def signing_key(keys_dir: str) -> SigningKey:
+    """The IdP's newest signing key, loaded once per process."""
+    return KeyStore(keys_dir).ensure_signing_key(IDP_ROLE)
+
+
+def sso_url(settings: Settings) -> str:
+    return settings.base_url.rstrip("/") + "/idp/sso"
+
+
+def slo_url(settings: Settings) -> str:
+    return settings.base_url.rstrip("/") + "/idp/slo"
+
+
+# --- decoding and checking requests ------------------------------------------------------
+
+def decode_post_message(value: str, *, max_bytes: int) -> bytes:
+    """HTTP-POST binding (bindings §3.5.4): base64 of the XML, size-limited before decoding."""
+    if len(value) > max_bytes * 4 // 3 + 4:
+        raise BadRequest("the SAML message is larger than this IdP accepts")
+    try:
+        return base64.b64decode("".join(value.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest("the SAML message is not valid base64") from None
+
+
+def check_authn_request(
+    *,
+    db_session: Session,
+    settings: Settings,
+    xml: bytes,
+    relay_state: str | None,
+    raw_query: str | None,
+) -> tuple[RegisteredAgency, saml.AuthnRequest]:
+    """Parse, authenticate and bound an AuthnRequest; return its agency and the request.
+
+    `raw_query` is the untouched query string for the HTTP-Redirect binding (its signature is
+    over the encoded octets, bindings §3.4.4.1); None for HTTP-POST.
+    """
+    try:
+        root = parse_xml(xml, max_bytes=settings.max_message_bytes)
+    except XMLSecurityError as exc:
+        raise BadRequest(f"the AuthnRequest was refused: {exc}") from None
+    issuer = saml.issuer_of(root)
+    agency = agencies.lookup(db_session=db_session, entity_id=issuer) if issuer else None
+    if agency is None:
+        raise BadRequest(f"the service provider {issuer!r} is not registered with this IdP")
+    must_sign = agency.authn_requests_signed or settings.require_signed_requests
+    try:
+        if raw_query is not None:
+            signed = _query_has_signature(raw_query)
+            if signed or must_sign:
+                verify_redirect_query(raw_query, agency.signing_keys)
+        else:
+            signed = root.find("{http://www.w3.org/2000/09/xmldsig#}Signature") is not None
+            root = verify_signed(root, agency.signing_keys, require_signature=must_sign)
+    except XMLSecurityError as exc:
+        raise BadRequest(f"the AuthnRequest signature was refused: {exc}") from None
+    try:
+        request = saml.read_authn_request(root)
+    except saml.SamlStatusError as exc:
+        raise BadRequest(f"the AuthnRequest is malformed: {exc.message}") from None
+    if request.issuer != issuer:
+        raise BadRequest("the verified AuthnRequest names another Issuer")
+    request.signed = signed
+    request.relay_state = relay_state
+    if relay_state is not None and len(relay_state.encode()) > 80:
+        raise BadRequest("RelayState must not exceed 80 bytes (bindings §3.4.3)")
+    acs = agency.acs_for(request.acs_url, request.acs_index)
+    if acs is None:
+        raise BadRequest(
+            "the AssertionConsumerService in the request does not match the agency's registered one"
+        )
+    request.acs_location = acs.location
+    # From here the ACS is trusted: refusals go back to the agency as SAML error statuses.
+    try:
+        _check_bounds(db_session=db_session, settings=settings, request=request, signed=signed)
+    except saml.SamlStatusError as exc:
+        exc.request = request
+        raise
+    return agency, request
+
+
+def _check_bounds(*, db_session: Session, settings: Settings, request: saml.AuthnRequest, signed: bool) -> None:
+    """Binding, Destination, time window, NameID policy, authn context, replay."""
+    if request.protocol_binding and request.protocol_binding != saml.BINDING_POST:
+        raise saml.SamlStatusError(
+            saml.RESPONDER, "this IdP answers only by HTTP-POST", saml.UNSUPPORTED_BINDING
+        )
+    if signed and request.destination is None:
+        raise saml.SamlStatusError(saml.REQUESTER, "a signed request must carry Destination")
+    if request.destination is not None and request.destination != sso_url(settings):
+        raise saml.SamlStatusError(saml.REQUESTER, "Destination is not this IdP's SSO endpoint")
+    skew = timedelta(seconds=settings.clock_skew_seconds)
+    now = utcnow()
+    if not (now - timedelta(minutes=5) - skew <= request.issue_instant <= now + skew):
+        raise saml.SamlStatusError(saml.REQUESTER, "IssueInstant is outside the accepted window")
+    if request.name_id_format not in (None, saml.NAMEID_PERSISTENT, saml.NAMEID_UNSPECIFIED):
+        raise saml.SamlStatusError(
+            saml.REQUESTER, "only persistent NameIDs are issued", saml.INVALID_NAMEID_POLICY
+        )
+    if saml.required_level(request.requested_context) is None:
+        raise saml.SamlStatusError(
+            saml.REQUESTER, "the requested authentication context cannot be met", saml.NO_AUTHN_CONTEXT
+        )
+    try:
+        replay.remember(
+            db_session=db_session,
+            issuer=request.issuer,
+            message_id=request.id,
+            expires_at=request.issue_instant + timedelta(minutes=10),
+        )
+    except replay.ReplayDetected:
+        raise saml.SamlStatusError(
+            saml.REQUESTER, "this AuthnRequest ID was already used", saml.REQUEST_DENIED
+        ) from None
+
+
+def _query_has_signature(raw_query: str) -> bool:
+    return any(part.split("=", 1)[0] == "Signature" for part in raw_query.split("&"))
+
+
+# --- sessions and pending requests ---------------------------------------------------------
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def start_session(
+    *, db_session: Session, settings: Settings, person_key: str, level: int
+) -> str:
+    """Open an IdP session; returns the cookie token (only its hash is stored)."""
+    token = secrets.token_urlsafe(32)
+    now = utcnow()
+    db_session.add(
+        IdpSession(
+            id=_hash(token),
+            person_key=person_key,
+            session_index=secrets.token_hex(16),
+            authn_context=saml.CLASS_FOR_LEVEL[level],
+            authn_instant=now,
+            expires_at=now + timedelta(seconds=settings.session_lifetime_seconds),
+        )
+    )
+    db_session.flush()
+    return token
+
+
+def current_session(*, db_session: Session, token: str | None) -> IdpSession | None:
+    """The live session a cookie token names, if any."""
+    if not token:
+        return None
+    row = db_session.get(IdpSession, _hash(token))
+    if row is None or row.expires_at <= utcnow():
+        return None
+    return row
+
+
+def end_session(*, db_session: Session, token: str | None) -> None:
+    if token:
+        db_session.execute(delete(IdpSession).where(IdpSession.id == _hash(token)))
+
+
+def session_level(session: IdpSession) -> int:
+    return saml.LEVELS.get(session.authn_context, 1)
+
+
+def save_pending(*, db_session: Session, request: saml.AuthnRequest) -> str:
+    """Park an AuthnRequest while the person logs in; returns the pending token."""
+    token = secrets.token_urlsafe(24)
+    db_session.add(
+        PendingAuthn(
+            id=token,
+            request_json=json.dumps(request.to_json()),
+            expires_at=utcnow() + timedelta(minutes=15),
+        )
+    )
+    db_session.flush()
+    return token
+
+
+def load_pending(*, db_session: Session, token: str) -> tuple[PendingAuthn, saml.AuthnRequest] | None:
+    row = db_session.get(PendingAuthn, token) if token else None
+    if row is None or row.expires_at <= utcnow():
+        return None
+    return row, saml.AuthnRequest.from_json(json.loads(row.request_json))
+
+
+def person_has_totp(*, db_session: Session, person_key: str) -> bool:
+    return bool(
+        db_session.scalar(select(Person.totp_secret).where(Person.person_key == person_key))
+    )
+
+
+# --- answers ----------------------------------------------------------------------------
+
+def _serialize(root: etree._Element) -> str:
+    return base64.b64encode(etree.tostring(root, encoding="UTF-8", xml_declaration=True)).decode()
+
+
+def answer_success(
+    *,
+    db_session: Session,
+    settings: Settings,
+    keys: KeyStore,
+    agency: RegisteredAgency,
+    request: saml.AuthnRequest,
+    session: IdpSession,
+    authn_context: str,
+) -> Answer:
+    """A signed Response with the person's pseudonym for this agency (profiles §4.1.4.2)."""
+    now = utcnow()
+    pseudonym = pseudonyms.get_or_create(
+        db_session=db_session,
+        keys=keys,
+        person_key=session.person_key,
+        agency=agency.entity_id,
+        scope=settings.scope,
+    )
+    key = signing_key(str(keys.directory))
+    assertion = saml.assertion(
+        saml.AssertionFacts(
+            idp_entity_id=settings.idp_entity_id,
+            sp_entity_id=agency.entity_id,
+            acs_url=request.acs_location,
+            in_response_to=request.id,
+            pseudonym=pseudonym,
+            authn_context=authn_context,
+            authn_instant=session.authn_instant,
+            session_index=session.session_index,
+            now=now,
+            skew=timedelta(seconds=settings.clock_skew_seconds),
+        )
+    )
+    sign_enveloped(assertion, key.private_key, certificate=key.certificate)
+    response = saml.response_root(
+        issuer=settings.idp_entity_id,
+        destination=request.acs_location,
+        in_response_to=request.id,
+        now=now,
+    )
+    status = etree.SubElement(response, f"{{{saml.SAMLP_NS}}}Status")
+    etree.SubElement(status, f"{{{saml.SAMLP_NS}}}StatusCode", {"Value": saml.SUCCESS})
+    response.append(assertion)
+    if settings.sign_response:
+        sign_enveloped(response, key.private_key, certificate=key.certificate)
+    return Answer(request.acs_location, "SAMLResponse", _serialize(response), request.relay_state)
+
+
+def answer_error(
+    *, settings: Settings, keys: KeyStore, request: saml.AuthnRequest, error: saml.SamlStatusError
+) -> Answer:
+    """A signed error Response to the verified ACS (core §3.2.2.2 status codes)."""
+    response = saml.error_response(
+        issuer=settings.idp_entity_id,
+        destination=request.acs_location,
+        in_response_to=request.id,
+        now=utcnow(),
+        status=error.status,
+        sub_status=error.sub_status,
+        message=error.message,
+    )
+    key = signing_key(str(keys.directory))
+    sign_enveloped(response, key.private_key, certificate=key.certificate)
+    return Answer(request.acs_location, "SAMLResponse", _serialize(response), request.relay_state)
+
+
+# --- single logout (profiles §4.4, HTTP-Redirect) --------------------------------------------
+
+def handle_logout_request(
+    *, db_session: Session, settings: Settings, keys: KeyStore, raw_query: str, cookie_token: str | None
+) -> str:
+    """Verify an SP's LogoutRequest, end the session, return the redirect URL of the answer."""
+    params = _query_params(raw_query)
+    if "SAMLRequest" not in params:
+        raise BadRequest("no SAMLRequest in the query")
+    try:
+        root = parse_xml(
+            inflate_redirect(params["SAMLRequest"], max_bytes=settings.max_message_bytes),
+            max_bytes=settings.max_message_bytes,
+        )
+    except XMLSecurityError as exc:
+        raise BadRequest(f"the LogoutRequest was refused: {exc}") from None
+    issuer = saml.issuer_of(root)
+    agency = agencies.lookup(db_session=db_session, entity_id=issuer) if issuer else None
+    if agency is None:
+        raise BadRequest(f"the service provider {issuer!r} is not registered with this IdP")
+    endpoint = agency.slo_redirect()
+    if endpoint is None:
+        raise BadRequest("the agency registered no SingleLogoutService with the HTTP-Redirect binding")
+    try:
+        # profiles §4.4.4.1: the LogoutRequest MUST be signed
+        verify_redirect_query(raw_query, agency.signing_keys)
+        request = saml.read_logout_request(root)
+    except XMLSecurityError as exc:
+        raise BadRequest(f"the LogoutRequest signature was refused: {exc}") from None
+    except saml.SamlStatusError as exc:
+        raise BadRequest(f"the LogoutRequest is malformed: {exc.message}") from None
+    now = utcnow()
+    status, message = saml.SUCCESS, None
+    if request.destination is not None and request.destination != slo_url(settings):
+        status, message = saml.REQUESTER, "Destination is not this IdP's SLO endpoint"
+    elif request.not_on_or_after is not None and request.not_on_or_after <= now:
+        status, message = saml.REQUESTER, "the LogoutRequest has expired"
+    else:
+        try:
+            replay.remember(
+                db_session=db_session,
+                issuer=agency.entity_id,
+                message_id=request.id,
+                expires_at=request.issue_instant + timedelta(minutes=10),
+            )
+        except replay.ReplayDetected:
+            status, message = saml.REQUESTER, "this LogoutRequest ID was already used"
+    if status == saml.SUCCESS:
+        _end_sessions_for(db_session=db_session, agency=agency, request=request, cookie_token=cookie_token)
+    destination = endpoint.response_location or endpoint.location
+    answer = saml.logout_response(
+        issuer=settings.idp_entity_id,
+        destination=destination,
+        in_response_to=request.id,
+        now=now,
+        status=status,
+        message=message,
+    )
+    encoded = _deflate(answer)
+    out = [("SAMLResponse", encoded)]
+    if "RelayState" in params:
+        out.append(("RelayState", params["RelayState"]))
+    key = signing_key(str(keys.directory))
+    sep = "&" if "?" in destination else "?"
+    return destination + sep + sign_redirect_query(out, key.private_key)
+
+
+def _end_sessions_for(
+    *, db_session: Session, agency: RegisteredAgency, request: saml.LogoutRequest, cookie_token: str | None
+) -> None:
+    """End the browser's session, and any session the NameID and SessionIndex name."""
+    end_session(db_session=db_session, token=cookie_token)
+    if request.name_id:
+        try:
+            person = pseudonyms.resolve(db_session=db_session, agency=agency.entity_id, value=request.name_id)
+        except pseudonyms.PseudonymError:
+            return
+        query = delete(IdpSession).where(IdpSession.person_key == person.person_key)
+        if request.session_indexes:
+            query = query.where(IdpSession.session_index.in_(request.session_indexes))
+        db_session.execute(query)
+
+
+def _deflate(root: etree._Element) -> str:
+    from renkei.xmlsecurity import deflate_redirect
+
+    return deflate_redirect(etree.tostring(root, encoding="UTF-8"))
+
+
+def _query_params(raw_query: str) -> dict[str, str]:
+    from urllib.parse import unquote_plus
+
+    params: dict[str, str] = {}
+    for part in raw_query.split("&"):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        if name in params:
+            raise BadRequest(f"the query repeats {name}")
+        params[name] = unquote_plus(value)
+    return params
+
+
+def expire_housekeeping(*, db_session: Session, now: datetime | None = None) -> None:
+    """Drop expired sessions and pending requests."""
+    now = now or utcnow()
+    db_session.execute(delete(IdpSession).where(IdpSession.expires_at <= now))
+    db_session.execute(delete(PendingAuthn).where(PendingAuthn.expires_at <= now))

@@ -1,0 +1,245 @@
+"""HTTP routes of the IdP: metadata, SSO (Redirect and POST in), login, SLO. Thin: they call
+`idp.service` and turn its outcomes into pages, redirects and POST-binding forms."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy.orm import Session
+
+from idp import accounts, agencies, saml, service
+from renkei.keys import keystore
+from renkei.settings import get_settings
+from renkei.web import db_session, error_page, page, raw_query
+from renkei.xmlsecurity import XMLSecurityError, inflate_redirect
+
+router = APIRouter(prefix="/idp", tags=["idp"])
+
+SESSION_COOKIE = "renkei_idp"
+PENDING_COOKIE = "renkei_pending"
+
+
+@router.get("/metadata")
+def metadata() -> Response:
+    """The IdP's SAML metadata; lists the two newest signing keys so rotation needs no downtime."""
+    settings = get_settings()
+    keys = keystore()
+    keys.ensure_signing_key(service.IDP_ROLE)
+    body = saml.idp_metadata(
+        entity_id=settings.idp_entity_id,
+        sso_url=service.sso_url(settings),
+        slo_url=service.slo_url(settings),
+        signing_certs_der=[k.cert_der for k in keys.published_keys(service.IDP_ROLE)],
+        want_signed=settings.require_signed_requests,
+    )
+    return Response(body, media_type="application/samlmetadata+xml")
+
+
+@router.get("/sso")
+def sso_redirect(request: Request, db: Session = Depends(db_session)) -> Response:
+    """HTTP-Redirect binding (bindings §3.4): DEFLATE + base64 in the query string."""
+    settings = get_settings()
+    encoded = request.query_params.get("SAMLRequest")
+    if not encoded:
+        return error_page(400, "SAMLRequest がありません。The request carries no SAMLRequest.")
+    try:
+        xml = inflate_redirect(encoded, max_bytes=settings.max_message_bytes)
+    except XMLSecurityError as exc:
+        return error_page(400, f"SAMLRequest を読めません: {exc}")
+    return _start(request, db, xml, request.query_params.get("RelayState"), raw_query(request))
+
+
+@router.post("/sso")
+def sso_post(
+    request: Request,
+    SAMLRequest: str = Form(""),  # noqa: N803 - the binding's own field name
+    RelayState: str | None = Form(None),  # noqa: N803
+    db: Session = Depends(db_session),
+) -> Response:
+    """HTTP-POST binding (bindings §3.5): base64 XML in a form field."""
+    if not SAMLRequest:
+        return error_page(400, "SAMLRequest がありません。The request carries no SAMLRequest.")
+    try:
+        xml = service.decode_post_message(SAMLRequest, max_bytes=get_settings().max_message_bytes)
+    except service.BadRequest as exc:
+        return error_page(400, str(exc))
+    return _start(request, db, xml, RelayState, None)
+
+
+def _start(request: Request, db: Session, xml: bytes, relay_state: str | None, query: str | None) -> Response:
+    settings = get_settings()
+    try:
+        agency, authn = service.check_authn_request(
+            db_session=db, settings=settings, xml=xml, relay_state=relay_state, raw_query=query
+        )
+    except service.BadRequest as exc:
+        return error_page(400, str(exc))
+    except saml.SamlStatusError as exc:
+        return _post_answer(service.answer_error(settings=settings, keys=keystore(), request=exc.request, error=exc))
+    session = service.current_session(db_session=db, token=request.cookies.get(SESSION_COOKIE))
+    if session is not None and not authn.force_authn:
+        context = saml.context_for_level(authn.requested_context, service.session_level(session))
+        if context is not None:
+            return _post_answer(
+                service.answer_success(
+                    db_session=db, settings=settings, keys=keystore(), agency=agency,
+                    request=authn, session=session, authn_context=context,
+                )
+            )
+    if authn.is_passive:
+        error = saml.SamlStatusError(saml.RESPONDER, "the person must log in", saml.NO_PASSIVE)
+        return _post_answer(service.answer_error(settings=settings, keys=keystore(), request=authn, error=error))
+    pending = service.save_pending(db_session=db, request=authn)
+    response = RedirectResponse(f"/idp/login?pending={pending}", status_code=303)
+    response.set_cookie(PENDING_COOKIE, pending, httponly=True, samesite="lax", secure=_secure(), path="/idp")
+    return response
+
+
+def _secure() -> bool:
+    return get_settings().base_url.startswith("https://")
+
+
+def _post_answer(answer: service.Answer) -> HTMLResponse:
+    return page(
+        "post_binding.html",
+        title="サービスに戻ります / Returning to the service",
+        url=answer.url,
+        field=answer.field,
+        value=answer.value,
+        relay_state=answer.relay_state,
+    )
+
+
+def _pending_or_error(request: Request, db: Session, token: str):
+    if not token or request.cookies.get(PENDING_COOKIE) != token:
+        return None, error_page(400, "ログイン要求が見つからないか、このブラウザのものではありません。"
+                                     " The login request is unknown, expired or not from this browser.")
+    loaded = service.load_pending(db_session=db, token=token)
+    if loaded is None:
+        return None, error_page(400, "ログイン要求の有効期限が切れました。The login request has expired.")
+    return loaded, None
+
+
+@router.get("/login")
+def login_form(request: Request, pending: str = "", db: Session = Depends(db_session)) -> Response:
+    loaded, error = _pending_or_error(request, db, pending)
+    if error:
+        return error
+    _row, authn = loaded
+    return _login_page(db, authn, pending)
+
+
+def _login_page(db: Session, authn: saml.AuthnRequest, pending: str, error: str | None = None,
+                username: str | None = None, status: int = 200) -> HTMLResponse:
+    agency = agencies.lookup(db_session=db, entity_id=authn.issuer)
+    return page("login.html", status_code=status, title="ログイン / Log in", pending=pending,
+                agency_name=agency.name if agency else authn.issuer, error=error, username=username)
+
+
+@router.post("/login")
+def login_submit(
+    request: Request,
+    pending: str = Form(""),
+    username: str = Form(""),
+    password: str = Form(""),
+    db: Session = Depends(db_session),
+) -> Response:
+    settings = get_settings()
+    loaded, error = _pending_or_error(request, db, pending)
+    if error:
+        return error
+    row, authn = loaded
+    try:
+        result = accounts.check_password(
+            db_session=db, username=username, password=password,
+            max_failures=settings.login_max_failures, lockout_seconds=settings.login_lockout_seconds,
+        )
+    except accounts.AccountLocked as exc:
+        return _login_page(db, authn, pending, str(exc), username, status=429)
+    except accounts.LoginFailed:
+        return _login_page(db, authn, pending, "ユーザー名またはパスワードが違います。"
+                           " Unknown username or wrong password.", username, status=401)
+    if result.needs_totp:
+        row.password_ok_person = result.person_key
+        return page("totp.html", title="確認コード / One-time code", pending=pending)
+    return _finish(db, authn, row, result.person_key, level=1)
+
+
+@router.post("/login/totp")
+def totp_submit(
+    request: Request, pending: str = Form(""), code: str = Form(""), db: Session = Depends(db_session)
+) -> Response:
+    settings = get_settings()
+    loaded, error = _pending_or_error(request, db, pending)
+    if error:
+        return error
+    row, authn = loaded
+    if not row.password_ok_person:
+        return error_page(400, "先にパスワードを入力してください。Enter your password first.")
+    try:
+        accounts.check_totp(
+            db_session=db, person_key=row.password_ok_person, code=code,
+            max_failures=settings.login_max_failures, lockout_seconds=settings.login_lockout_seconds,
+        )
+    except accounts.AccountLocked as exc:
+        return page("totp.html", status_code=429, title="確認コード", pending=pending, error=str(exc))
+    except accounts.LoginFailed:
+        return page("totp.html", status_code=401, title="確認コード", pending=pending,
+                    error="確認コードが違います。Wrong one-time code.")
+    return _finish(db, authn, row, row.password_ok_person, level=2)
+
+
+def _finish(db: Session, authn: saml.AuthnRequest, row, person_key: str, level: int) -> Response:
+    """Login done: open the session, forget the pending request, answer the agency."""
+    settings = get_settings()
+    db.delete(row)
+    token = service.start_session(db_session=db, settings=settings, person_key=person_key, level=level)
+    session = service.current_session(db_session=db, token=token)
+    context = saml.context_for_level(authn.requested_context, level)
+    if context is None:
+        error = saml.SamlStatusError(
+            saml.RESPONDER, "this account cannot log in as strongly as the service requires",
+            saml.NO_AUTHN_CONTEXT,
+        )
+        answer = service.answer_error(settings=settings, keys=keystore(), request=authn, error=error)
+    else:
+        agency = agencies.lookup(db_session=db, entity_id=authn.issuer)
+        if agency is None:
+            return error_page(400, "このサービスは登録を取り消されました。The service is no longer registered.")
+        answer = service.answer_success(
+            db_session=db, settings=settings, keys=keystore(), agency=agency,
+            request=authn, session=session, authn_context=context,
+        )
+    response = _post_answer(answer)
+    response.set_cookie(
+        SESSION_COOKIE, token, httponly=True, samesite="lax", secure=_secure(), path="/idp",
+        max_age=settings.session_lifetime_seconds,
+    )
+    response.delete_cookie(PENDING_COOKIE, path="/idp")
+    return response
+
+
+@router.get("/slo")
+def slo_redirect(request: Request, db: Session = Depends(db_session)) -> Response:
+    """SP-initiated Single Logout over HTTP-Redirect (profiles §4.4.3)."""
+    try:
+        url = service.handle_logout_request(
+            db_session=db, settings=get_settings(), keys=keystore(),
+            raw_query=raw_query(request), cookie_token=request.cookies.get(SESSION_COOKIE),
+        )
+    except service.BadRequest as exc:
+        return error_page(400, str(exc))
+    response = RedirectResponse(url, status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/idp")
+    return response
+
+
+@router.get("/logout")
+def local_logout(request: Request, db: Session = Depends(db_session)) -> Response:
+    """End the IdP session in this browser (without telling agencies)."""
+    service.end_session(db_session=db, token=request.cookies.get(SESSION_COOKIE))
+    response = page("error.html", title="ログアウトしました / Logged out",
+                    reason="Renkei からログアウトしました。You are logged out of Renkei.")
+    response.delete_cookie(SESSION_COOKIE, path="/idp")
+    return response
+
+

@@ -1,0 +1,279 @@
+"""Pairwise pseudonyms (仮ID): derive, look up, map back, revoke, rotate; link local IDs.
+
+A pseudonym is HMAC-SHA-256 under a versioned hub secret over (agency, person key), in
+lowercase base32, scoped as the SAML Subject Identifier Attributes profile's pairwise-id
+(`value@scope`, §3.3). Without the secret no one can compute or pair them.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import hmac
+import io
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from pseudonym.models import AgencyKeyVersion, LocalLink, MasterIdentifier, Pseudonym, Rotation
+from renkei.db import utcnow
+from renkei.keys import KeyStore
+
+PAIRWISE_SECRET = "pseudonym"
+MASTER_ID_SECRET = "master-id"
+_DOMAIN = b"renkei/pairwise-id/v1\x00"
+
+
+class PseudonymError(ValueError):
+    """Bad input to the pseudonym room (unknown pseudonym, bad CSV line, ...)."""
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Who a pseudonym stands for, inside the hub only."""
+
+    person_key: str
+    agency: str
+    key_version: int
+
+
+@lru_cache(maxsize=64)
+def _secret(keys_dir: str, version: int) -> bytes:
+    return KeyStore(keys_dir).load_secret(PAIRWISE_SECRET, version)
+
+
+def derive(*, secret: bytes, agency: str, person_key: str, scope: str) -> str:
+    """The pairwise pseudonym of `person_key` for `agency` (pure function, no database)."""
+    mac = hmac.new(secret, _DOMAIN + agency.encode() + b"\x00" + person_key.encode(), hashlib.sha256)
+    return base64.b32encode(mac.digest()).decode().rstrip("=").lower() + "@" + scope
+
+
+def hash_master_id(*, keys: KeyStore, master_id: str) -> tuple[str, int]:
+    """Keyed hash of a master identifier; the identifier itself is never stored."""
+    version = keys.ensure_secret(MASTER_ID_SECRET)
+    secret = keys.load_secret(MASTER_ID_SECRET, version)
+    normalized = master_id.strip().replace("-", "").replace(" ", "")
+    if not normalized:
+        raise PseudonymError("master identifier is empty")
+    return hmac.new(secret, normalized.encode(), hashlib.sha256).hexdigest(), version
+
+
+def agency_key_version(*, db_session: Session, keys: KeyStore, agency: str) -> int:
+    """The key version the agency's pseudonyms use (the newest one on first use)."""
+    row = db_session.get(AgencyKeyVersion, agency)
+    if row is not None:
+        return row.key_version
+    version = keys.ensure_secret(PAIRWISE_SECRET)
+    db_session.add(AgencyKeyVersion(agency=agency, key_version=version))
+    db_session.flush()
+    return version
+
+
+def get_or_create(*, db_session: Session, keys: KeyStore, person_key: str, agency: str, scope: str) -> str:
+    """The live pseudonym of a person for an agency, created (and stored) on first use."""
+    value = db_session.scalar(
+        select(Pseudonym.value).where(
+            Pseudonym.person_key == person_key,
+            Pseudonym.agency == agency,
+            Pseudonym.revoked_at.is_(None),
+        )
+    )
+    if value is not None:
+        return value
+    version = agency_key_version(db_session=db_session, keys=keys, agency=agency)
+    value = derive(
+        secret=_secret(str(keys.directory), version), agency=agency, person_key=person_key, scope=scope
+    )
+    db_session.add(Pseudonym(person_key=person_key, agency=agency, value=value, key_version=version))
+    db_session.flush()
+    return value
+
+
+def resolve(*, db_session: Session, agency: str, value: str) -> Resolved:
+    """Map an agency's live pseudonym back to the person (hub-internal use only)."""
+    row = db_session.scalar(
+        select(Pseudonym).where(
+            Pseudonym.value == value, Pseudonym.agency == agency, Pseudonym.revoked_at.is_(None)
+        )
+    )
+    if row is None:
+        raise PseudonymError("unknown or revoked pseudonym for this agency")
+    return Resolved(row.person_key, row.agency, row.key_version)
+
+
+def revoke(*, db_session: Session, agency: str, value: str) -> None:
+    """Revoke one pseudonym; the next use for that pair derives nothing new until re-keyed."""
+    row = db_session.scalar(
+        select(Pseudonym).where(Pseudonym.value == value, Pseudonym.agency == agency)
+    )
+    if row is None or row.revoked_at is not None:
+        raise PseudonymError("unknown or already revoked pseudonym for this agency")
+    row.revoked_at = utcnow()
+    db_session.flush()
+
+
+def rotate(
+    *,
+    db_session: Session,
+    keys: KeyStore,
+    agency: str,
+    scope: str,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Re-key one agency: new secret version, new pseudonyms, old-to-new map for it alone.
+
+    Returns how many pseudonyms were re-keyed. Other agencies keep their version and values.
+    """
+    old_version = agency_key_version(db_session=db_session, keys=keys, agency=agency)
+    new_version = keys.create_secret(PAIRWISE_SECRET)
+    secret = _secret(str(keys.directory), new_version)
+    now = utcnow()
+    live = db_session.execute(
+        select(Pseudonym.id, Pseudonym.person_key, Pseudonym.value).where(
+            Pseudonym.agency == agency, Pseudonym.revoked_at.is_(None)
+        )
+    ).all()
+    db_session.execute(
+        update(Pseudonym)
+        .where(Pseudonym.agency == agency, Pseudonym.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+    for count, (_id, person_key, old_value) in enumerate(live, 1):
+        new_value = derive(secret=secret, agency=agency, person_key=person_key, scope=scope)
+        db_session.add(
+            Pseudonym(person_key=person_key, agency=agency, value=new_value, key_version=new_version)
+        )
+        db_session.add(
+            Rotation(
+                agency=agency,
+                old_value=old_value,
+                new_value=new_value,
+                from_version=old_version,
+                to_version=new_version,
+                rotated_at=now,
+            )
+        )
+        if progress and count % 500 == 0:
+            progress(500)
+    db_session.merge(AgencyKeyVersion(agency=agency, key_version=new_version, updated_at=now))
+    db_session.flush()
+    if progress:
+        progress(len(live) % 500)
+    return len(live)
+
+
+def rotation_map(*, db_session: Session, agency: str) -> dict[str, str]:
+    """Old → new pseudonyms of one agency's rotations (chained rotations map to the newest)."""
+    rows = db_session.execute(
+        select(Rotation.old_value, Rotation.new_value)
+        .where(Rotation.agency == agency)
+        .order_by(Rotation.id)
+    ).all()
+    mapping: dict[str, str] = {}
+    for old, new in rows:
+        for key, value in mapping.items():
+            if value == old:
+                mapping[key] = new
+        mapping[old] = new
+    return mapping
+
+
+def register_master_id(*, db_session: Session, keys: KeyStore, person_key: str, master_id: str) -> None:
+    """Record a person's master identifier as a keyed hash."""
+    digest, version = hash_master_id(keys=keys, master_id=master_id)
+    if db_session.scalar(select(MasterIdentifier.id).where(MasterIdentifier.master_hash == digest)):
+        raise PseudonymError("this master identifier is already registered to another person")
+    db_session.add(MasterIdentifier(person_key=person_key, master_hash=digest, key_version=version))
+    db_session.flush()
+
+
+def import_local_links(
+    *,
+    db_session: Session,
+    keys: KeyStore,
+    agency: str,
+    csv_text: str,
+    source: str = "CSV",
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Link an agency's local record IDs from CSV rows `local_id,master_id` (header optional).
+
+    All or nothing: every line is checked before anything is written; an error names the line.
+    """
+    rows = list(_csv_rows(csv_text, source))
+    links: list[tuple[int, str, str]] = []
+    seen: dict[str, int] = {}
+    hashes = {
+        m.master_hash: m.person_key for m in db_session.scalars(select(MasterIdentifier))
+    }
+    for line_no, local_id, master_id in rows:
+        if not local_id:
+            raise PseudonymError(f"{source} line {line_no}: local_id is empty")
+        if local_id in seen:
+            raise PseudonymError(
+                f"{source} line {line_no}: local_id {local_id!r} repeats line {seen[local_id]}"
+            )
+        seen[local_id] = line_no
+        try:
+            digest, _ = hash_master_id(keys=keys, master_id=master_id)
+        except PseudonymError as exc:
+            raise PseudonymError(f"{source} line {line_no}: {exc}") from None
+        person_key = hashes.get(digest)
+        if person_key is None:
+            raise PseudonymError(
+                f"{source} line {line_no}: no person is registered with that master identifier"
+            )
+        links.append((line_no, local_id, person_key))
+    existing = {
+        lid: pk
+        for lid, pk in db_session.execute(
+            select(LocalLink.local_id, LocalLink.person_key).where(LocalLink.agency == agency)
+        )
+    }
+    written = 0
+    for line_no, local_id, person_key in links:
+        if local_id in existing:
+            if existing[local_id] != person_key:
+                raise PseudonymError(
+                    f"{source} line {line_no}: local_id {local_id!r} is already linked to another person"
+                )
+            continue
+        db_session.add(LocalLink(agency=agency, local_id=local_id, person_key=person_key))
+        written += 1
+        if progress:
+            progress(1)
+    db_session.flush()
+    return written
+
+
+def _csv_rows(text: str, source: str) -> Iterable[tuple[int, str, str]]:
+    reader = csv.reader(io.StringIO(text))
+    for line_no, row in enumerate(reader, 1):
+        if not row or all(not c.strip() for c in row):
+            continue
+        if line_no == 1 and [c.strip().lower() for c in row[:2]] == ["local_id", "master_id"]:
+            continue
+        if len(row) != 2:
+            raise PseudonymError(
+                f"{source} line {line_no}: expected 2 columns (local_id,master_id), got {len(row)}"
+            )
+        yield line_no, row[0].strip(), row[1].strip()
+
+
+def local_person(*, db_session: Session, agency: str, local_id: str) -> str | None:
+    """The person key an agency's local record ID is linked to (hub-internal)."""
+    return db_session.scalar(
+        select(LocalLink.person_key).where(LocalLink.agency == agency, LocalLink.local_id == local_id)
+    )
+
+
+def agencies_holding(*, db_session: Session, person_key: str) -> list[str]:
+    """Agencies that linked a local record for this person (they hold data about them)."""
+    return list(
+        db_session.scalars(
+            select(LocalLink.agency).where(LocalLink.person_key == person_key).distinct()
+        )
+    )

@@ -1,0 +1,45 @@
+"""The app factory: one ASGI app serving every room (`renkei serve`)."""
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, Response
+
+from renkei import __version__
+from renkei.db import check_migrated, upgrade
+from renkei.settings import Settings, get_settings
+from renkei.web import error_page, page
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the hub. Refuses an unmigrated database unless the settings say to upgrade it."""
+    settings = settings or get_settings()
+    if settings.auto_migrate:
+        upgrade(settings.db_url)
+    else:
+        check_migrated(settings.db_url)
+
+    from idp.views import router as idp_router
+
+    app = FastAPI(title="Renkei", version=__version__, docs_url="/api/docs", redoc_url=None)
+    app.include_router(idp_router)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def home() -> HTMLResponse:
+        return page("home.html", title="Renkei 連携", settings=settings)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_input(_request: Request, exc: RequestValidationError) -> Response:
+        fields = ", ".join(".".join(str(p) for p in e.get("loc", ())) for e in exc.errors())
+        return error_page(400, f"入力が不正です。Bad input: {fields or 'request'}")
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, _exc: Exception) -> Response:
+        # never a stack trace to the client; the server log has it
+        return error_page(500, "内部エラーが発生しました。An internal error occurred.", title="Error")
+
+    return app

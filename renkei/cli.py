@@ -1,0 +1,275 @@
+"""The `renkei` command: init, serve, demo, and the operator's people/agency/link/key tools."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from renkei.settings import get_settings, reset_settings
+
+
+class RenkeiError(click.ClickException):
+    """A clear, non-zero exit for bad input."""
+
+
+def _ready_db() -> str:
+    """The database URL, refusing to go on if its schema is not at head."""
+    from renkei.db import DatabaseNotMigrated, check_migrated
+
+    settings = get_settings()
+    try:
+        check_migrated(settings.db_url)
+    except DatabaseNotMigrated as exc:
+        raise RenkeiError(str(exc)) from None
+    except Exception as exc:  # unreachable server, bad URL
+        raise RenkeiError(f"cannot open the database: {exc}") from None
+    return settings.db_url
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="renkei")
+def main() -> None:
+    """Renkei (連携): identity federation and consent hub for government data exchange.
+
+    Settings come from the environment: RENKEI_HOME (keys and the default SQLite database,
+    default ./.renkei), RENKEI_DATABASE_URL (e.g. postgresql://user@host/db), RENKEI_BASE_URL
+    (the public URL the IdP puts in its metadata, default http://127.0.0.1:8000).
+    """
+
+
+@main.command()
+def init() -> None:
+    """Create or upgrade the database schema and the hub's keys (idempotent)."""
+    from pseudonym.service import MASTER_ID_SECRET, PAIRWISE_SECRET
+    from renkei.db import upgrade
+    from renkei.keys import keystore
+
+    settings = get_settings()
+    try:
+        upgrade(settings.db_url)
+    except Exception as exc:
+        raise RenkeiError(f"cannot migrate the database: {exc}") from None
+    keys = keystore()
+    keys.ensure_signing_key("idp")
+    keys.ensure_secret(PAIRWISE_SECRET)
+    keys.ensure_secret(MASTER_ID_SECRET)
+    click.echo(f"database ready: {settings.db_url.split('@')[-1]}")
+    click.echo(f"keys ready:     {settings.keys_dir}")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="TCP port.")
+@click.option("--workers", default=1, show_default=True, type=int, help="Worker processes.")
+def serve(host: str, port: int, workers: int) -> None:
+    """Serve every room (IdP, and more as they land) from one process."""
+    import uvicorn
+
+    _ready_db()
+    uvicorn.run(
+        "renkei.app:create_app", factory=True, host=host, port=port, workers=workers,
+        log_level="warning", access_log=False,
+    )
+
+
+# --- people -------------------------------------------------------------------------------
+
+@main.group()
+def person() -> None:
+    """Manage people's login accounts."""
+
+
+@person.command("add")
+@click.option("--username", required=True, help="Login name.")
+@click.option("--password-stdin", is_flag=True, required=True, help="Read the password from standard input.")
+@click.option("--master-id", default=None, help="Master identifier (kept only as a keyed hash).")
+@click.option("--display-name", default="", help="Name shown on the person's own pages.")
+@click.option("--totp", is_flag=True, help="Enable a TOTP second factor and print its secret.")
+def person_add(username: str, password_stdin: bool, master_id: str | None, display_name: str, totp: bool) -> None:
+    """Add a person. The password is read from standard input, never from the command line."""
+    from idp import accounts
+    from pseudonym import service as pseudonyms
+    from renkei.db import session_scope
+    from renkei.keys import keystore
+
+    url = _ready_db()
+    password = sys.stdin.readline().rstrip("\r\n")
+    secret = accounts.new_totp_secret() if totp else None
+    try:
+        with session_scope(url) as db:
+            p = accounts.add_person(
+                db_session=db, username=username, password=password,
+                display_name=display_name, totp_secret=secret,
+            )
+            if master_id:
+                pseudonyms.register_master_id(
+                    db_session=db, keys=keystore(), person_key=p.person_key, master_id=master_id
+                )
+    except (accounts.AccountError, pseudonyms.PseudonymError) as exc:
+        raise RenkeiError(str(exc)) from None
+    click.echo(f"added {username}")
+    if secret:
+        click.echo(f"TOTP secret: {secret}")
+        click.echo(f"TOTP URI:    {accounts.totp_uri(secret, username)}")
+
+
+# --- agencies -----------------------------------------------------------------------------
+
+@main.group()
+def agency() -> None:
+    """Register agency service providers from their SAML metadata."""
+
+
+@agency.command("add")
+@click.option("--metadata", "metadata_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The agency's SAML metadata file (md:EntityDescriptor with an SPSSODescriptor).")
+@click.option("--class", "agency_class", default="", help="Agency class, e.g. municipality.")
+@click.option("--name", default=None, help="Display name (default: from the metadata).")
+@click.option("--replace", is_flag=True, help="Update an agency that is already registered.")
+def agency_add(metadata_file: Path, agency_class: str, name: str | None, replace: bool) -> None:
+    """Register an agency from its metadata; its ACS URLs and keys are pinned from it."""
+    from idp import agencies
+    from renkei.db import session_scope
+
+    url = _ready_db()
+    try:
+        data = metadata_file.read_bytes()
+    except OSError as exc:
+        raise RenkeiError(f"cannot read {metadata_file}: {exc.strerror}") from None
+    try:
+        with session_scope(url) as db:
+            a = agencies.register(db_session=db, metadata=data, agency_class=agency_class, name=name, replace=replace)
+            entity_id = a.entity_id
+    except agencies.MetadataError as exc:
+        raise RenkeiError(f"{metadata_file}: {exc}") from None
+    click.echo(f"registered {entity_id}")
+
+
+@agency.command("list")
+def agency_list() -> None:
+    """List registered agencies: entity ID, class, name."""
+    from idp import agencies
+    from renkei.db import session_scope
+
+    with session_scope(_ready_db()) as db:
+        rows = [(a.entity_id, a.agency_class or "-", a.name) for a in agencies.list_all(db_session=db)]
+    for entity_id, cls, name in rows:
+        click.echo(f"{entity_id}\t{cls}\t{name}")
+    if not rows:
+        click.echo("no agencies registered", err=True)
+
+
+@agency.command("remove")
+@click.argument("entity_id")
+def agency_remove(entity_id: str) -> None:
+    """Remove a registered agency."""
+    from idp import agencies
+    from renkei.db import session_scope
+
+    try:
+        with session_scope(_ready_db()) as db:
+            agencies.remove(db_session=db, entity_id=entity_id)
+    except agencies.MetadataError as exc:
+        raise RenkeiError(str(exc)) from None
+    click.echo(f"removed {entity_id}")
+
+
+# --- local links and pseudonyms ---------------------------------------------------------------
+
+@main.group()
+def link() -> None:
+    """Link agencies' local record IDs to people."""
+
+
+@link.command("import")
+@click.option("--agency", "agency_id", required=True, help="Entity ID of the agency whose IDs these are.")
+@click.argument("csv_file", type=click.Path(dir_okay=False, path_type=Path))
+def link_import(agency_id: str, csv_file: Path) -> None:
+    """Import CSV rows `local_id,master_id`; all or nothing, errors name the line."""
+    from idp import agencies
+    from pseudonym import service as pseudonyms
+    from renkei.db import session_scope
+    from renkei.keys import keystore
+
+    url = _ready_db()
+    try:
+        text = csv_file.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RenkeiError(f"cannot read {csv_file}: {exc}") from None
+    total = sum(1 for line in text.splitlines() if line.strip())
+    try:
+        with session_scope(url) as db:
+            if agencies.lookup(db_session=db, entity_id=agency_id) is None:
+                raise RenkeiError(f"no agency {agency_id} is registered")
+            with click.progressbar(length=total, label="linking", file=sys.stderr) as bar:
+                written = pseudonyms.import_local_links(
+                    db_session=db, keys=keystore(), agency=agency_id, csv_text=text,
+                    source=csv_file.name, progress=bar.update,
+                )
+    except pseudonyms.PseudonymError as exc:
+        raise RenkeiError(f"{exc} (nothing was imported)") from None
+    click.echo(f"linked {written} local IDs for {agency_id}")
+
+
+@main.group()
+def pseudonym() -> None:
+    """Manage pairwise pseudonyms."""
+
+
+@pseudonym.command("rotate")
+@click.argument("agency_id")
+def pseudonym_rotate(agency_id: str) -> None:
+    """Re-key one agency's pseudonyms; the old-to-new map is kept for that agency alone."""
+    from idp import agencies
+    from pseudonym import service as pseudonyms
+    from pseudonym.models import Pseudonym
+    from renkei.db import session_scope
+    from renkei.keys import keystore
+    from sqlalchemy import func, select
+
+    settings = get_settings()
+    with session_scope(_ready_db()) as db:
+        if agencies.lookup(db_session=db, entity_id=agency_id) is None:
+            raise RenkeiError(f"no agency {agency_id} is registered")
+        live = db.scalar(
+            select(func.count()).where(Pseudonym.agency == agency_id, Pseudonym.revoked_at.is_(None))
+        )
+        with click.progressbar(length=live or 0, label="re-keying", file=sys.stderr) as bar:
+            count = pseudonyms.rotate(
+                db_session=db, keys=keystore(), agency=agency_id, scope=settings.scope, progress=bar.update
+            )
+    click.echo(f"rotated {count} pseudonyms of {agency_id}")
+
+
+@main.group()
+def keys() -> None:
+    """Manage the hub's signing keys."""
+
+
+@keys.command("rotate")
+@click.argument("role", type=click.Choice(["idp"]))
+def keys_rotate(role: str) -> None:
+    """Add a new signing key version; metadata publishes it beside the previous one."""
+    from renkei.keys import keystore
+
+    key = keystore().create_signing_key(role)
+    click.echo(f"{role} now signs with key v{key.version}; restart the servers to pick it up")
+
+
+@main.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Demo federation file (default: config/demo.yaml).")
+@click.option("--no-serve", is_flag=True, help="Set up the demo federation and exit without serving.")
+def demo(config_file: Path | None, no_serve: bool) -> None:
+    """Run the demo federation: the hub and the demo agencies on localhost, with demo people."""
+    from renkei import demo as demo_mod
+
+    os.environ.setdefault("RENKEI_BASE_URL", "http://127.0.0.1:8000")
+    reset_settings()
+    demo_mod.run(config_file=config_file, serve=not no_serve)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""`renkei demo`: build the demo federation from config/demo.yaml and serve it on localhost.
+
+Creates keys and the schema, registers each demo agency from its own SP metadata, adds demo
+people with generated passwords (kept in RENKEI_HOME/demo-people.txt, printed), links local
+record IDs, then runs the hub and the agency apps in one process.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import yaml
+
+from renkei.settings import get_settings
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
+
+
+@dataclass
+class DemoAgency:
+    key: str
+    name: str
+    agency_class: str
+    port: int
+    host: str
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def entity_id(self) -> str:
+        return f"{self.base_url}/metadata"
+
+
+def load_config(path: Path | None) -> dict:
+    path = path or DEFAULT_CONFIG
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise click.ClickException(f"cannot read the demo federation {path}: {exc}") from None
+
+
+def agency_config(agency: DemoAgency, hub_url: str, home: Path):
+    from agency_demo import AgencyConfig
+
+    return AgencyConfig(
+        entity_id=agency.entity_id,
+        name=agency.name,
+        base_url=agency.base_url,
+        hub_base_url=hub_url,
+        key_dir=home / "agencies" / agency.key,
+    )
+
+
+def setup(config: dict) -> tuple[list[DemoAgency], dict[str, str]]:
+    """Create everything the demo needs (idempotent); returns the agencies and people's passwords."""
+    from agency_demo import sp_metadata
+    from idp import accounts, agencies
+    from pseudonym import service as pseudonyms
+    from pseudonym.service import MASTER_ID_SECRET, PAIRWISE_SECRET
+    from renkei.db import session_scope, upgrade
+    from renkei.keys import keystore
+
+    settings = get_settings()
+    upgrade(settings.db_url)
+    keys = keystore()
+    keys.ensure_signing_key("idp")
+    keys.ensure_secret(PAIRWISE_SECRET)
+    keys.ensure_secret(MASTER_ID_SECRET)
+    host = config["hub"].get("host", "127.0.0.1")
+    demo_agencies = [
+        DemoAgency(a["key"], a["name"], a.get("class", ""), int(a["port"]), host) for a in config["agencies"]
+    ]
+    passwords = _passwords(settings.home, [p["username"] for p in config["people"]])
+    with session_scope() as db:
+        for a in demo_agencies:
+            metadata = sp_metadata(agency_config(a, settings.base_url, settings.home))
+            agencies.register(db_session=db, metadata=metadata.encode(), agency_class=a.agency_class,
+                              name=a.name, replace=True)
+        for p in config["people"]:
+            existing = accounts.find(db_session=db, username=p["username"])
+            if existing is None:
+                person = accounts.add_person(
+                    db_session=db, username=p["username"], password=passwords[p["username"]],
+                    display_name=p.get("display_name", ""),
+                    totp_secret=accounts.new_totp_secret() if p.get("totp") else None,
+                )
+                if p.get("master_id"):
+                    pseudonyms.register_master_id(
+                        db_session=db, keys=keys, person_key=person.person_key, master_id=p["master_id"]
+                    )
+        by_key = {a.key: a for a in demo_agencies}
+        for agency_key, rows in (config.get("links") or {}).items():
+            text = "\n".join(f"{local},{master}" for local, master in rows)
+            pseudonyms.import_local_links(
+                db_session=db, keys=keys, agency=by_key[agency_key].entity_id, csv_text=text,
+                source=f"demo.yaml links.{agency_key}",
+            )
+    return demo_agencies, passwords
+
+
+def _passwords(home: Path, usernames: list[str]) -> dict[str, str]:
+    """Demo passwords, generated once and kept beside the keys (never in git)."""
+    path = home / "demo-people.txt"
+    known: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            name, _, pw = line.partition(" ")
+            known[name] = pw
+    for name in usernames:
+        known.setdefault(name, secrets.token_urlsafe(9))
+    home.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write("".join(f"{n} {pw}\n" for n, pw in known.items()))
+    return known
+
+
+def run(*, config_file: Path | None, serve: bool) -> None:
+    import uvicorn
+
+    from agency_demo import create_agency_app
+    from idp import accounts
+    from renkei.app import create_app
+    from renkei.db import session_scope
+
+    config = load_config(config_file)
+    settings = get_settings()
+    demo_agencies, passwords = setup(config)
+    hub_port = int(config["hub"].get("port", 8000))
+    with session_scope() as db:
+        totp = {p["username"]: accounts.find(db_session=db, username=p["username"]).totp_secret
+                for p in config["people"]}
+    click.echo("Renkei demo federation")
+    click.echo(f"  hub (IdP):          {settings.base_url}/   metadata {settings.idp_entity_id}")
+    for a in demo_agencies:
+        click.echo(f"  {a.name}:\n                      {a.base_url}/")
+    click.echo("people (username / password):")
+    for name, pw in passwords.items():
+        extra = f"   TOTP secret {totp[name]} (e.g. `oathtool --totp -b {totp[name]}`)" if totp.get(name) else ""
+        click.echo(f"  {name} / {pw}{extra}")
+    click.echo(f"state kept in {settings.home} (delete it to start afresh)")
+    if not serve:
+        return
+    click.echo("Open an agency URL above and log in. Ctrl-C stops everything.")
+    servers = [
+        uvicorn.Server(uvicorn.Config(create_app(settings), host=config["hub"].get("host", "127.0.0.1"),
+                                      port=hub_port, log_level="warning"))
+    ]
+    for a in demo_agencies:
+        app = create_agency_app(agency_config(a, settings.base_url, settings.home))
+        servers.append(uvicorn.Server(uvicorn.Config(app, host=a.host, port=a.port, log_level="warning")))
+
+    async def serve_all() -> None:
+        await asyncio.gather(*(s.serve() for s in servers))
+
+    try:
+        asyncio.run(serve_all())
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,43 @@
+"""The replay cache: message IDs already accepted, kept in the database until they expire.
+
+In the database, not in memory, so every app process behind a load balancer sees the same.
+"""
+from __future__ import annotations
+
+import random
+from datetime import datetime
+
+from sqlalchemy import DateTime, Integer, String, UniqueConstraint, delete
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from renkei.db import Base, utcnow
+
+
+class ReplayDetected(Exception):
+    """A message ID was seen before (SAML profiles §4.1.4.5)."""
+
+
+class SeenMessage(Base):
+    __tablename__ = "seen_messages"
+    __table_args__ = (UniqueConstraint("issuer", "message_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    issuer: Mapped[str] = mapped_column(String(1024))
+    message_id: Mapped[str] = mapped_column(String(256))
+    expires_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+
+
+def remember(*, db_session: Session, issuer: str, message_id: str, expires_at: datetime) -> None:
+    """Record a message ID once; raise ReplayDetected if it was already recorded."""
+    dialect = db_session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = (
+        insert(SeenMessage)
+        .values(issuer=issuer, message_id=message_id, expires_at=expires_at)
+        .on_conflict_do_nothing(index_elements=["issuer", "message_id"])
+    )
+    if db_session.execute(stmt).rowcount != 1:
+        raise ReplayDetected(f"message {message_id!r} from {issuer} was already received")
+    if random.random() < 0.01:  # sweep expired IDs now and then, off the common path
+        db_session.execute(delete(SeenMessage).where(SeenMessage.expires_at < utcnow()))

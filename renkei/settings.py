@@ -1,0 +1,57 @@
+"""The one settings object, read from the environment (RENKEI_*)."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RENKEI_", extra="ignore")
+
+    home: Path = Field(default_factory=lambda: Path.cwd() / ".renkei")
+    database_url: str | None = None
+    base_url: str = "http://127.0.0.1:8000"
+    # production refuses an unmigrated database; the demo and `renkei init` upgrade it
+    auto_migrate: bool = False
+    # always require signed AuthnRequests, whatever the SP metadata says
+    require_signed_requests: bool = False
+    sign_response: bool = True
+    session_lifetime_seconds: int = 8 * 3600
+    clock_skew_seconds: int = 60
+    max_message_bytes: int = 256 * 1024
+    login_max_failures: int = 5
+    login_lockout_seconds: int = 300
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'renkei.sqlite3'}"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.home / "keys"
+
+    @property
+    def idp_entity_id(self) -> str:
+        return f"{self.base_url.rstrip('/')}/idp/metadata"
+
+    @property
+    def scope(self) -> str:
+        """The pairwise-id scope: the hub's DNS name (SAML Subject Identifier Attributes §3.3)."""
+        host = urlsplit(self.base_url).hostname or "localhost"
+        if host.replace(".", "").isdigit():
+            return "renkei.localhost"
+        return host.lower()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings() -> None:
+    """Forget the cached settings (tests and the CLI change the environment)."""
+    get_settings.cache_clear()

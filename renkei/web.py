@@ -1,0 +1,56 @@
+"""Shared web plumbing: the one template environment, the DB-session dependency, page helpers."""
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, select_autoescape
+from sqlalchemy.orm import Session
+
+from renkei.db import session_scope
+
+_ROOT = Path(__file__).resolve().parent.parent
+_env = Environment(
+    loader=ChoiceLoader(
+        [FileSystemLoader(str(_ROOT / room / "templates")) for room in ("renkei", "idp", "portal")]
+    ),
+    autoescape=select_autoescape(["html"]),
+)
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+def page(name: str, status_code: int = 200, **context) -> HTMLResponse:
+    """Render a template with a fresh CSP nonce for its one inline script, if any."""
+    nonce = secrets.token_urlsafe(12)
+    html = _env.get_template(name).render(nonce=nonce, **context)
+    headers = dict(SECURITY_HEADERS)
+    headers["Content-Security-Policy"] = (
+        f"default-src 'none'; style-src 'self' 'unsafe-inline'; script-src 'nonce-{nonce}'; "
+        "form-action *; base-uri 'none'; frame-ancestors 'none'"
+    )
+    return HTMLResponse(html, status_code=status_code, headers=headers)
+
+
+def error_page(status_code: int, reason: str, title: str = "要求を処理できません / Request refused") -> HTMLResponse:
+    """A 4xx page that says why (DESIGN.md: clear errors)."""
+    return page("error.html", status_code=status_code, title=title, reason=reason)
+
+
+def db_session() -> Iterator[Session]:
+    """The one DB-session dependency: one request, one transaction, committed at the end."""
+    with session_scope() as session:
+        yield session
+
+
+def raw_query(request: Request) -> str:
+    """The query string exactly as received (signatures cover the encoded octets)."""
+    return request.scope.get("query_string", b"").decode("latin-1")
