@@ -2,14 +2,14 @@
 `idp.service` and turn its outcomes into pages, redirects and POST-binding forms."""
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
 from idp import accounts, agencies, saml, service
 from renkei.keys import keystore
 from renkei.settings import get_settings
-from renkei.web import db_session, error_page, page, raw_query
+from renkei.web import DB, error_page, page, raw_query
 from renkei.xmlsecurity import XMLSecurityError, inflate_redirect
 
 router = APIRouter(prefix="/idp", tags=["idp"])
@@ -35,7 +35,7 @@ def metadata() -> Response:
 
 
 @router.get("/sso")
-def sso_redirect(request: Request, db: Session = Depends(db_session)) -> Response:
+def sso_redirect(request: Request, db: Session = DB) -> Response:
     """HTTP-Redirect binding (bindings §3.4): DEFLATE + base64 in the query string."""
     settings = get_settings()
     encoded = request.query_params.get("SAMLRequest")
@@ -53,7 +53,7 @@ def sso_post(
     request: Request,
     SAMLRequest: str = Form(""),  # noqa: N803 - the binding's own field name
     RelayState: str | None = Form(None),  # noqa: N803
-    db: Session = Depends(db_session),
+    db: Session = DB,
 ) -> Response:
     """HTTP-POST binding (bindings §3.5): base64 XML in a form field."""
     if not SAMLRequest:
@@ -89,7 +89,7 @@ def _start(request: Request, db: Session, xml: bytes, relay_state: str | None, q
         error = saml.SamlStatusError(saml.RESPONDER, "the person must log in", saml.NO_PASSIVE)
         return _post_answer(service.answer_error(settings=settings, keys=keystore(), request=authn, error=error))
     pending = service.save_pending(db_session=db, request=authn)
-    response = RedirectResponse(f"/idp/login?pending={pending}", status_code=303)
+    response = RedirectResponse(f"{settings.base_url.rstrip('/')}/idp/login?pending={pending}", status_code=303)
     response.set_cookie(PENDING_COOKIE, pending, httponly=True, samesite="lax", secure=_secure(), path="/idp")
     return response
 
@@ -120,7 +120,7 @@ def _pending_or_error(request: Request, db: Session, token: str):
 
 
 @router.get("/login")
-def login_form(request: Request, pending: str = "", db: Session = Depends(db_session)) -> Response:
+def login_form(request: Request, pending: str = "", db: Session = DB) -> Response:
     loaded, error = _pending_or_error(request, db, pending)
     if error:
         return error
@@ -141,7 +141,7 @@ def login_submit(
     pending: str = Form(""),
     username: str = Form(""),
     password: str = Form(""),
-    db: Session = Depends(db_session),
+    db: Session = DB,
 ) -> Response:
     settings = get_settings()
     loaded, error = _pending_or_error(request, db, pending)
@@ -166,7 +166,7 @@ def login_submit(
 
 @router.post("/login/totp")
 def totp_submit(
-    request: Request, pending: str = Form(""), code: str = Form(""), db: Session = Depends(db_session)
+    request: Request, pending: str = Form(""), code: str = Form(""), db: Session = DB
 ) -> Response:
     settings = get_settings()
     loaded, error = _pending_or_error(request, db, pending)
@@ -219,7 +219,7 @@ def _finish(db: Session, authn: saml.AuthnRequest, row, person_key: str, level: 
 
 
 @router.get("/slo")
-def slo_redirect(request: Request, db: Session = Depends(db_session)) -> Response:
+def slo_redirect(request: Request, db: Session = DB) -> Response:
     """SP-initiated Single Logout over HTTP-Redirect (profiles §4.4.3)."""
     try:
         url = service.handle_logout_request(
@@ -234,7 +234,7 @@ def slo_redirect(request: Request, db: Session = Depends(db_session)) -> Respons
 
 
 @router.get("/logout")
-def local_logout(request: Request, db: Session = Depends(db_session)) -> Response:
+def local_logout(request: Request, db: Session = DB) -> Response:
     """End the IdP session in this browser (without telling agencies)."""
     service.end_session(db_session=db, token=request.cookies.get(SESSION_COOKIE))
     response = page("error.html", title="ログアウトしました / Logged out",

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from pseudonym.models import AgencyKeyVersion, LocalLink, MasterIdentifier, Pseudonym, Rotation
@@ -45,9 +45,16 @@ def _secret(keys_dir: str, version: int) -> bytes:
     return KeyStore(keys_dir).load_secret(PAIRWISE_SECRET, version)
 
 
-def derive(*, secret: bytes, agency: str, person_key: str, scope: str) -> str:
-    """The pairwise pseudonym of `person_key` for `agency` (pure function, no database)."""
-    mac = hmac.new(secret, _DOMAIN + agency.encode() + b"\x00" + person_key.encode(), hashlib.sha256)
+def derive(*, secret: bytes, agency: str, person_key: str, scope: str, generation: int = 0) -> str:
+    """The pairwise pseudonym of `person_key` for `agency` (pure function, no database).
+
+    `generation` counts earlier revoked pseudonyms of the pair under the same key, so a
+    revoked pseudonym is followed by a fresh, unrelated one.
+    """
+    message = _DOMAIN + agency.encode() + b"\x00" + person_key.encode()
+    if generation:
+        message += b"\x00" + str(generation).encode()
+    mac = hmac.new(secret, message, hashlib.sha256)
     return base64.b32encode(mac.digest()).decode().rstrip("=").lower() + "@" + scope
 
 
@@ -84,8 +91,19 @@ def get_or_create(*, db_session: Session, keys: KeyStore, person_key: str, agenc
     if value is not None:
         return value
     version = agency_key_version(db_session=db_session, keys=keys, agency=agency)
+    revoked = db_session.scalar(
+        select(func.count()).where(
+            Pseudonym.person_key == person_key,
+            Pseudonym.agency == agency,
+            Pseudonym.key_version == version,
+        )
+    )
     value = derive(
-        secret=_secret(str(keys.directory), version), agency=agency, person_key=person_key, scope=scope
+        secret=_secret(str(keys.directory), version),
+        agency=agency,
+        person_key=person_key,
+        scope=scope,
+        generation=revoked or 0,
     )
     db_session.add(Pseudonym(person_key=person_key, agency=agency, value=value, key_version=version))
     db_session.flush()
@@ -105,7 +123,7 @@ def resolve(*, db_session: Session, agency: str, value: str) -> Resolved:
 
 
 def revoke(*, db_session: Session, agency: str, value: str) -> None:
-    """Revoke one pseudonym; the next use for that pair derives nothing new until re-keyed."""
+    """Revoke one pseudonym; the pair's next use gets a fresh, unrelated one."""
     row = db_session.scalar(
         select(Pseudonym).where(Pseudonym.value == value, Pseudonym.agency == agency)
     )

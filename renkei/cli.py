@@ -37,6 +37,7 @@ def main() -> None:
     default ./.renkei), RENKEI_DATABASE_URL (e.g. postgresql://user@host/db), RENKEI_BASE_URL
     (the public URL the IdP puts in its metadata, default http://127.0.0.1:8000).
     """
+    reset_settings()  # each invocation reads the environment afresh
 
 
 @main.command()

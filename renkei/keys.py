@@ -150,8 +150,13 @@ class KeyStore:
         return versions[-1] if versions else self.create_secret(name)
 
 
-@lru_cache(maxsize=4)
 def keystore(directory: str | None = None) -> KeyStore:
+    """The key store of `directory`, or of the current settings' RENKEI_HOME."""
     from renkei.settings import get_settings
 
-    return KeyStore(Path(directory) if directory else get_settings().keys_dir)
+    return _keystore(str(directory or get_settings().keys_dir))
+
+
+@lru_cache(maxsize=16)
+def _keystore(directory: str) -> KeyStore:
+    return KeyStore(Path(directory))

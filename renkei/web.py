@@ -5,7 +5,7 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-from fastapi import Request
+from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, select_autoescape
 from sqlalchemy.orm import Session
@@ -45,10 +45,14 @@ def error_page(status_code: int, reason: str, title: str = "要求を処理で�
     return page("error.html", status_code=status_code, title=title, reason=reason)
 
 
-def db_session() -> Iterator[Session]:
-    """The one DB-session dependency: one request, one transaction, committed at the end."""
+def _db_session() -> Iterator[Session]:
     with session_scope() as session:
         yield session
+
+
+# The one DB-session dependency: one request, one transaction. scope="function" commits when
+# the route returns, before the response leaves, so a client never outruns the commit.
+DB = Depends(_db_session, scope="function")
 
 
 def raw_query(request: Request) -> str:

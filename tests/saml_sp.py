@@ -198,9 +198,9 @@ class Browser:
 
     def login(self, login_redirect: httpx.Response, username: str, password: str) -> httpx.Response:
         assert login_redirect.status_code == 303, login_redirect.text[:500]
-        location = login_redirect.headers["location"]
+        location = login_redirect.headers["location"].removeprefix(self.hub_url)
         page = self.client.get(location)
-        assert page.status_code == 200
+        assert page.status_code == 200, page.text[-700:]
         pending = re.search(r'name="pending" value="([^"]+)"', page.text).group(1)
         return self.client.post("/idp/login", data={"pending": pending, "username": username, "password": password})
 

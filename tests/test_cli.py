@@ -1,0 +1,125 @@
+"""The `renkei` command as operators script it: help, idempotent init, clear refusals."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import func, select
+
+from renkei.cli import main
+from renkei.db import DatabaseNotMigrated, session_scope
+from renkei.settings import reset_settings
+from tests.conftest import fresh_database_url
+from tests.saml_sp import TestSP
+
+RENKEI = str(Path(sys.executable).with_name("renkei"))
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    env = {
+        "RENKEI_HOME": str(tmp_path / "home"),
+        "RENKEI_DATABASE_URL": fresh_database_url(tmp_path, "cli"),
+        "RENKEI_BASE_URL": "http://127.0.0.1:9999",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    reset_settings()
+    yield env
+    monkeypatch.undo()
+    reset_settings()
+
+
+def run(*args, stdin=None):
+    return CliRunner().invoke(main, list(args), input=stdin)
+
+
+@pytest.mark.parametrize("command", [[], ["init"], ["serve"], ["demo"], ["person", "add"], ["agency", "add"],
+                                     ["agency", "list"], ["agency", "remove"], ["link", "import"],
+                                     ["pseudonym", "rotate"], ["keys", "rotate"]])
+def test_every_command_has_help(command):
+    result = run(*command, "--help")
+    assert result.exit_code == 0
+    assert "Usage: " in result.output and len(result.output.splitlines()) > 4
+
+
+def test_unmigrated_database_refused_with_a_clear_message(home):
+    proc = subprocess.run([RENKEI, "serve", "--port", "1"], capture_output=True, text=True,
+                          env={**os.environ, **home}, timeout=60)
+    assert proc.returncode != 0
+    assert "renkei init" in proc.stderr and "revision none" in proc.stderr
+    from renkei.app import create_app
+    from renkei.settings import get_settings
+
+    with pytest.raises(DatabaseNotMigrated):
+        create_app(get_settings())
+
+
+def test_init_is_idempotent_and_creates_keys(home):
+    assert run("init").exit_code == 0
+    keys = sorted(p.name for p in Path(home["RENKEI_HOME"], "keys").iterdir())
+    assert run("init").exit_code == 0
+    assert sorted(p.name for p in Path(home["RENKEI_HOME"], "keys").iterdir()) == keys
+    assert "idp-v1.key.pem" in keys
+    assert oct(Path(home["RENKEI_HOME"], "keys", "idp-v1.key.pem").stat().st_mode)[-3:] == "600"
+
+
+def test_agency_add_list_remove_and_bad_metadata(home, tmp_path):
+    from idp.models import Agency
+
+    assert run("init").exit_code == 0
+    sp = TestSP("https://x.example.jp/sp", "https://x.example.jp")
+    md = tmp_path / "sp.xml"
+    md.write_bytes(sp.metadata())
+    assert run("agency", "add", "--metadata", str(md), "--class", "municipality").exit_code == 0
+    again = run("agency", "add", "--metadata", str(md))
+    assert again.exit_code != 0 and "already registered" in again.output
+    listed = run("agency", "list")
+    assert "https://x.example.jp/sp\tmunicipality" in listed.output
+    bad = tmp_path / "bad.xml"
+    bad.write_text('<!DOCTYPE x [<!ENTITY a "b">]><x>&a;</x>')
+    result = run("agency", "add", "--metadata", str(bad))
+    assert result.exit_code != 0 and "bad.xml" in result.output
+    no_acs = tmp_path / "noacs.xml"
+    no_acs.write_bytes(sp.metadata().replace(b"AssertionConsumerService", b"ArtifactResolutionService"))
+    result = run("agency", "add", "--metadata", str(no_acs), "--replace")
+    assert result.exit_code != 0 and "AssertionConsumerService" in result.output
+    assert run("agency", "add", "--metadata", str(tmp_path / "missing.xml")).exit_code != 0
+    assert run("agency", "remove", "https://x.example.jp/sp").exit_code == 0
+    assert run("agency", "remove", "https://x.example.jp/sp").exit_code != 0
+    with session_scope() as db:
+        assert db.scalar(select(func.count()).select_from(Agency)) == 0
+
+
+def test_person_add_and_link_import(home, tmp_path):
+    from pseudonym.models import LocalLink
+
+    assert run("init").exit_code == 0
+    assert run("person", "add", "--username", "u1", "--password-stdin", "--master-id", "123-456",
+               stdin="long enough pw\n").exit_code == 0
+    dup = run("person", "add", "--username", "u1", "--password-stdin", stdin="long enough pw\n")
+    assert dup.exit_code != 0 and "taken" in dup.output
+    short = run("person", "add", "--username", "u2", "--password-stdin", stdin="short\n")
+    assert short.exit_code != 0 and "at least 8" in short.output
+    totp = run("person", "add", "--username", "u3", "--password-stdin", "--totp", stdin="long enough pw\n")
+    assert totp.exit_code == 0 and "otpauth://totp/" in totp.output
+    sp = TestSP("https://y.example.jp/sp", "https://y.example.jp")
+    md = tmp_path / "sp.xml"
+    md.write_bytes(sp.metadata())
+    assert run("agency", "add", "--metadata", str(md)).exit_code == 0
+    csv = tmp_path / "links.csv"
+    csv.write_text("local_id,master_id\nY-1,123456\nY-2,999\n")
+    result = run("link", "import", "--agency", "https://y.example.jp/sp", str(csv))
+    assert result.exit_code != 0 and "links.csv line 3" in result.output and "nothing was imported" in result.output
+    with session_scope() as db:
+        assert db.scalar(select(func.count()).select_from(LocalLink)) == 0
+    csv.write_text("Y-1,123-456\n")
+    assert run("link", "import", "--agency", "https://y.example.jp/sp", str(csv)).exit_code == 0
+    unknown = run("link", "import", "--agency", "https://nobody.example/sp", str(csv))
+    assert unknown.exit_code != 0 and "no agency" in unknown.output
+    rotate = run("pseudonym", "rotate", "https://y.example.jp/sp")
+    assert rotate.exit_code == 0 and "rotated 0 pseudonyms" in rotate.output
