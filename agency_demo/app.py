@@ -1,0 +1,335 @@
+"""A demo agency web app: a SAML service provider that signs people in through Renkei's IdP.
+
+Agencies (転出元/転入先 municipalities, a health insurer, ...) run one of these each; it is also
+the integration example, built on OneLogin's python3-saml. Routes:
+
+  GET  /          home: who is signed in, as this agency sees them
+  GET  /login     SP-initiated SSO: signed AuthnRequest over HTTP-Redirect (SAML bindings §3.4)
+  POST /acs       AssertionConsumerService, HTTP-POST binding (SAML profiles §4.1.4)
+  GET  /metadata  this SP's metadata, to register with the hub
+  GET|POST /logout  SP-initiated Single Logout over HTTP-Redirect (SAML profiles §4.4)
+  GET  /sls       SingleLogoutService: the hub's LogoutResponse (or LogoutRequest)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from fastapi import FastAPI
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from onelogin.saml2.auth import OneLogin_Saml2_Auth
+from onelogin.saml2.utils import OneLogin_Saml2_Error
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from agency_demo.config import AgencyConfig
+from agency_demo.saml import (
+    MAX_MESSAGE_BYTES,
+    PAIRWISE_ID_ATTRIBUTE,
+    PERSISTENT,
+    IdpMetadata,
+    IdpMetadataError,
+    redirect_message_too_large,
+    sp_keys,
+    sp_metadata,
+    sp_settings,
+    toolkit_request,
+)
+from agency_demo.sessions import SeenAssertions, SessionStore
+
+__all__ = ["AgencyConfig", "create_agency_app"]
+
+# Session keys. The AuthnRequest/LogoutRequest IDs are kept in the browser's own session so a
+# Response is accepted only by the browser that asked for it, and only once.
+PENDING_AUTHN = "pending_authn_request_id"
+PENDING_LOGOUT = "pending_logout_request_id"
+LOGIN = "login"
+TEMPLATES = Path(__file__).parent / "templates"
+
+# Why /acs and /sls catch every exception: for hostile or broken input python3-saml raises
+# whatever its layers raise (binascii, zlib, lxml, xmlsec and its own error classes). Each one
+# means "reject this message", so it becomes a 400 with the reason, never a 500.
+
+
+def create_agency_app(config: AgencyConfig) -> FastAPI:
+    """Build the agency's web app; creates its SP key pair on first run."""
+    sp_part = sp_settings(config, sp_keys(config))
+    metadata_xml = sp_metadata(config)
+    idp = IdpMetadata(config, sp_part)
+    sessions = SessionStore(
+        # Cookies ignore ports, and several demo agencies share 127.0.0.1: one name each.
+        cookie_name="agency_session_" + hashlib.sha256(config.entity_id.encode()).hexdigest()[:12],
+        path=urlsplit(config.base_url).path or "/",
+        secure=config.base_url.startswith("https://"),
+    )
+    seen_assertions = SeenAssertions()
+    pages = _Pages(config)
+
+    app = FastAPI(title=config.name, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.agency_config = config
+
+    def refuse(
+        request: Request,
+        session: dict[str, Any],
+        *,
+        title_ja: str,
+        title_en: str,
+        reason: str | None,
+        errors: list[str] | None = None,
+        status_code: int = 400,
+    ) -> Response:
+        response = pages.render(
+            "error.html",
+            status_code=status_code,
+            title_ja=title_ja,
+            title_en=title_en,
+            reason=reason,
+            errors=errors or [],
+        )
+        _keep(sessions, request, response, session)  # a popped request ID stays spent
+        return response
+
+    @app.exception_handler(IdpMetadataError)
+    async def hub_unavailable(request: Request, exc: IdpMetadataError) -> Response:
+        return pages.render(
+            "error.html",
+            status_code=502,
+            title_ja="連携ハブのメタデータを取得できません",
+            title_en="The Renkei hub's IdP metadata is unavailable",
+            reason=str(exc),
+            errors=[],
+        )
+
+    @app.get("/", response_class=HTMLResponse)
+    async def home(request: Request) -> Response:
+        login = _current_login(sessions.load(request))
+        other = sorted(
+            (name, values)
+            for name, values in (login or {}).get("attributes", {}).items()
+            if name != PAIRWISE_ID_ATTRIBUTE
+        )
+        return pages.render("home.html", login=login, other_attributes=other)
+
+    @app.get("/metadata")
+    async def metadata() -> Response:
+        return Response(metadata_xml, media_type="application/samlmetadata+xml")
+
+    @app.get("/login")
+    async def login(request: Request) -> Response:
+        """Send the browser to the hub with an AuthnRequest (signed on the query string)."""
+        auth = OneLogin_Saml2_Auth(toolkit_request(config.login_url, request), await idp.settings())
+        # RelayState is only informative: after /acs we always go home, never to a URL the
+        # request carried (that would be an open redirect).
+        redirect_url = auth.login(return_to=config.home_url)
+        session = sessions.load(request)
+        session[PENDING_AUTHN] = auth.get_last_request_id()
+        response = RedirectResponse(redirect_url, status_code=302)
+        sessions.save(request, response, session)
+        return response
+
+    @app.post("/acs")
+    async def assertion_consumer_service(request: Request) -> Response:
+        """Accept the hub's signed Response and start this agency's session for the person."""
+        session = sessions.load(request)
+        request_id = session.pop(PENDING_AUTHN, None)  # one-time, whatever happens next
+
+        def fail(reason: str | None, errors: list[str] | None = None) -> Response:
+            return refuse(
+                request,
+                session,
+                title_ja="ログインできませんでした",
+                title_en="Sign-in failed",
+                reason=reason,
+                errors=errors,
+            )
+
+        if int(request.headers.get("content-length") or 0) > 2 * MAX_MESSAGE_BYTES:
+            return fail("the POST body is too large for a SAML Response")
+        saml_response = (await request.form()).get("SAMLResponse")
+        if not isinstance(saml_response, str) or not saml_response:
+            return fail("no SAMLResponse field in the POST (HTTP-POST binding expected)")
+        if len(saml_response) > MAX_MESSAGE_BYTES:
+            return fail("the SAMLResponse is too large")
+        if request_id is None:
+            # Unsolicited (IdP-initiated) responses are refused: without a request of our own
+            # to bind to, a response could be injected into someone else's browser.
+            return fail(
+                "no sign-in is in progress in this browser (start at /login; if you did, the "
+                "session cookie did not come back, e.g. the hub is on another site over http)"
+            )
+
+        auth = OneLogin_Saml2_Auth(
+            toolkit_request(config.acs_url, request, {"SAMLResponse": saml_response}),
+            await idp.settings(),
+        )
+        try:
+            # Checks signature (against the hub's metadata certificates only), schema,
+            # Destination, Recipient, Audience, Issuer, time window and InResponseTo.
+            auth.process_response(request_id=request_id)
+        except Exception as exc:  # noqa: BLE001 - any toolkit error is a rejection
+            return fail(
+                auth.get_last_error_reason() or str(exc), auth.get_errors() or ["invalid_response"]
+            )
+        if auth.get_errors() or not auth.is_authenticated():
+            return fail(auth.get_last_error_reason(), auth.get_errors())
+
+        problem = _agency_checks(auth, request_id, seen_assertions)
+        if problem:
+            return fail(problem, ["invalid_response"])
+
+        response = RedirectResponse(config.home_url, status_code=303)
+        sessions.save(request, response, {LOGIN: _login_record(auth)}, renew=True)
+        return response
+
+    @app.api_route("/logout", methods=["GET", "POST"])
+    async def logout(request: Request) -> Response:
+        """Sign out here, then ask the hub to end its session too (LogoutRequest)."""
+        session = sessions.load(request)
+        login = _current_login(session)
+        if login is None:
+            return RedirectResponse(config.home_url, status_code=303)
+        auth = OneLogin_Saml2_Auth(
+            toolkit_request(config.logout_url, request), await idp.settings()
+        )
+        try:
+            redirect_url = auth.logout(
+                return_to=config.home_url,
+                name_id=login["name_id"],
+                name_id_format=login["name_id_format"],
+                nq=login["name_qualifier"],
+                spnq=login["sp_name_qualifier"],
+                session_index=login["session_index"],
+            )
+        except OneLogin_Saml2_Error:  # the hub's metadata has no SingleLogoutService
+            response = pages.render(
+                "signed_out.html",
+                note="この機関からはログアウトしました（連携ハブは一括ログアウトに対応していません）。",
+            )
+            sessions.end(request, response)
+            return response
+        # The local sign-in ends now, even if the hub never answers.
+        response = RedirectResponse(redirect_url, status_code=303)
+        sessions.save(request, response, {PENDING_LOGOUT: auth.get_last_request_id()})
+        return response
+
+    @app.get("/sls")
+    async def single_logout_service(request: Request) -> Response:
+        """The hub's answer to our LogoutRequest, or its own LogoutRequest (IdP-initiated)."""
+        session = sessions.load(request)
+        request_id = session.pop(PENDING_LOGOUT, None)
+
+        def fail(reason: str | None, errors: list[str] | None = None) -> Response:
+            return refuse(
+                request,
+                session,
+                title_ja="ログアウト処理に失敗しました",
+                title_en="Single logout failed",
+                reason=reason,
+                errors=errors,
+            )
+
+        message = request.query_params.get("SAMLResponse") or request.query_params.get(
+            "SAMLRequest"
+        )
+        if not message:
+            return fail(
+                "no SAMLResponse or SAMLRequest in the query (HTTP-Redirect binding expected)"
+            )
+        if redirect_message_too_large(message):
+            return fail("the SAML message is too large")
+
+        auth = OneLogin_Saml2_Auth(toolkit_request(config.sls_url, request), await idp.settings())
+        try:
+            # Checks the Redirect-binding signature over the raw query (when present),
+            # Issuer, Destination, InResponseTo and the status.
+            hub_redirect = auth.process_slo(keep_local_session=True, request_id=request_id)
+        except Exception as exc:  # noqa: BLE001 - any toolkit error is a rejection
+            return fail(
+                auth.get_last_error_reason() or str(exc), auth.get_errors() or ["invalid_logout"]
+            )
+        if auth.get_errors():
+            return fail(auth.get_last_error_reason(), auth.get_errors())
+
+        if hub_redirect:  # IdP-initiated: answer with our (signed) LogoutResponse
+            response: Response = RedirectResponse(hub_redirect, status_code=303)
+        else:
+            response = pages.render("signed_out.html", note=None)
+        sessions.end(request, response)
+        return response
+
+    return app
+
+
+def _agency_checks(auth: OneLogin_Saml2_Auth, request_id: str, seen: SeenAssertions) -> str | None:
+    """What this agency requires beyond the toolkit's checks; a reason, or None if all hold."""
+    # The toolkit compares InResponseTo only when the Response carries one; we require it.
+    if auth.get_last_response_in_response_to() != request_id:
+        return f"the Response does not answer this browser's AuthnRequest {request_id}"
+    # Records are keyed on the pairwise pseudonym, so only the persistent format will do.
+    if auth.get_nameid_format() != PERSISTENT:
+        return f"NameID format {auth.get_nameid_format()} is not {PERSISTENT}"
+    if not seen.first_use(
+        auth.get_last_assertion_id(), not_on_or_after=auth.get_last_assertion_not_on_or_after()
+    ):
+        return f"assertion {auth.get_last_assertion_id()} was already used (replay)"
+    return None
+
+
+def _login_record(auth: OneLogin_Saml2_Auth) -> dict[str, Any]:
+    """What the agency keeps about a sign-in; the NameID is the key to its own records."""
+    attributes = auth.get_attributes()
+    return {
+        "name_id": auth.get_nameid(),
+        "name_id_format": auth.get_nameid_format(),
+        "name_qualifier": auth.get_nameid_nq(),
+        "sp_name_qualifier": auth.get_nameid_spnq(),
+        "pairwise_id": (attributes.get(PAIRWISE_ID_ATTRIBUTE) or [None])[0],
+        "attributes": attributes,
+        "authn_contexts": auth.get_last_authn_contexts(),
+        "session_index": auth.get_session_index(),
+        "session_not_on_or_after": auth.get_session_expiration(),
+    }
+
+
+def _current_login(session: dict[str, Any]) -> dict[str, Any] | None:
+    login = session.get(LOGIN)
+    if (
+        login
+        and login.get("session_not_on_or_after")
+        and login["session_not_on_or_after"] <= time.time()
+    ):
+        return None  # the hub said the session ends here (SessionNotOnOrAfter)
+    return login
+
+
+def _keep(
+    sessions: SessionStore, request: Request, response: Response, session: dict[str, Any]
+) -> None:
+    if session:
+        sessions.save(request, response, session)
+    else:
+        sessions.end(request, response)
+
+
+class _Pages:
+    """HTML pages, autoescaped, with the links every page needs."""
+
+    def __init__(self, config: AgencyConfig):
+        self._env = Environment(
+            loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"])
+        )
+        self._common = {
+            "agency_name": config.name,
+            "home_url": config.home_url,
+            "login_url": config.login_url,
+            "logout_url": config.logout_url,
+            "metadata_url": config.metadata_url,
+        }
+
+    def render(self, template: str, *, status_code: int = 200, **context: Any) -> HTMLResponse:
+        html = self._env.get_template(template).render(**self._common, **context)
+        return HTMLResponse(html, status_code=status_code)
