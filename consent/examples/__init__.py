@@ -1,0 +1,1 @@
+"""Example data shipped with the consent room (the demo federation's whitelist)."""

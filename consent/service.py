@@ -1,0 +1,539 @@
+"""Business functions of the consent room: whitelist, the person's policy, receipts, decisions.
+
+The caller owns the transaction: these functions add and flush, they never commit, so a
+decision and its access-log entry (another room) commit together.
+"""
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from consent import receipts
+from consent.errors import DuplicateWhitelistEntry, RuleNotFound, WhitelistImportError
+from consent.models import (
+    CLASS_PREFIX,
+    ConsentMode,
+    ConsentReceipt,
+    Decision,
+    DecisionReason,
+    Effect,
+    PolicyRule,
+    PolicyRuleIn,
+    PolicyVersion,
+    WhitelistEntry,
+    WhitelistEntryIn,
+    naive_utc,
+)
+from renkei.db import utcnow
+from renkei.keys import KeyStore
+
+# agency entity ID -> the classes it belongs to ("municipality", or "class:municipality")
+ClassResolver = Callable[[str], Iterable[str]] | Mapping[str, Iterable[str]]
+
+DEFAULT_COLLECTION_METHOD = "citizen portal web form (本人がポータルで設定)"
+
+
+# --- legal whitelist (別表第２) -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImportSummary:
+    """What an import changed."""
+
+    created: int
+    updated: int
+    unchanged: int
+    removed: int
+
+
+def list_whitelist(*, db_session: Session) -> list[WhitelistEntry]:
+    """Every whitelist entry, oldest first."""
+    return list(db_session.scalars(select(WhitelistEntry).order_by(WhitelistEntry.id)))
+
+
+def get_whitelist_entry(*, db_session: Session, entry_id: int) -> WhitelistEntry | None:
+    """One whitelist entry by ID."""
+    return db_session.get(WhitelistEntry, entry_id)
+
+
+def create_whitelist_entry(*, db_session: Session, entry: WhitelistEntryIn) -> WhitelistEntry:
+    """Add one entry; refuses a second entry for the same requester, provider, task and info."""
+    if _entry_by_key(db_session, entry.key) is not None:
+        raise DuplicateWhitelistEntry(
+            f"a whitelist entry for {entry.requester} <- {entry.provider}, task "
+            f"{entry.task_code}, information {entry.info_type_code} already exists"
+        )
+    row = WhitelistEntry(**_entry_values(entry))
+    db_session.add(row)
+    db_session.flush()
+    return row
+
+
+def delete_whitelist_entry(*, db_session: Session, entry_id: int) -> bool:
+    """Remove one entry; False when there was none."""
+    row = db_session.get(WhitelistEntry, entry_id)
+    if row is None:
+        return False
+    db_session.delete(row)
+    db_session.flush()
+    return True
+
+
+def import_whitelist(
+    *, db_session: Session, entries: Sequence[WhitelistEntryIn], replace: bool = False
+) -> ImportSummary:
+    """Upsert `entries` by (requester, provider, task, info); with `replace`, drop the rest."""
+    _refuse_duplicates(entries)  # checked before any write: all or nothing
+    existing = {_row_key(row): row for row in list_whitelist(db_session=db_session)}
+    created = updated = unchanged = 0
+    for entry in entries:
+        row = existing.pop(entry.key, None)
+        if row is None:
+            db_session.add(WhitelistEntry(**_entry_values(entry)))
+            created += 1
+        elif WhitelistEntryIn.from_row(row) != entry:
+            for name, value in _entry_values(entry).items():
+                setattr(row, name, value)
+            updated += 1
+        else:
+            unchanged += 1
+    removed = 0
+    if replace and existing:
+        ids = [row.id for row in existing.values()]
+        db_session.execute(delete(WhitelistEntry).where(WhitelistEntry.id.in_(ids)))
+        removed = len(ids)
+    db_session.flush()
+    return ImportSummary(created=created, updated=updated, unchanged=unchanged, removed=removed)
+
+
+def export_whitelist(*, db_session: Session) -> list[WhitelistEntryIn]:
+    """The whole whitelist as value objects, ready for `whitelist_io.dump_yaml` / `dump_csv`."""
+    return [WhitelistEntryIn.from_row(row) for row in list_whitelist(db_session=db_session)]
+
+
+def find_whitelist_entry(
+    *,
+    db_session: Session,
+    requester: str,
+    provider: str,
+    task_code: str,
+    info_type_code: str,
+    classes_of: ClassResolver,
+) -> WhitelistEntry | None:
+    """The entry allowing this exchange; an entry naming the agency beats one naming its class."""
+    question = _question(requester, provider, task_code, info_type_code, classes_of, None)
+    return _best_entry(
+        db_session,
+        task_code=task_code,
+        info_type_code=info_type_code,
+        requesters=question.requester_refs,
+        providers=question.provider_refs,
+    )
+
+
+def _best_entry(
+    db_session: Session,
+    *,
+    task_code: str,
+    info_type_code: str,
+    requesters: list[str],
+    providers: list[str],
+) -> WhitelistEntry | None:
+    candidates = db_session.scalars(
+        select(WhitelistEntry)
+        .where(
+            WhitelistEntry.task_code == task_code,
+            WhitelistEntry.info_type_code == info_type_code,
+            WhitelistEntry.requester.in_(requesters),
+            WhitelistEntry.provider.in_(providers),
+        )
+        .execution_options(populate_existing=True)
+    ).all()
+    return min(candidates, key=_specificity, default=None)
+
+
+def task_names(*, db_session: Session) -> dict[str, str]:
+    """Task (事務) names by code, as the whitelist spells them."""
+    rows = db_session.execute(select(WhitelistEntry.task_code, WhitelistEntry.task_name))
+    return {code: name for code, name in rows}
+
+
+def info_type_names(*, db_session: Session) -> dict[str, str]:
+    """Information-type (特定個人情報) names by code, as the whitelist spells them."""
+    rows = db_session.execute(
+        select(WhitelistEntry.info_type_code, WhitelistEntry.info_type_name)
+    )
+    return {code: name for code, name in rows}
+
+
+def _row_key(row: WhitelistEntry) -> tuple[str, str, str, str]:
+    return (row.requester, row.provider, row.task_code, row.info_type_code)
+
+
+def _entry_values(entry: WhitelistEntryIn) -> dict[str, Any]:
+    return {
+        "requester": entry.requester,
+        "provider": entry.provider,
+        "task_code": entry.task_code,
+        "task_name": entry.task_name,
+        "info_type_code": entry.info_type_code,
+        "info_type_name": entry.info_type_name,
+        "legal_basis": entry.legal_basis,
+        "consent": entry.consent.value,
+    }
+
+
+def _entry_by_key(db_session: Session, key: tuple[str, str, str, str]) -> WhitelistEntry | None:
+    requester, provider, task_code, info_type_code = key
+    return db_session.scalars(
+        select(WhitelistEntry).where(
+            WhitelistEntry.requester == requester,
+            WhitelistEntry.provider == provider,
+            WhitelistEntry.task_code == task_code,
+            WhitelistEntry.info_type_code == info_type_code,
+        )
+    ).first()
+
+
+def _refuse_duplicates(entries: Sequence[WhitelistEntryIn]) -> None:
+    first_seen: dict[tuple[str, str, str, str], int] = {}
+    problems = []
+    for number, entry in enumerate(entries, start=1):
+        if entry.key in first_seen:
+            problems.append(
+                f"entry {number}: duplicate of entry {first_seen[entry.key]} "
+                "(same requester, provider, task and information type)"
+            )
+        first_seen.setdefault(entry.key, number)
+    if problems:
+        raise WhitelistImportError(problems)
+
+
+def _specificity(row: WhitelistEntry) -> tuple[bool, bool, int]:
+    return (row.requester.startswith(CLASS_PREFIX), row.provider.startswith(CLASS_PREFIX), row.id)
+
+
+def class_resolver(classes_of: ClassResolver) -> Callable[[str], frozenset[str]]:
+    """`classes_of` (a function or a mapping) as a function giving bare class names."""
+    lookup = classes_of.get if isinstance(classes_of, Mapping) else classes_of
+
+    def resolve(entity_id: str) -> frozenset[str]:
+        names = lookup(entity_id) or ()
+        return frozenset(n.removeprefix(CLASS_PREFIX) for n in names)
+
+    return resolve
+
+
+# --- the person's disclosure policy (利用許諾ポリシー) -------------------------------------
+
+
+def get_current_policy(*, db_session: Session, person_key: str) -> PolicyVersion | None:
+    """The person's newest policy version (its rules loaded), or None if they never set one."""
+    return db_session.scalars(
+        select(PolicyVersion)
+        .where(PolicyVersion.person_key == person_key)
+        .order_by(PolicyVersion.version.desc())
+        .limit(1)
+    ).first()
+
+
+def list_policy_versions(*, db_session: Session, person_key: str) -> list[PolicyVersion]:
+    """Every version of the person's policy, newest first (the history is never rewritten)."""
+    return list(
+        db_session.scalars(
+            select(PolicyVersion)
+            .where(PolicyVersion.person_key == person_key)
+            .order_by(PolicyVersion.version.desc())
+        )
+    )
+
+
+def set_policy(
+    *,
+    db_session: Session,
+    person_key: str,
+    rules: Sequence[PolicyRuleIn],
+    principal_id: str,
+    collection_method: str = DEFAULT_COLLECTION_METHOD,
+    issuer: receipts.ReceiptIssuer | None = None,
+    at: datetime | None = None,
+) -> PolicyVersion:
+    """Make `rules` the person's policy as a new version, and issue its signed consent receipt."""
+    at = naive_utc(at) if at else utcnow()
+    latest = db_session.scalar(
+        select(func.max(PolicyVersion.version)).where(PolicyVersion.person_key == person_key)
+    )
+    version = PolicyVersion(person_key=person_key, version=(latest or 0) + 1, created_at=at)
+    version.rules = [_rule_row(rule, position) for position, rule in enumerate(rules)]
+    db_session.add(version)
+    db_session.flush()
+    _issue_receipt(
+        db_session=db_session,
+        version=version,
+        rules=rules,
+        principal_id=principal_id,
+        collection_method=collection_method,
+        issuer=issuer or receipts.default_issuer(),
+    )
+    return version
+
+
+def add_rule(
+    *,
+    db_session: Session,
+    person_key: str,
+    rule: PolicyRuleIn,
+    principal_id: str,
+    collection_method: str = DEFAULT_COLLECTION_METHOD,
+    issuer: receipts.ReceiptIssuer | None = None,
+    at: datetime | None = None,
+) -> PolicyVersion:
+    """A new policy version: the current rules plus `rule`."""
+    return set_policy(
+        db_session=db_session,
+        person_key=person_key,
+        rules=[*_current_rules(db_session, person_key), rule],
+        principal_id=principal_id,
+        collection_method=collection_method,
+        issuer=issuer,
+        at=at,
+    )
+
+
+def remove_rule(
+    *,
+    db_session: Session,
+    person_key: str,
+    rule_id: int,
+    principal_id: str,
+    collection_method: str = DEFAULT_COLLECTION_METHOD,
+    issuer: receipts.ReceiptIssuer | None = None,
+    at: datetime | None = None,
+) -> PolicyVersion:
+    """A new policy version without rule `rule_id` of the current one (revoking it)."""
+    current = get_current_policy(db_session=db_session, person_key=person_key)
+    rules = current.rules if current else []
+    if not any(r.id == rule_id for r in rules):
+        raise RuleNotFound(f"rule {rule_id} is not in the person's current policy")
+    return set_policy(
+        db_session=db_session,
+        person_key=person_key,
+        rules=[r.as_input() for r in rules if r.id != rule_id],
+        principal_id=principal_id,
+        collection_method=collection_method,
+        issuer=issuer,
+        at=at,
+    )
+
+
+def _current_rules(db_session: Session, person_key: str) -> list[PolicyRuleIn]:
+    current = get_current_policy(db_session=db_session, person_key=person_key)
+    return [r.as_input() for r in current.rules] if current else []
+
+
+def _rule_row(rule: PolicyRuleIn, position: int) -> PolicyRule:
+    return PolicyRule(
+        position=position,
+        effect=rule.effect.value,
+        requester=rule.requester,
+        provider=rule.provider,
+        task_code=rule.task_code,
+        info_type_code=rule.info_type_code,
+        valid_from=rule.valid_from,
+        valid_until=rule.valid_until,
+    )
+
+
+# --- consent receipts (Kantara CR v1.1) ----------------------------------------------------
+
+
+def _issue_receipt(
+    *,
+    db_session: Session,
+    version: PolicyVersion,
+    rules: Sequence[PolicyRuleIn],
+    principal_id: str,
+    collection_method: str,
+    issuer: receipts.ReceiptIssuer,
+) -> ConsentReceipt:
+    receipt_id = str(uuid.uuid4())
+    claims = receipts.build_claims(
+        issuer=issuer,
+        receipt_id=receipt_id,
+        issued_at=version.created_at,
+        collection_method=collection_method,
+        principal_id=principal_id,
+        rules=rules,
+        task_names=task_names(db_session=db_session),
+        info_type_names=info_type_names(db_session=db_session),
+    )
+    row = ConsentReceipt(
+        id=receipt_id,
+        person_key=version.person_key,
+        policy_version=version,
+        issued_at=version.created_at,
+        key_version=issuer.signing_key.version,
+        jws=receipts.sign_receipt(claims, issuer=issuer),
+    )
+    db_session.add(row)
+    db_session.flush()
+    return row
+
+
+def get_receipt(
+    *, db_session: Session, receipt_id: str, person_key: str | None = None
+) -> ConsentReceipt | None:
+    """A stored receipt by its consentReceiptID; with `person_key`, only if it is that person's."""
+    row = db_session.get(ConsentReceipt, receipt_id)
+    if row is None or (person_key is not None and row.person_key != person_key):
+        return None
+    return row
+
+
+def list_receipts(*, db_session: Session, person_key: str) -> list[ConsentReceipt]:
+    """The person's receipts, newest first."""
+    return list(
+        db_session.scalars(
+            select(ConsentReceipt)
+            .where(ConsentReceipt.person_key == person_key)
+            .order_by(ConsentReceipt.issued_at.desc(), ConsentReceipt.version_id.desc())
+        )
+    )
+
+
+def verify_stored_receipt(
+    *, db_session: Session, receipt_id: str, keys: KeyStore
+) -> dict[str, Any]:
+    """The verified claims of a stored receipt, checked against every `consent` key version."""
+    row = get_receipt(db_session=db_session, receipt_id=receipt_id)
+    if row is None:
+        raise LookupError(f"no consent receipt {receipt_id}")
+    return receipts.verify_receipt(row.jws, public_keys=receipts.receipt_public_keys(keys))
+
+
+# --- the decision ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Question:
+    """One disclosure question, with the agencies' classes already resolved."""
+
+    requester: str
+    provider: str
+    task_code: str
+    info_type_code: str
+    at: datetime
+    requester_classes: frozenset[str]
+    provider_classes: frozenset[str]
+
+    @property
+    def requester_refs(self) -> list[str]:
+        """How a whitelist entry may name the requester: itself or one of its classes."""
+        return [self.requester, *(CLASS_PREFIX + c for c in sorted(self.requester_classes))]
+
+    @property
+    def provider_refs(self) -> list[str]:
+        return [self.provider, *(CLASS_PREFIX + c for c in sorted(self.provider_classes))]
+
+
+def decide(
+    *,
+    db_session: Session,
+    person_key: str,
+    requester: str,
+    provider: str,
+    task_code: str,
+    info_type_code: str,
+    classes_of: ClassResolver,
+    at: datetime | None = None,
+) -> Decision:
+    """May `provider` disclose `info_type_code` about the person to `requester` for `task_code`?"""
+    question = _question(requester, provider, task_code, info_type_code, classes_of, at)
+    # 1. the law (別表第２): no whitelist entry, no disclosure
+    entry = _best_entry(
+        db_session,
+        task_code=task_code,
+        info_type_code=info_type_code,
+        requesters=question.requester_refs,
+        providers=question.provider_refs,
+    )
+    if entry is None:
+        return Decision(permitted=False, reason=DecisionReason.NO_WHITELIST_ENTRY,
+                        whitelist_entry_id=None, policy_version=None)
+    # 2. the person (利用許諾ポリシー): read afresh every time, so a change applies at once
+    policy = get_current_policy(db_session=db_session, person_key=person_key)
+    rules = [r for r in (policy.rules if policy else []) if _applies(r, question)]
+    # 3. deny beats allow; the entry says whether the law overrides the person's no
+    return _weigh(entry, policy.version if policy else None, rules)
+
+
+def _question(
+    requester: str,
+    provider: str,
+    task_code: str,
+    info_type_code: str,
+    classes_of: ClassResolver,
+    at: datetime | None,
+) -> _Question:
+    if requester.startswith(CLASS_PREFIX) or provider.startswith(CLASS_PREFIX):
+        raise ValueError("a decision is about concrete agencies (entity IDs), not classes")
+    resolve = class_resolver(classes_of)
+    return _Question(
+        requester=requester,
+        provider=provider,
+        task_code=task_code,
+        info_type_code=info_type_code,
+        at=naive_utc(at) if at else utcnow(),
+        requester_classes=resolve(requester),
+        provider_classes=resolve(provider),
+    )
+
+
+def _applies(rule: PolicyRule, question: _Question) -> bool:
+    return (
+        rule.in_force(question.at)
+        and _party_matches(rule.requester, question.requester, question.requester_classes)
+        and _party_matches(rule.provider, question.provider, question.provider_classes)
+        and rule.task_code in (None, question.task_code)
+        and rule.info_type_code in (None, question.info_type_code)
+    )
+
+
+def _party_matches(pattern: str | None, agency: str, classes: frozenset[str]) -> bool:
+    if pattern is None:
+        return True
+    if pattern.startswith(CLASS_PREFIX):
+        return pattern[len(CLASS_PREFIX):] in classes
+    return pattern == agency
+
+
+def _weigh(entry: WhitelistEntry, policy_version: int | None, rules: list[PolicyRule]) -> Decision:
+    deny = next((r for r in rules if r.effect == Effect.DENY), None)
+    allow = next((r for r in rules if r.effect == Effect.ALLOW), None)
+    override = entry.consent_mode is ConsentMode.OVERRIDE
+
+    def outcome(permitted: bool, reason: DecisionReason, rule: PolicyRule | None) -> Decision:
+        return Decision(
+            permitted=permitted,
+            reason=reason,
+            whitelist_entry_id=entry.id,
+            policy_version=policy_version,
+            overridden=reason is DecisionReason.LAW_OVERRIDES_CONSENT,
+            rule_id=rule.id if rule else None,
+        )
+
+    if deny and override:
+        return outcome(True, DecisionReason.LAW_OVERRIDES_CONSENT, deny)
+    if deny:
+        return outcome(False, DecisionReason.DENIED_BY_PERSON, deny)
+    if allow:
+        return outcome(True, DecisionReason.PERMITTED_BY_CONSENT, allow)
+    if override:
+        return outcome(True, DecisionReason.PERMITTED_BY_LAW, None)
+    return outcome(False, DecisionReason.CONSENT_NOT_GIVEN, None)
