@@ -1,0 +1,126 @@
+"""The demo federation in a real browser: Chromium, driven by Playwright, logs a person into
+two demo agencies through the IdP's login page and reads the pseudonym each agency sees."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from idp.accounts import totp
+from tests.conftest import free_port, fresh_database_url
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed"),
+]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """`renkei demo` as a subprocess on free ports, with its printed passwords."""
+    tmp = tmp_path_factory.mktemp("demo")
+    config = yaml.safe_load((Path(__file__).parent.parent / "config" / "demo.yaml").read_text())
+    config["hub"]["port"] = free_port()
+    for agency in config["agencies"]:
+        agency["port"] = free_port()
+    (tmp / "demo.yaml").write_text(yaml.safe_dump(config, allow_unicode=True))
+    hub = f"http://127.0.0.1:{config['hub']['port']}"
+    env = {**os.environ, "RENKEI_HOME": str(tmp / "home"), "RENKEI_BASE_URL": hub,
+           "RENKEI_DATABASE_URL": fresh_database_url(tmp, "demo")}
+    out = open(tmp / "demo.log", "w+")
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("renkei")), "demo", "--config", str(tmp / "demo.yaml")],
+                            stdout=out, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 60
+    agencies = {a["key"]: f"http://127.0.0.1:{a['port']}" for a in config["agencies"]}
+    while time.monotonic() < deadline:
+        try:
+            if all(httpx.get(u + "/metadata").status_code == 200 for u in [*agencies.values()]):
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    else:
+        out.seek(0)
+        proc.kill()
+        pytest.fail("the demo did not start:\n" + out.read())
+    out.seek(0)
+    printed = out.read()
+    passwords = dict(re.findall(r"^  (\w+) / (\S+)", printed, re.M))
+    secrets = dict(re.findall(r"^  (\w+) / \S+\s+TOTP secret (\w+)", printed, re.M))
+    yield {"hub": hub, "agencies": agencies, "passwords": passwords, "totp": secrets, "printed": printed,
+           "tmp": tmp}
+    proc.terminate()
+    proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        yield b
+        b.close()
+
+
+def test_demo_prints_urls_and_people(demo):
+    assert demo["hub"] in demo["printed"]
+    assert all(url in demo["printed"] for url in demo["agencies"].values())
+    assert set(demo["passwords"]) == {"taro", "hanako"} and "hanako" in demo["totp"]
+
+
+def test_person_logs_into_two_agencies_and_each_sees_its_own_pseudonym(demo, browser):
+    page = browser.new_context().new_page()
+    page.goto(demo["agencies"]["city-a"] + "/")
+    page.get_by_role("link", name=re.compile("ログイン|log in", re.I)).first.click()
+    page.wait_for_url(re.compile(r"/idp/login"))
+    # the login form is labelled and autocompletes as password managers expect
+    assert page.get_by_label(re.compile("Username")).get_attribute("autocomplete") == "username"
+    assert page.get_by_label(re.compile("Password")).get_attribute("autocomplete") == "current-password"
+    page.get_by_label(re.compile("Username")).fill("taro")
+    page.get_by_label(re.compile("Password")).fill(demo["passwords"]["taro"])
+    page.get_by_role("button", name=re.compile("Log in")).click()
+    page.wait_for_url(demo["agencies"]["city-a"] + "/**")
+    page.screenshot(path=os.environ.get("RENKEI_SCREENSHOT", str(demo["tmp"] / "city-a.png")), full_page=True)
+    seen_a = re.search(r"[a-z2-7]{52}@[\w.-]+", page.content()).group(0)
+    # the second agency: the IdP session is reused, no password asked
+    page.goto(demo["agencies"]["city-b"] + "/")
+    page.get_by_role("link", name=re.compile("ログイン|log in", re.I)).first.click()
+    page.wait_for_url(demo["agencies"]["city-b"] + "/**")
+    seen_b = re.search(r"[a-z2-7]{52}@[\w.-]+", page.content()).group(0)
+    assert seen_a != seen_b
+    assert "PasswordProtectedTransport" in page.content()
+
+
+def test_totp_person_gets_the_stronger_context(demo, browser):
+    page = browser.new_context().new_page()
+    page.goto(demo["agencies"]["insurer"] + "/")
+    page.get_by_role("link", name=re.compile("ログイン|log in", re.I)).first.click()
+    page.get_by_label(re.compile("Username")).fill("hanako")
+    page.get_by_label(re.compile("Password")).fill(demo["passwords"]["hanako"])
+    page.get_by_role("button", name=re.compile("Log in")).click()
+    page.get_by_label(re.compile("Code")).fill(totp(demo["totp"]["hanako"]))
+    page.get_by_role("button", name=re.compile("Verify")).click()
+    page.wait_for_url(demo["agencies"]["insurer"] + "/**")
+    assert "TimeSyncToken" in page.content()
+
+
+def test_wrong_password_is_announced(demo, browser):
+    page = browser.new_context().new_page()
+    page.goto(demo["agencies"]["power"] + "/")
+    page.get_by_role("link", name=re.compile("ログイン|log in", re.I)).first.click()
+    page.get_by_label(re.compile("Username")).fill("taro")
+    page.get_by_label(re.compile("Password")).fill("not the password")
+    page.get_by_role("button", name=re.compile("Log in")).click()
+    alert = page.get_by_role("alert")
+    assert "wrong password" in alert.inner_text()
