@@ -1,4 +1,2 @@
-"""The access-history room: append-only, tamper-evident logs of decisions and disclosures.
-
-Not built yet (issue 3 and later).
-"""
+"""The access-history room (アクセス履歴): append-only, hash-chained logs of every decision and
+disclosure, one per owning agency (and the hub), with signed checkpoints and auditor exports."""
