@@ -36,8 +36,9 @@ def remember(*, db_session: Session, issuer: str, message_id: str, expires_at: d
         insert(SeenMessage)
         .values(issuer=issuer, message_id=message_id, expires_at=expires_at)
         .on_conflict_do_nothing(index_elements=["issuer", "message_id"])
+        .returning(SeenMessage.id)  # rowcount is not reliable across drivers; a returned row is
     )
-    if db_session.execute(stmt).rowcount != 1:
+    if db_session.execute(stmt).first() is None:
         raise ReplayDetected(f"message {message_id!r} from {issuer} was already received")
     if random.random() < 0.01:  # sweep expired IDs now and then, off the common path
         db_session.execute(delete(SeenMessage).where(SeenMessage.expires_at < utcnow()))
