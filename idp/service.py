@@ -10,13 +10,14 @@ import hashlib
 import json
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
 from lxml import etree
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from discovery import tokens
 from idp import agencies, saml
 from idp.agencies import RegisteredAgency
 from idp.models import IdpSession, PendingAuthn, Person
@@ -289,6 +290,9 @@ def answer_success(
             skew=timedelta(seconds=settings.clock_skew_seconds),
         )
     )
+    assertion.find(f"{{{saml.SAML_NS}}}AttributeStatement").append(
+        _discovery_epr(settings=settings, keys=keys, agency=agency, pseudonym=pseudonym, session=session)
+    )
     sign_enveloped(assertion, key.private_key, certificate=key.certificate)
     response = saml.response_root(
         issuer=settings.idp_entity_id,
@@ -302,6 +306,29 @@ def answer_success(
     if settings.sign_response:
         sign_enveloped(response, key.private_key, certificate=key.certificate)
     return Answer(request.acs_location, "SAMLResponse", _serialize(response), request.relay_state)
+
+
+def _discovery_epr(
+    *, settings: Settings, keys: KeyStore, agency: RegisteredAgency, pseudonym: str, session: IdpSession
+) -> etree._Element:
+    """ID-WSF's DiscoveryEPR attribute: the bootstrap for cross-agency queries while the person
+    is present, valid as long as the IdP session (docs/discovery.md)."""
+    base = settings.base_url.rstrip("/")
+    token = tokens.issue_bootstrap(
+        secret=_bootstrap_secret(str(keys.directory)),
+        audience=base + "/discovery",
+        requester=agency.entity_id,
+        pseudonym=pseudonym,
+        expires=int(session.expires_at.replace(tzinfo=UTC).timestamp()),
+    )
+    return tokens.discovery_epr_attribute(
+        soap_url=base + "/discovery/soap", provider_id=base + "/discovery", token=token
+    )
+
+
+@lru_cache(maxsize=4)
+def _bootstrap_secret(keys_dir: str) -> bytes:
+    return tokens.bootstrap_secret(KeyStore(keys_dir))
 
 
 def answer_error(

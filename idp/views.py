@@ -51,8 +51,8 @@ def sso_redirect(request: Request, db: Session = DB) -> Response:
 @router.post("/sso")
 def sso_post(
     request: Request,
-    SAMLRequest: str = Form(""),  # noqa: N803 - the binding's own field name
-    RelayState: str | None = Form(None),  # noqa: N803
+    SAMLRequest: str = Form(""),
+    RelayState: str | None = Form(None),
     db: Session = DB,
 ) -> Response:
     """HTTP-POST binding (bindings §3.5): base64 XML in a form field."""

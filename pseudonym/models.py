@@ -75,7 +75,10 @@ class LocalLink(Base):
     """An agency's own record ID for a person, linked once by the operator's CSV import."""
 
     __tablename__ = "local_links"
-    __table_args__ = (UniqueConstraint("agency", "local_id"),)
+    __table_args__ = (
+        UniqueConstraint("agency", "local_id"),
+        Index("ix_local_links_person_agency", "person_key", "agency"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     agency: Mapped[str] = mapped_column(String(1024), index=True)

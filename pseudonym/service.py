@@ -295,3 +295,13 @@ def agencies_holding(*, db_session: Session, person_key: str) -> list[str]:
             select(LocalLink.agency).where(LocalLink.person_key == person_key).distinct()
         )
     )
+
+
+def local_id_of(*, db_session: Session, agency: str, person_key: str) -> str | None:
+    """The agency's own record ID for this person, if it linked one (it may see its own IDs)."""
+    return db_session.scalar(
+        select(LocalLink.local_id)
+        .where(LocalLink.agency == agency, LocalLink.person_key == person_key)
+        .order_by(LocalLink.id)
+        .limit(1)
+    )

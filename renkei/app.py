@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from renkei import __version__
 from renkei.db import check_migrated, upgrade
@@ -19,10 +19,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     else:
         check_migrated(settings.db_url)
 
+    from discovery.api import router as discovery_api
     from idp.views import router as idp_router
 
-    app = FastAPI(title="Renkei", version=__version__, docs_url="/api/docs", redoc_url=None)
+    app = FastAPI(title="Renkei", version=__version__, docs_url="/api/docs", redoc_url=None,
+                  openapi_url="/api/openapi.json")
     app.include_router(idp_router)
+    app.include_router(discovery_api)
+    app.include_router(__import__("discovery.soap", fromlist=["router"]).router)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def home() -> HTMLResponse:
@@ -33,13 +37,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ok"}
 
     @app.exception_handler(RequestValidationError)
-    async def bad_input(_request: Request, exc: RequestValidationError) -> Response:
+    async def bad_input(request: Request, exc: RequestValidationError) -> Response:
         fields = ", ".join(".".join(str(p) for p in e.get("loc", ())) for e in exc.errors())
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": "invalid_request", "message": f"bad input: {fields}"}, 400)
         return error_page(400, f"入力が不正です。Bad input: {fields or 'request'}")
 
     @app.exception_handler(Exception)
-    async def unexpected(_request: Request, _exc: Exception) -> Response:
+    async def unexpected(request: Request, _exc: Exception) -> Response:
         # never a stack trace to the client; the server log has it
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": "server_error", "message": "internal error"}, 500)
         return error_page(500, "内部エラーが発生しました。An internal error occurred.", title="Error")
 
     return app

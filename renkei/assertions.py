@@ -84,7 +84,7 @@ def _time(value: str | None, what: str) -> datetime:
     if not value:
         raise AssertionRejected(f"{what} is missing")
     try:
-        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(value.strip())
     except ValueError:
         raise AssertionRejected(f"{what} is not an xs:dateTime") from None
     if parsed.tzinfo is not None:

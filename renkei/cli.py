@@ -23,7 +23,7 @@ def _ready_db() -> str:
         check_migrated(settings.db_url)
     except DatabaseNotMigrated as exc:
         raise RenkeiError(str(exc)) from None
-    except Exception as exc:  # unreachable server, bad URL
+    except Exception as exc:  # noqa: BLE001 - any driver error: unreachable server, bad URL
         raise RenkeiError(f"cannot open the database: {exc}") from None
     return settings.db_url
 
@@ -40,22 +40,30 @@ def main() -> None:
     reset_settings()  # each invocation reads the environment afresh
 
 
+def ensure_hub_keys() -> None:
+    """Create whatever hub key or secret does not exist yet (never replaces one)."""
+    from discovery.tokens import BOOTSTRAP_SECRET
+    from pseudonym.service import MASTER_ID_SECRET, PAIRWISE_SECRET
+    from renkei.keys import keystore
+
+    keys = keystore()
+    for role in ("idp", "consent", "log"):
+        keys.ensure_signing_key(role)
+    for secret in (PAIRWISE_SECRET, MASTER_ID_SECRET, BOOTSTRAP_SECRET):
+        keys.ensure_secret(secret)
+
+
 @main.command()
 def init() -> None:
     """Create or upgrade the database schema and the hub's keys (idempotent)."""
-    from pseudonym.service import MASTER_ID_SECRET, PAIRWISE_SECRET
     from renkei.db import upgrade
-    from renkei.keys import keystore
 
     settings = get_settings()
     try:
         upgrade(settings.db_url)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any driver or migration error, said plainly
         raise RenkeiError(f"cannot migrate the database: {exc}") from None
-    keys = keystore()
-    keys.ensure_signing_key("idp")
-    keys.ensure_secret(PAIRWISE_SECRET)
-    keys.ensure_secret(MASTER_ID_SECRET)
+    ensure_hub_keys()
     click.echo(f"database ready: {settings.db_url.split('@')[-1]}")
     click.echo(f"keys ready:     {settings.keys_dir}")
 
@@ -223,12 +231,13 @@ def pseudonym() -> None:
 @click.argument("agency_id")
 def pseudonym_rotate(agency_id: str) -> None:
     """Re-key one agency's pseudonyms; the old-to-new map is kept for that agency alone."""
+    from sqlalchemy import func, select
+
     from idp import agencies
     from pseudonym import service as pseudonyms
     from pseudonym.models import Pseudonym
     from renkei.db import session_scope
     from renkei.keys import keystore
-    from sqlalchemy import func, select
 
     settings = get_settings()
     with session_scope(_ready_db()) as db:

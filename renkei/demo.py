@@ -37,6 +37,13 @@ class DemoAgency:
         return f"{self.base_url}/metadata"
 
 
+def fill_placeholders(text: str, values: dict[str, str]) -> str:
+    """Replace `{agency-key}` with the agency's entity ID (other braces stay as they are)."""
+    for key, value in values.items():
+        text = text.replace("{" + key + "}", value)
+    return text
+
+
 def load_config(path: Path | None) -> dict:
     path = path or DEFAULT_CONFIG
     try:
@@ -57,21 +64,19 @@ def agency_config(agency: DemoAgency, hub_url: str, home: Path):
     )
 
 
-def setup(config: dict) -> tuple[list[DemoAgency], dict[str, str]]:
+def setup(config: dict, config_dir: Path = DEFAULT_CONFIG.parent) -> tuple[list[DemoAgency], dict[str, str]]:
     """Create everything the demo needs (idempotent); returns the agencies and people's passwords."""
     from agency_demo import sp_metadata
     from idp import accounts, agencies
     from pseudonym import service as pseudonyms
-    from pseudonym.service import MASTER_ID_SECRET, PAIRWISE_SECRET
+    from renkei.cli import ensure_hub_keys
     from renkei.db import session_scope, upgrade
     from renkei.keys import keystore
 
     settings = get_settings()
     upgrade(settings.db_url)
+    ensure_hub_keys()
     keys = keystore()
-    keys.ensure_signing_key("idp")
-    keys.ensure_secret(PAIRWISE_SECRET)
-    keys.ensure_secret(MASTER_ID_SECRET)
     host = config["hub"].get("host", "127.0.0.1")
     demo_agencies = [
         DemoAgency(a["key"], a["name"], a.get("class", ""), int(a["port"]), host) for a in config["agencies"]
@@ -101,7 +106,35 @@ def setup(config: dict) -> tuple[list[DemoAgency], dict[str, str]]:
                 db_session=db, keys=keys, agency=by_key[agency_key].entity_id, csv_text=text,
                 source=f"demo.yaml links.{agency_key}",
             )
+        entity_ids = {a.key: a.entity_id for a in demo_agencies}
+        _load_exchange_rules(db, config, entity_ids, config_dir)
     return demo_agencies, passwords
+
+
+def _load_exchange_rules(db, config: dict, entity_ids: dict[str, str], config_dir: Path) -> None:
+    """Service types, offerings, the whitelist and people's policies of the demo federation."""
+    from consent import service as consent
+    from consent.models import PolicyRuleIn
+    from consent.whitelist_io import parse_yaml
+    from discovery import service as location
+    from idp import accounts
+
+    location.load_location_config(db_session=db, config=config, entity_ids=entity_ids)
+    if config.get("whitelist"):
+        path = config_dir / config["whitelist"]
+        text = fill_placeholders(path.read_text(encoding="utf-8"), entity_ids)
+        consent.import_whitelist(db_session=db, entries=parse_yaml(text, source=path.name), replace=True)
+    for username, rules in (config.get("policies") or {}).items():
+        person = accounts.find(db_session=db, username=username)
+        if consent.get_current_policy(db_session=db, person_key=person.person_key) is not None:
+            continue  # the person may have changed it since; keep theirs
+        consent.set_policy(
+            db_session=db, person_key=person.person_key, principal_id=username,
+            rules=[PolicyRuleIn(effect=r["effect"], requester=entity_ids.get(r.get("requester"), r.get("requester")),
+                                provider=entity_ids.get(r.get("provider"), r.get("provider")),
+                                task_code=r.get("task"), info_type_code=r.get("info_type"))
+                   for r in rules],
+        )
 
 
 def _passwords(home: Path, usernames: list[str]) -> dict[str, str]:
@@ -131,7 +164,7 @@ def run(*, config_file: Path | None, serve: bool) -> None:
 
     config = load_config(config_file)
     settings = get_settings()
-    demo_agencies, passwords = setup(config)
+    demo_agencies, passwords = setup(config, (config_file or DEFAULT_CONFIG).parent)
     hub_port = int(config["hub"].get("port", 8000))
     with session_scope() as db:
         totp = {p["username"]: accounts.find(db_session=db, username=p["username"]).totp_secret

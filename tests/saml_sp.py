@@ -56,6 +56,7 @@ class TestSP:
     entity_id: str
     base_url: str
     authn_requests_signed: bool = True
+    encryption: bool = True  # publish the certificate for encryption too (tokens for this SP)
     key: rsa.RSAPrivateKey = field(default=None)
     cert: x509.Certificate = field(default=None)
 
@@ -82,10 +83,11 @@ class TestSP:
         sp = etree.SubElement(root, f"{{{MD}}}SPSSODescriptor", protocolSupportEnumeration=SAMLP,
                               AuthnRequestsSigned=str(self.authn_requests_signed).lower(),
                               WantAssertionsSigned="true")
-        kd = etree.SubElement(sp, f"{{{MD}}}KeyDescriptor", use="signing")
-        x = etree.SubElement(etree.SubElement(etree.SubElement(kd, f"{{{DS}}}KeyInfo"), f"{{{DS}}}X509Data"),
-                             f"{{{DS}}}X509Certificate")
-        x.text = base64.b64encode(der).decode()
+        for use in ("signing", "encryption") if self.encryption else ("signing",):
+            kd = etree.SubElement(sp, f"{{{MD}}}KeyDescriptor", use=use)
+            x = etree.SubElement(etree.SubElement(etree.SubElement(kd, f"{{{DS}}}KeyInfo"), f"{{{DS}}}X509Data"),
+                                 f"{{{DS}}}X509Certificate")
+            x.text = base64.b64encode(der).decode()
         etree.SubElement(sp, f"{{{MD}}}SingleLogoutService", Binding=REDIRECT, Location=self.slo_url)
         etree.SubElement(sp, f"{{{MD}}}AssertionConsumerService", Binding=POST, Location=self.acs_url,
                          index="0", isDefault="true")

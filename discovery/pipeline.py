@@ -1,0 +1,294 @@
+"""The cross-agency query (DESIGN.md flow 2) as one pipeline, read top to bottom:
+
+    authenticate requester (the faces do this) → resolve the person → find providers →
+    whitelist → the person's policy → log and commit → issue one token per permitted provider
+
+Both faces (ID-WSF SOAP and the JSON API) and the NameIDMappingRequest call `discover` /
+`map_name_id`, so they decide identically. Nothing leaves before the log entry is committed.
+"""
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from lxml import etree
+from sqlalchemy.orm import Session
+
+from access_history import service as history
+from access_history.models import LogEntryIn
+from consent import service as consent
+from discovery import service as location
+from discovery import tokens
+from idp import agencies
+from idp.agencies import RegisteredAgency
+from pseudonym import service as pseudonyms
+from renkei.assertions import AssertionRejected, validate_assertion
+from renkei.db import utcnow
+from renkei.keys import KeyStore, keystore
+from renkei.settings import Settings
+from renkei.xmlenc import encrypt_element
+from renkei.xmlsecurity import XMLSecurityError, new_id, parse_xml
+
+HUB_LOG = "hub"
+NO_ENCRYPTION_KEY = "PROVIDER_HAS_NO_ENCRYPTION_KEY"
+
+
+class DiscoveryRefused(Exception):
+    """The query as a whole is refused; `code` is stable, the message safe for the requester."""
+
+    def __init__(self, code: str, message: str, status: int = 400):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+@dataclass(frozen=True)
+class PersonRef:
+    """How the requester names the person: a bootstrap token, or its own pseudonym plus the
+    staff member's SSO assertion (docs/discovery.md)."""
+
+    bootstrap_token: str | None = None
+    pseudonym: str | None = None
+    staff_assertion: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Subject:
+    person_key: str
+    requester_pseudonym: str
+    staff: str | None
+
+
+@dataclass
+class OfferingDecision:
+    """One provider's answer: permitted with an endpoint and token, or refused with a reason."""
+
+    provider: str
+    provider_name: str
+    service_type: str
+    endpoint: str
+    security_mechanism: str
+    permitted: bool
+    reason: str
+    decision_id: str
+    overridden: bool = False
+    whitelist_entry: int | None = None
+    token: bytes | None = field(default=None, repr=False)
+
+    @property
+    def token_b64(self) -> str | None:
+        return base64.b64encode(self.token).decode() if self.token else None
+
+
+def discovery_entity_id(settings: Settings) -> str:
+    return settings.base_url.rstrip("/") + "/discovery"
+
+
+def discover(
+    *,
+    db_session: Session,
+    settings: Settings,
+    requester: RegisteredAgency,
+    person: PersonRef,
+    service_type: str,
+    task: str,
+    info_type: str | None = None,
+    now: datetime | None = None,
+) -> list[OfferingDecision]:
+    """Decide, log durably, then issue tokens, for every provider of `service_type` for the person.
+
+    Commits the session itself: "log before disclose" is this function's promise, not its
+    caller's. If the log write or the commit fails, the exception propagates and no token exists.
+    """
+    now = now or utcnow()
+    keys = keystore()
+    subject = resolve_subject(db_session=db_session, settings=settings, keys=keys, requester=requester,
+                              person=person, now=now)
+    stype, info_types = _service_and_info_types(db_session, service_type, info_type)
+    offerings = location.offerings_for_person(db_session=db_session, person_key=subject.person_key,
+                                              service_type=stype)
+    decisions = [
+        _decide_offering(db_session, requester, subject, offering, task, info_types, now)
+        for offering in offerings
+    ]
+    # the provider's own pseudonym and local ID, stored (if new) in the same transaction
+    subjects_for_provider = {
+        d.decision_id: (
+            pseudonyms.get_or_create(db_session=db_session, keys=keys, person_key=subject.person_key,
+                                     agency=d.provider, scope=settings.scope),
+            pseudonyms.local_id_of(db_session=db_session, agency=d.provider, person_key=subject.person_key),
+        )
+        for d in decisions
+        if d.permitted
+    }
+    _log(db_session, requester, subject, decisions, task, info_types)
+    db_session.commit()  # log before disclose: the decisions are durable before any token exists
+    for d in decisions:
+        if d.permitted:
+            p_provider, local_id = subjects_for_provider[d.decision_id]
+            d.token = _token_for(db_session, settings, keys, requester, d, p_provider, local_id,
+                                 task, info_types, now)
+    return decisions
+
+
+def resolve_subject(
+    *, db_session: Session, settings: Settings, keys: KeyStore, requester: RegisteredAgency,
+    person: PersonRef, now: datetime,
+) -> Subject:
+    """Map the requester's way of naming the person to the hub's person key."""
+    staff = None
+    if person.bootstrap_token:
+        try:
+            boot = tokens.read_bootstrap(
+                person.bootstrap_token, secret=tokens.bootstrap_secret(keys),
+                audience=discovery_entity_id(settings), requester=requester.entity_id, now=int(time.time()),
+            )
+        except tokens.BootstrapInvalid as exc:
+            raise DiscoveryRefused("BOOTSTRAP_TOKEN_REJECTED", str(exc), 403) from None
+        pseudonym = boot.pseudonym
+    elif person.pseudonym and person.staff_assertion:
+        staff = _staff_member(db_session, settings, requester, person.staff_assertion, now)
+        pseudonym = person.pseudonym
+    else:
+        raise DiscoveryRefused(
+            "PERSON_NOT_NAMED", "name the person by a bootstrap token, or by your pseudonym with a staff assertion"
+        )
+    try:
+        resolved = pseudonyms.resolve(db_session=db_session, agency=requester.entity_id, value=pseudonym)
+    except pseudonyms.PseudonymError:
+        raise DiscoveryRefused("UNKNOWN_PERSON", "no person has that pseudonym at your agency", 404) from None
+    return Subject(resolved.person_key, pseudonym, staff)
+
+
+def _staff_member(db_session: Session, settings: Settings, requester: RegisteredAgency, xml: bytes,
+                  now: datetime) -> str:
+    """The staff member who asks: the NameID of the hub's own SSO assertion issued to the requester."""
+    idp_keys = [k.public_key for k in keystore().published_keys("idp")]
+    try:
+        element = parse_xml(xml, max_bytes=settings.max_message_bytes)
+        staff = validate_assertion(
+            element, db_session=db_session, idp_entity_id=settings.idp_entity_id, idp_keys=idp_keys,
+            audience=requester.entity_id, now=now, skew=timedelta(seconds=settings.clock_skew_seconds),
+            remember=False,
+        )
+    except (AssertionRejected, XMLSecurityError) as exc:
+        raise DiscoveryRefused("STAFF_ASSERTION_REJECTED", f"the staff assertion was refused: {exc}", 403) from None
+    return staff.name_id
+
+
+def _service_and_info_types(db_session: Session, urn: str, info_type: str | None):
+    stype = location.get_service_type(db_session=db_session, urn=urn)
+    if stype is None:
+        raise DiscoveryRefused("UNKNOWN_SERVICE_TYPE", f"no service type {urn}", 404)
+    codes = stype.info_type_codes
+    if info_type is not None:
+        if info_type not in codes:
+            raise DiscoveryRefused("UNKNOWN_INFO_TYPE", f"{urn} does not disclose {info_type}")
+        codes = [info_type]
+    return stype, codes
+
+
+def _classes_of(db_session: Session) -> Callable[[str], set[str]]:
+    def classes(entity_id: str) -> set[str]:
+        agency = agencies.lookup(db_session=db_session, entity_id=entity_id)
+        return {agency.agency_class} if agency and agency.agency_class else set()
+
+    return classes
+
+
+def _decide_offering(db_session: Session, requester: RegisteredAgency, subject: Subject,
+                     offering: location.OfferingView, task: str, info_types: list[str],
+                     now: datetime) -> OfferingDecision:
+    """Whitelist, then the person's policy, for every information type the offering discloses."""
+    provider = agencies.lookup(db_session=db_session, entity_id=offering.provider)
+    result = OfferingDecision(
+        provider=offering.provider, provider_name=provider.name if provider else offering.provider,
+        service_type=offering.service_type, endpoint=offering.endpoint,
+        security_mechanism=offering.security_mechanism, permitted=True, reason="", decision_id=new_id(),
+    )
+    for code in info_types:
+        d = consent.decide(db_session=db_session, person_key=subject.person_key, requester=requester.entity_id,
+                           provider=offering.provider, task_code=task, info_type_code=code,
+                           classes_of=_classes_of(db_session), at=now)
+        result.reason = result.reason or str(d.reason)
+        result.overridden = result.overridden or d.overridden
+        result.whitelist_entry = result.whitelist_entry or d.whitelist_entry_id
+        if not d.permitted:
+            result.permitted, result.reason = False, str(d.reason)
+            break
+    if result.permitted and (provider is None or not provider.encryption_certs):
+        result.permitted, result.reason = False, NO_ENCRYPTION_KEY
+    return result
+
+
+def _log(db_session: Session, requester: RegisteredAgency, subject: Subject,
+         decisions: list[OfferingDecision], task: str, info_types: list[str]) -> None:
+    for d in decisions:
+        for code in info_types:
+            history.append(db_session=db_session, entry=LogEntryIn(
+                owner=HUB_LOG, kind="decision", decision_id=d.decision_id, requester=requester.entity_id,
+                provider=d.provider, person_key=subject.person_key, task_code=task, info_type_code=code,
+                reason=d.reason, permitted=d.permitted, staff=subject.staff,
+                detail={"service_type": d.service_type, "overridden": d.overridden,
+                        "whitelist_entry": d.whitelist_entry},
+            ))
+
+
+def _token_for(db_session: Session, settings: Settings, keys: KeyStore, requester: RegisteredAgency,
+               d: OfferingDecision, p_provider: str, local_id: str | None, task: str,
+               info_types: list[str], now: datetime) -> bytes:
+    from idp.service import signing_key
+
+    provider = agencies.lookup(db_session=db_session, entity_id=d.provider)
+    facts = tokens.ProviderTokenFacts(
+        hub_entity_id=settings.idp_entity_id, provider=d.provider, endpoint=d.endpoint,
+        provider_pseudonym=p_provider, requester=requester.entity_id, task=task, info_types=tuple(info_types),
+        service_type=d.service_type, whitelist_entry=str(d.whitelist_entry), decision_id=d.decision_id,
+        local_id=local_id, now=now, skew=timedelta(seconds=settings.clock_skew_seconds),
+    )
+    return tokens.provider_token(facts, signer=signing_key(str(keys.directory)), provider_cert=provider.encryption_certs[0])
+
+
+def map_name_id(
+    *,
+    db_session: Session,
+    settings: Settings,
+    requester: RegisteredAgency,
+    person: PersonRef,
+    target: str,
+    task: str,
+    info_type: str,
+    now: datetime | None = None,
+) -> tuple[OfferingDecision, etree._Element | None]:
+    """SAML NameIDMappingRequest (core §3.8) on the same decision path as `discover`: may the
+    requester learn how `target` names the person? The answer is an EncryptedID for the
+    target, which the requester passes on and cannot read; logged before it is returned."""
+    now = now or utcnow()
+    keys = keystore()
+    subject = resolve_subject(db_session=db_session, settings=settings, keys=keys, requester=requester,
+                              person=person, now=now)
+    provider = agencies.lookup(db_session=db_session, entity_id=target)
+    if provider is None:
+        raise DiscoveryRefused("UNKNOWN_TARGET", f"no agency {target} is registered", 404)
+    offering = location.OfferingView(target, "urn:oasis:names:tc:SAML:2.0:protocol:NameIDMapping", "", "",
+                                     (info_type,))
+    decision = _decide_offering(db_session, requester, subject, offering, task, [info_type], now)
+    p_target = None
+    if decision.permitted:
+        p_target = pseudonyms.get_or_create(db_session=db_session, keys=keys, person_key=subject.person_key,
+                                            agency=target, scope=settings.scope)
+    _log(db_session, requester, subject, [decision], task, [info_type])
+    db_session.commit()  # log before disclose
+    if p_target is None:
+        return decision, None
+    name_id = etree.Element(
+        f"{{{tokens.SAML_NS}}}NameID",
+        {"Format": tokens.NAMEID_PERSISTENT, "NameQualifier": settings.idp_entity_id, "SPNameQualifier": target},
+        nsmap={"saml": tokens.SAML_NS},
+    )
+    name_id.text = p_target
+    return decision, encrypt_element(name_id, provider.encryption_certs[0])

@@ -1,0 +1,140 @@
+"""Information location (情報所在管理): service types, offerings, and which providers hold data
+about a person. Service functions flush; the caller owns the transaction."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from discovery.models import Offering, ServiceType
+from pseudonym import service as pseudonyms
+
+# ID-WSF security mechanism: TLS to the provider, the hub's SAML assertion as bearer token
+BEARER_SAML = "urn:liberty:security:2005-02:TLS:SAMLV2"
+_URN = re.compile(r"^urn:[a-z0-9][a-z0-9-]{0,31}:\S+$", re.IGNORECASE)
+
+
+class LocationError(ValueError):
+    """Bad information-location input; the message names the field."""
+
+
+@dataclass(frozen=True)
+class OfferingView:
+    provider: str
+    service_type: str
+    endpoint: str
+    security_mechanism: str
+    info_types: tuple[str, ...]
+
+
+def add_service_type(*, db_session: Session, urn: str, name: str, info_types: list[str]) -> ServiceType:
+    """Register a service type and the 特定個人情報 codes it discloses."""
+    if not _URN.match(urn):
+        raise LocationError(f"service type must be a URN, got {urn!r}")
+    if not info_types or any(not c or " " in c for c in info_types):
+        raise LocationError("a service type discloses at least one information type code (no spaces)")
+    if db_session.get(ServiceType, urn) is not None:
+        raise LocationError(f"service type {urn} already exists")
+    row = ServiceType(urn=urn, name=name or urn, info_types=" ".join(info_types))
+    db_session.add(row)
+    db_session.flush()
+    return row
+
+
+def list_service_types(*, db_session: Session) -> list[ServiceType]:
+    """Every service type, by URN."""
+    return list(db_session.scalars(select(ServiceType).order_by(ServiceType.urn)))
+
+
+def get_service_type(*, db_session: Session, urn: str) -> ServiceType | None:
+    """One service type by URN."""
+    return db_session.get(ServiceType, urn)
+
+
+def remove_service_type(*, db_session: Session, urn: str) -> None:
+    """Remove a service type and its offerings."""
+    row = db_session.get(ServiceType, urn)
+    if row is None:
+        raise LocationError(f"no service type {urn}")
+    db_session.delete(row)
+    db_session.flush()
+
+
+def add_offering(
+    *, db_session: Session, provider: str, service_type: str, endpoint: str, security_mechanism: str = BEARER_SAML
+) -> Offering:
+    """Register a provider's endpoint for a service type."""
+    if db_session.get(ServiceType, service_type) is None:
+        raise LocationError(f"no service type {service_type}")
+    if not endpoint.startswith(("https://", "http://")):
+        raise LocationError(f"endpoint must be an http(s) URL, got {endpoint!r}")
+    exists = db_session.scalar(
+        select(Offering).where(Offering.provider == provider, Offering.service_type_urn == service_type)
+    )
+    if exists is not None:
+        raise LocationError(f"{provider} already offers {service_type}")
+    row = Offering(provider=provider, service_type_urn=service_type, endpoint=endpoint,
+                   security_mechanism=security_mechanism)
+    db_session.add(row)
+    db_session.flush()
+    return row
+
+
+def list_offerings(*, db_session: Session, service_type: str | None = None) -> list[Offering]:
+    """Offerings, optionally of one service type."""
+    query = select(Offering).order_by(Offering.service_type_urn, Offering.provider)
+    if service_type:
+        query = query.where(Offering.service_type_urn == service_type)
+    return list(db_session.scalars(query))
+
+
+def remove_offering(*, db_session: Session, provider: str, service_type: str) -> None:
+    """Withdraw a provider's offering."""
+    row = db_session.scalar(
+        select(Offering).where(Offering.provider == provider, Offering.service_type_urn == service_type)
+    )
+    if row is None:
+        raise LocationError(f"{provider} does not offer {service_type}")
+    db_session.delete(row)
+    db_session.flush()
+
+
+def offerings_for_person(*, db_session: Session, person_key: str, service_type: ServiceType) -> list[OfferingView]:
+    """The offerings of a service type by providers that hold data about this person."""
+    holders = set(pseudonyms.agencies_holding(db_session=db_session, person_key=person_key))
+    rows = db_session.scalars(
+        select(Offering).where(Offering.service_type_urn == service_type.urn).order_by(Offering.provider)
+    )
+    return [
+        OfferingView(o.provider, service_type.urn, o.endpoint, o.security_mechanism,
+                     tuple(service_type.info_type_codes))
+        for o in rows
+        if o.provider in holders
+    ]
+
+
+def load_location_config(*, db_session: Session, config: dict, entity_ids: dict[str, str] | None = None) -> None:
+    """Create the service types and offerings a federation file lists (idempotent).
+
+    `entity_ids` maps short agency keys used in the file to entity IDs.
+    """
+    entity_ids = entity_ids or {}
+    for st in config.get("service_types") or []:
+        if db_session.get(ServiceType, st["urn"]) is None:
+            add_service_type(db_session=db_session, urn=st["urn"], name=st.get("name", ""),
+                             info_types=list(st["info_types"]))
+    for off in config.get("offerings") or []:
+        provider = entity_ids.get(off["provider"], off["provider"])
+        endpoint = off["endpoint"]
+        for key, entity_id in entity_ids.items():  # `{agency-key}` is that agency's base URL
+            endpoint = endpoint.replace("{" + key + "}", entity_id.rsplit("/metadata", 1)[0])
+        exists = db_session.scalar(
+            select(Offering).where(Offering.provider == provider, Offering.service_type_urn == off["service_type"])
+        )
+        if exists is None:
+            add_offering(db_session=db_session, provider=provider, service_type=off["service_type"],
+                         endpoint=endpoint)
+        else:
+            exists.endpoint = endpoint
