@@ -64,8 +64,12 @@ def init() -> None:
     except Exception as exc:  # noqa: BLE001 - any driver or migration error, said plainly
         raise RenkeiError(f"cannot migrate the database: {exc}") from None
     ensure_hub_keys()
+    from renkei.operator import operator_token
+
+    operator_token()
     click.echo(f"database ready: {settings.db_url.split('@')[-1]}")
     click.echo(f"keys ready:     {settings.keys_dir}")
+    click.echo(f"operator API token in {settings.keys_dir / 'operator-token'} (or set RENKEI_OPERATOR_TOKEN)")
 
 
 @main.command()
@@ -251,6 +255,147 @@ def pseudonym_rotate(agency_id: str) -> None:
                 db_session=db, keys=keystore(), agency=agency_id, scope=settings.scope, progress=bar.update
             )
     click.echo(f"rotated {count} pseudonyms of {agency_id}")
+
+
+@main.group("service-type")
+def service_type() -> None:
+    """Information location: the kinds of service agencies offer (情報所在管理)."""
+
+
+@service_type.command("add")
+@click.option("--urn", required=True, help="Service type URN, e.g. urn:renkei:service:resident-record.")
+@click.option("--name", default="", help="Display name.")
+@click.option("--info-type", "info_types", multiple=True, required=True,
+              help="Information type (特定個人情報) code it discloses; repeat for several.")
+def service_type_add(urn: str, name: str, info_types: tuple[str, ...]) -> None:
+    """Register a service type and the information types it discloses."""
+    from discovery import service as location
+    from renkei.db import session_scope
+
+    try:
+        with session_scope(_ready_db()) as db:
+            location.add_service_type(db_session=db, urn=urn, name=name, info_types=list(info_types))
+    except location.LocationError as exc:
+        raise RenkeiError(str(exc)) from None
+    click.echo(f"added service type {urn}")
+
+
+@service_type.command("list")
+def service_type_list() -> None:
+    """List service types: URN, information types, name."""
+    from discovery import service as location
+    from renkei.db import session_scope
+
+    with session_scope(_ready_db()) as db:
+        for st in location.list_service_types(db_session=db):
+            click.echo(f"{st.urn}\t{','.join(st.info_type_codes)}\t{st.name}")
+
+
+@service_type.command("remove")
+@click.argument("urn")
+def service_type_remove(urn: str) -> None:
+    """Remove a service type and every offering of it."""
+    from discovery import service as location
+    from renkei.db import session_scope
+
+    try:
+        with session_scope(_ready_db()) as db:
+            location.remove_service_type(db_session=db, urn=urn)
+    except location.LocationError as exc:
+        raise RenkeiError(str(exc)) from None
+    click.echo(f"removed service type {urn}")
+
+
+@main.group()
+def offering() -> None:
+    """Information location: which provider agency offers which service, where."""
+
+
+@offering.command("add")
+@click.option("--provider", required=True, help="Entity ID of the providing agency.")
+@click.option("--service-type", required=True, help="Service type URN.")
+@click.option("--endpoint", required=True, help="URL where the provider answers with a token.")
+def offering_add(provider: str, service_type: str, endpoint: str) -> None:
+    """Register a provider's endpoint for a service type."""
+    from discovery import service as location
+    from idp import agencies
+    from renkei.db import session_scope
+
+    try:
+        with session_scope(_ready_db()) as db:
+            if agencies.lookup(db_session=db, entity_id=provider) is None:
+                raise RenkeiError(f"no agency {provider} is registered")
+            location.add_offering(db_session=db, provider=provider, service_type=service_type, endpoint=endpoint)
+    except location.LocationError as exc:
+        raise RenkeiError(str(exc)) from None
+    click.echo(f"{provider} offers {service_type} at {endpoint}")
+
+
+@offering.command("list")
+@click.option("--service-type", default=None, help="Only this service type.")
+def offering_list(service_type: str | None) -> None:
+    """List offerings: service type, provider, endpoint."""
+    from discovery import service as location
+    from renkei.db import session_scope
+
+    with session_scope(_ready_db()) as db:
+        for o in location.list_offerings(db_session=db, service_type=service_type):
+            click.echo(f"{o.service_type_urn}\t{o.provider}\t{o.endpoint}")
+
+
+@offering.command("remove")
+@click.option("--provider", required=True)
+@click.option("--service-type", required=True)
+def offering_remove(provider: str, service_type: str) -> None:
+    """Withdraw a provider's offering."""
+    from discovery import service as location
+    from renkei.db import session_scope
+
+    try:
+        with session_scope(_ready_db()) as db:
+            location.remove_offering(db_session=db, provider=provider, service_type=service_type)
+    except location.LocationError as exc:
+        raise RenkeiError(str(exc)) from None
+    click.echo(f"removed {provider} / {service_type}")
+
+
+@main.group()
+def whitelist() -> None:
+    """The legal whitelist (別表第２): which exchanges the law allows."""
+
+
+@whitelist.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--replace", is_flag=True, help="Drop entries the file does not list.")
+def whitelist_import(file: Path, replace: bool) -> None:
+    """Import a .yaml or .csv whitelist; all or nothing, every problem named with its line."""
+    from consent.errors import WhitelistImportError
+    from consent.whitelist_io import import_whitelist_file
+    from renkei.db import session_scope
+
+    try:
+        with session_scope(_ready_db()) as db:
+            summary = import_whitelist_file(db_session=db, path=file, replace=replace)
+    except WhitelistImportError as exc:
+        raise RenkeiError(f"{exc}\n(nothing was imported)") from None
+    except OSError as exc:
+        raise RenkeiError(f"cannot read {file}: {exc.strerror}") from None
+    click.echo(f"whitelist: {summary.created} added, {summary.updated} updated, "
+               f"{summary.unchanged} unchanged, {summary.removed} removed")
+
+
+@whitelist.command("export")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def whitelist_export(file: Path) -> None:
+    """Export the whitelist as .yaml or .csv (by the file's suffix)."""
+    from consent.whitelist_io import export_whitelist_file
+    from renkei.db import session_scope
+
+    if file.suffix.lower() not in (".yaml", ".yml", ".csv"):
+        raise RenkeiError("name a .yaml, .yml or .csv file")
+    with session_scope(_ready_db()) as db:
+        count = export_whitelist_file(db_session=db, path=file)
+    click.echo(f"exported {count} entries to {file}")
 
 
 @main.group()

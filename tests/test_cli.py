@@ -39,6 +39,8 @@ def run(*args, stdin=None):
 
 
 @pytest.mark.parametrize("command", [[], ["init"], ["serve"], ["demo"], ["person", "add"], ["agency", "add"],
+                                     ["service-type", "add"], ["offering", "add"], ["whitelist", "import"],
+                                     ["whitelist", "export"],
                                      ["agency", "list"], ["agency", "remove"], ["link", "import"],
                                      ["pseudonym", "rotate"], ["keys", "rotate"]])
 def test_every_command_has_help(command):
@@ -49,7 +51,7 @@ def test_every_command_has_help(command):
 
 def test_unmigrated_database_refused_with_a_clear_message(home):
     proc = subprocess.run([RENKEI, "serve", "--port", "1"], capture_output=True, text=True,
-                          env={**os.environ, **home}, timeout=60)
+                          env={**os.environ, **home}, timeout=60, check=False)
     assert proc.returncode != 0
     assert "renkei init" in proc.stderr and "revision none" in proc.stderr
     from renkei.app import create_app
@@ -123,3 +125,35 @@ def test_person_add_and_link_import(home, tmp_path):
     assert unknown.exit_code != 0 and "no agency" in unknown.output
     rotate = run("pseudonym", "rotate", "https://y.example.jp/sp")
     assert rotate.exit_code == 0 and "rotated 0 pseudonyms" in rotate.output
+
+
+def test_service_types_offerings_and_whitelist_commands(home, tmp_path):
+    assert run("init").exit_code == 0
+    sp = TestSP("https://z.example.jp/sp", "https://z.example.jp")
+    md = tmp_path / "sp.xml"
+    md.write_bytes(sp.metadata())
+    assert run("agency", "add", "--metadata", str(md), "--class", "municipality").exit_code == 0
+    assert run("service-type", "add", "--urn", "urn:renkei:service:r", "--name", "住民票",
+               "--info-type", "JUMINHYO").exit_code == 0
+    bad = run("service-type", "add", "--urn", "not a urn", "--info-type", "X")
+    assert bad.exit_code != 0 and "URN" in bad.output
+    assert "urn:renkei:service:r\tJUMINHYO" in run("service-type", "list").output
+    assert run("offering", "add", "--provider", sp.entity_id, "--service-type", "urn:renkei:service:r",
+               "--endpoint", "https://z.example.jp/provide").exit_code == 0
+    nobody = run("offering", "add", "--provider", "https://nobody/sp", "--service-type", "urn:renkei:service:r",
+                 "--endpoint", "https://x/")
+    assert nobody.exit_code != 0 and "no agency" in nobody.output
+    assert sp.entity_id in run("offering", "list").output
+    wl = tmp_path / "wl.csv"
+    wl.write_text("requester,provider,task_code,task_name,info_type_code,info_type_name,legal_basis,consent\n"
+                  f"class:municipality,{sp.entity_id},JUKI,住基,JUMINHYO,住民票,demo,required\n"
+                  f"class:municipality,{sp.entity_id},JUKI,住基,KOSEKI,戸籍,demo,maybe\n")
+    result = run("whitelist", "import", str(wl))
+    assert result.exit_code != 0 and "wl.csv line 3" in result.output and "nothing was imported" in result.output
+    wl.write_text(wl.read_text().rsplit("\n", 2)[0] + "\n")
+    assert "1 added" in run("whitelist", "import", str(wl)).output
+    out = tmp_path / "out.yaml"
+    assert run("whitelist", "export", str(out)).exit_code == 0
+    assert "JUMINHYO" in out.read_text()
+    assert run("offering", "remove", "--provider", sp.entity_id, "--service-type", "urn:renkei:service:r").exit_code == 0
+    assert run("service-type", "remove", "urn:renkei:service:r").exit_code == 0

@@ -19,7 +19,7 @@ from pseudonym import service as pseudonyms
 from renkei.db import get_engine, session_scope
 from renkei.jwt import sign_client_assertion
 from renkei.keys import keystore
-from renkei.xmlenc import decrypt_element
+from renkei.xmlenc import DecryptionFailed, decrypt_element
 from tests.saml_sp import NS, Browser, TestSP, response_from_page
 from tests.test_idp_sso import register
 
@@ -116,7 +116,7 @@ def test_permitted_query_returns_a_token_only_the_provider_can_read(hub, fed, bo
         expected = pseudonyms.get_or_create(db_session=db, keys=keystore(), person_key=fed["person_key"],
                                             agency=fed["a"].entity_id, scope=hub.settings.scope)
     assert name_id.text == expected
-    with pytest.raises(Exception):
+    with pytest.raises(DecryptionFailed):
         decrypt_element(token.find("saml:Subject/saml:EncryptedID", NS), [fed["r"].key])
     assert got[fed["n"].entity_id]["reason"] == "NO_WHITELIST_ENTRY"  # the entry names A alone
     # a provider without an encryption key gets no token, even where law and person allow
