@@ -88,12 +88,13 @@ def bootstrap(hub, fed):
     return bootstrap_of(sso_assertion(hub, fed["r"]))
 
 
-def ask(hub, requester: TestSP, body: dict, *, key=None, audience=None, jti=None) -> httpx.Response:
+def ask(hub, requester: TestSP, body: dict, *, key=None, audience=None, jti=None, base=None) -> httpx.Response:
+    """A discovery query as `requester`, authenticated by a fresh client assertion."""
     jwt = sign_client_assertion(key or requester.key, issuer=requester.entity_id,
                                 audience=audience or f"{hub.base_url}/api/discovery/query",
                                 jti=jti or uuid.uuid4().hex)
-    return httpx.post(f"{hub.base_url}/api/discovery/query", json=body, headers={"Authorization": f"Bearer {jwt}"},
-                      timeout=20)
+    return httpx.post(f"{base or hub.base_url}/api/discovery/query", json=body,
+                      headers={"Authorization": f"Bearer {jwt}"}, timeout=20)
 
 
 def query(hub, fed, bootstrap, service_type, task, **over) -> dict[str, dict]:
