@@ -9,11 +9,18 @@ the integration example, built on OneLogin's python3-saml. Routes:
   GET  /metadata  this SP's metadata, to register with the hub
   GET|POST /logout  SP-initiated Single Logout over HTTP-Redirect (SAML profiles §4.4)
   GET  /sls       SingleLogoutService: the hub's LogoutResponse (or LogoutRequest)
+  POST /lookup    as requester: run one configured scenario through the hub's discovery API
+                  and fetch each permitted provider's record (HTML, or JSON on Accept)
+  POST /provide/{name}  as provider: accept a hub token, answer the linked record (JSON)
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import json
+import logging
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -24,9 +31,19 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from onelogin.saml2.auth import OneLogin_Saml2_Auth
 from onelogin.saml2.utils import OneLogin_Saml2_Error
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from agency_demo.config import AgencyConfig
+from agency_demo.lookups import (
+    LookupFailed,
+    ProviderTokens,
+    bootstrap_from_response,
+    explain,
+    load_private_key,
+    record_for,
+    run_lookup,
+    token_text,
+)
 from agency_demo.saml import (
     MAX_MESSAGE_BYTES,
     PAIRWISE_ID_ATTRIBUTE,
@@ -40,6 +57,7 @@ from agency_demo.saml import (
     toolkit_request,
 )
 from agency_demo.sessions import SeenAssertions, SessionStore
+from renkei_provider import HubMetadataError, TokenRejected
 
 __all__ = ["AgencyConfig", "create_agency_app"]
 
@@ -48,6 +66,13 @@ __all__ = ["AgencyConfig", "create_agency_app"]
 PENDING_AUTHN = "pending_authn_request_id"
 PENDING_LOGOUT = "pending_logout_request_id"
 LOGIN = "login"
+# Kept server-side with the sign-in: the bootstrap token from the hub's assertion (what the
+# agency presents to the discovery service while the person is present) and the CSRF token
+# the lookup forms carry.
+BOOTSTRAP = "bootstrap_token"
+CSRF = "csrf_token"
+MAX_PROVIDE_BODY = 256 * 1024
+log = logging.getLogger(__name__)
 TEMPLATES = Path(__file__).parent / "templates"
 
 # Why /acs and /sls catch every exception: for hostile or broken input python3-saml raises
@@ -57,9 +82,19 @@ TEMPLATES = Path(__file__).parent / "templates"
 
 def create_agency_app(config: AgencyConfig) -> FastAPI:
     """Build the agency's web app; creates its SP key pair on first run."""
-    sp_part = sp_settings(config, sp_keys(config))
+    keypair = sp_keys(config)
+    sp_part = sp_settings(config, keypair)
     metadata_xml = sp_metadata(config)
     idp = IdpMetadata(config, sp_part)
+    sp_key = load_private_key(keypair.private_key_pem)
+    provider_tokens = ProviderTokens(config, sp_key)
+
+    async def hub_token_metadata() -> str | bytes:
+        """Whose signing keys provider tokens must carry: the hub's (IdP) metadata."""
+        if config.hub_metadata_xml is not None:
+            return config.hub_metadata_xml
+        return await idp.document()
+
     sessions = SessionStore(
         # Cookies ignore ports, and several demo agencies share 127.0.0.1: one name each.
         cookie_name="agency_session_" + hashlib.sha256(config.entity_id.encode()).hexdigest()[:12],
@@ -106,13 +141,23 @@ def create_agency_app(config: AgencyConfig) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse)
     async def home(request: Request) -> Response:
-        login = _current_login(sessions.load(request))
+        session = sessions.load(request)
+        login = _current_login(session)
         other = sorted(
             (name, values)
             for name, values in (login or {}).get("attributes", {}).items()
             if name != PAIRWISE_ID_ATTRIBUTE
         )
-        return pages.render("home.html", login=login, other_attributes=other)
+        return pages.render(
+            "home.html",
+            login=login,
+            other_attributes=other,
+            scenarios=list(enumerate(config.scenarios)) if login else [],
+            can_lookup=bool(login and session.get(BOOTSTRAP)),
+            csrf_token=session.get(CSRF, ""),
+            lookup_url=config.lookup_url,
+            provided=[(urn, config.provide_url(urn)) for urn in config.provides],
+        )
 
     @app.get("/metadata")
     async def metadata() -> Response:
@@ -181,9 +226,112 @@ def create_agency_app(config: AgencyConfig) -> FastAPI:
         if problem:
             return fail(problem, ["invalid_response"])
 
+        bootstrap = bootstrap_from_response(
+            auth.get_last_response_xml(),
+            metadata_xml=await idp.document(),
+            assertion_id=auth.get_last_assertion_id(),
+        )
         response = RedirectResponse(config.home_url, status_code=303)
-        sessions.save(request, response, {LOGIN: _login_record(auth)}, renew=True)
+        sessions.save(
+            request,
+            response,
+            {LOGIN: _login_record(auth), BOOTSTRAP: bootstrap, CSRF: secrets.token_urlsafe(32)},
+            renew=True,
+        )
         return response
+
+    @app.post("/lookup")
+    async def lookup(request: Request) -> Response:
+        """Run one scenario: discovery query at the hub, then each permitted provider."""
+        wants_json = "application/json" in request.headers.get("accept", "")
+        session = sessions.load(request)
+
+        def fail(status: int, code: str, message: str) -> Response:
+            if wants_json:
+                return JSONResponse({"error": code, "message": message}, status_code=status,
+                                    headers={"Cache-Control": "no-store"})
+            return pages.render("error.html", status_code=status, title_ja="照会できませんでした",
+                                title_en="The lookup failed", reason=f"{code}: {message}", errors=[])
+
+        if _current_login(session) is None:
+            return fail(401, "NOT_SIGNED_IN", "sign in first")
+        if int(request.headers.get("content-length") or 0) > 4096:
+            return fail(413, "TOO_LARGE", "the form is too large")
+        form = await request.form()
+        given = form.get("csrf_token")
+        expected = session.get(CSRF)
+        if not isinstance(given, str) or not expected or not hmac.compare_digest(given, expected):
+            return fail(403, "CSRF", "the form did not come from this agency's page; reload it")
+        index = form.get("scenario")
+        if not isinstance(index, str) or not index.isdigit() or int(index) >= len(config.scenarios):
+            return fail(400, "UNKNOWN_SCENARIO", "no such lookup")
+        scenario = config.scenarios[int(index)]
+        if not session.get(BOOTSTRAP):
+            return fail(409, "NO_BOOTSTRAP_TOKEN",
+                        "the hub's sign-in carried no discovery token; sign in again")
+        try:
+            results = await run_lookup(config, sp_key, bootstrap_token=session[BOOTSTRAP],
+                                       scenario=scenario)
+        except LookupFailed as exc:
+            return fail(exc.status, exc.code, exc.message)
+        if wants_json:
+            return JSONResponse([r.to_json() for r in results], headers={"Cache-Control": "no-store"})
+        title, service_type, task, info_type, expect = scenario
+        return pages.render(
+            "lookup.html",
+            title=title,
+            service_type=service_type,
+            task=task,
+            info_type=info_type,
+            expect=expect,
+            expect_text=explain(expect) if expect else None,
+            as_expected=any(r.reason == expect for r in results) if expect else None,
+            results=results,
+        )
+
+    @app.post("/provide/{name}")
+    async def provide(name: str, request: Request) -> Response:
+        """Answer a provider token: hub-signed, for us and this endpoint, in time, once."""
+
+        def answer(status: int, code: str, message: str) -> Response:
+            return JSONResponse({"error": code, "message": message}, status_code=status,
+                                headers={"Cache-Control": "no-store"})
+
+        if name not in provider_tokens.by_name:
+            return answer(404, "UNKNOWN_SERVICE", "this agency provides no such service")
+        if int(request.headers.get("content-length") or 0) > MAX_PROVIDE_BODY:
+            return answer(413, "TOO_LARGE", "the request body is too large")
+        raw = await request.body()
+        if len(raw) > MAX_PROVIDE_BODY:
+            return answer(413, "TOO_LARGE", "the request body is too large")
+        try:
+            token = token_text(json.loads(raw))
+        except ValueError:
+            token = None
+        if token is None:
+            return answer(400, "BAD_REQUEST", 'send JSON {"token": <base64 of the hub token>}')
+        try:
+            verifier = provider_tokens.verifier(name, await hub_token_metadata())
+        except (IdpMetadataError, HubMetadataError) as exc:
+            return answer(502, "HUB_METADATA_UNAVAILABLE", str(exc))
+        try:
+            accepted = verifier.verify(token)
+        except TokenRejected as exc:
+            return answer(exc.status, exc.code, str(exc))
+        if accepted.service_type != provider_tokens.by_name[name]:
+            return answer(403, "SERVICE_TYPE_MISMATCH", "the token is for another service type")
+        record = record_for(config, accepted, name)
+        # This agency's own access history would record the disclosure here (DESIGN.md flow 4).
+        log.info("disclosure %s to %s for task %s: %s", accepted.decision_id, accepted.requester,
+                 accepted.task, "record" if record is not None else "no record")
+        if record is None:
+            return answer(404, "NO_RECORD", "this agency holds no record for the person")
+        return JSONResponse(
+            {"provider": config.entity_id, "provider_name": config.name,
+             "service_type": accepted.service_type, "decision_id": accepted.decision_id,
+             "record": record},
+            headers={"Cache-Control": "no-store"},
+        )
 
     @app.api_route("/logout", methods=["GET", "POST"])
     async def logout(request: Request) -> Response:

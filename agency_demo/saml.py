@@ -21,6 +21,7 @@ from xml.sax.saxutils import escape
 import httpx
 from onelogin.saml2.constants import OneLogin_Saml2_Constants as C
 from onelogin.saml2.idp_metadata_parser import OneLogin_Saml2_IdPMetadataParser
+from onelogin.saml2.metadata import OneLogin_Saml2_Metadata
 from onelogin.saml2.settings import OneLogin_Saml2_Settings
 from onelogin.saml2.utils import OneLogin_Saml2_Error
 from starlette.requests import Request
@@ -108,6 +109,9 @@ def sp_metadata(config: AgencyConfig) -> str:
     settings = OneLogin_Saml2_Settings(
         sp_settings(config, sp_keys(config)), sp_validation_only=True
     )
+    # The hub encrypts provider tokens (their subject and local-ID attribute) to the SP's
+    # encryption certificate: publish the SP certificate for encryption as well as signing.
+    settings.metadata_class = _MetadataWithEncryptionKey
     metadata = settings.get_sp_metadata()
     if isinstance(metadata, bytes):
         metadata = metadata.decode()
@@ -115,6 +119,15 @@ def sp_metadata(config: AgencyConfig) -> str:
     if errors:
         raise ValueError(f"generated SP metadata is invalid: {', '.join(errors)}")
     return metadata
+
+
+class _MetadataWithEncryptionKey(OneLogin_Saml2_Metadata):
+    """The toolkit adds a KeyDescriptor use="encryption" only when the SP wants encrypted
+    assertions or NameIDs at SSO; this SP does not, but it does receive encrypted tokens."""
+
+    @classmethod
+    def add_x509_key_descriptors(cls, metadata, cert=None, add_encryption=True):
+        return super().add_x509_key_descriptors(metadata, cert, True)
 
 
 def idp_settings_from_metadata(metadata_xml: str | bytes, *, entity_id: str) -> dict[str, Any]:
@@ -160,10 +173,12 @@ class IdpMetadata:
         self._config = config
         self._sp_part = sp_part
         self._settings: OneLogin_Saml2_Settings | None = None
+        self._document: str | bytes | None = None  # the metadata the settings were built from
         self._fetched_at = 0.0
         self._lock = asyncio.Lock()
         if config.idp_metadata_xml is not None:
             self._settings = self._build(config.idp_metadata_xml)  # fail at startup, not login
+            self._document = config.idp_metadata_xml
 
     async def settings(self) -> OneLogin_Saml2_Settings:
         """Toolkit settings (SP + IdP), ready to hand to OneLogin_Saml2_Auth."""
@@ -175,13 +190,23 @@ class IdpMetadata:
             if self._settings is not None and self._fresh():
                 return self._settings
             try:
-                self._settings = self._build(await self._fetch())
+                document = await self._fetch()
+                self._settings = self._build(document)
+                self._document = document
             except (httpx.HTTPError, IdpMetadataError) as exc:
                 if self._settings is None:
                     raise IdpMetadataError(str(exc)) from exc
                 log.warning("keeping the previous IdP metadata: %s", exc)
             self._fetched_at = time.monotonic()
             return self._settings
+
+    async def document(self) -> str | bytes:
+        """The metadata document the current settings come from (pinned, or last good fetch).
+
+        The provider side pins the hub's token-signing keys from it (renkei_provider)."""
+        await self.settings()
+        assert self._document is not None
+        return self._document
 
     def _fresh(self) -> bool:
         return time.monotonic() - self._fetched_at < IDP_METADATA_REFRESH_SECONDS
