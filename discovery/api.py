@@ -118,7 +118,7 @@ def query(
     except (LogWriteFailed, SQLAlchemyError):
         db.rollback()
         return _error(503, "LOG_WRITE_FAILED", "the decision could not be logged; nothing was disclosed")
-    return DiscoveryQueryOut(offerings=[
+    answer = DiscoveryQueryOut(offerings=[
         OfferingOut(
             provider=d.provider, provider_name=d.provider_name, service_type=d.service_type,
             permitted=d.permitted, reason=d.reason, decision_id=d.decision_id, overridden=d.overridden,
@@ -128,3 +128,5 @@ def query(
         )
         for d in decisions
     ])
+    # bearer tokens inside: never cached by any intermediary
+    return JSONResponse(answer.model_dump(), headers={"Cache-Control": "no-store"})

@@ -9,10 +9,9 @@ Both faces (ID-WSF SOAP and the JSON API) and the NameIDMappingRequest call `dis
 from __future__ import annotations
 
 import base64
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from lxml import etree
 from sqlalchemy.orm import Session
@@ -145,7 +144,8 @@ def resolve_subject(
         try:
             boot = tokens.read_bootstrap(
                 person.bootstrap_token, secret=tokens.bootstrap_secret(keys),
-                audience=discovery_entity_id(settings), requester=requester.entity_id, now=int(time.time()),
+                audience=discovery_entity_id(settings), requester=requester.entity_id,
+                now=int(now.replace(tzinfo=UTC).timestamp()),
             )
         except tokens.BootstrapInvalid as exc:
             raise DiscoveryRefused("BOOTSTRAP_TOKEN_REJECTED", str(exc), 403) from None

@@ -1,6 +1,6 @@
 """The discovery service's SOAP faces, deciding exactly as the JSON face does (`pipeline`):
 
-- `POST /discovery/soap`: ID-WSF 2.0 Discovery Service Query (DS 2.0 §4.3) over the ID-WSF 2.0
+- `POST /discovery/soap`: ID-WSF 2.0 Discovery Service Query over the ID-WSF 2.0
   SOAP binding, the requester authenticated by a WS-Security signature (`renkei.wssecurity`).
 - `POST /idp/nim`: SAML 2.0 NameIDMappingRequest (core §3.8) over the SAML SOAP binding
   (bindings §3.2), the request carrying its own enveloped signature.
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -44,6 +45,7 @@ from sqlalchemy.orm import Session
 from discovery import pipeline, tokens
 from idp import agencies, saml
 from idp.agencies import RegisteredAgency
+from idp.service import signing_key
 from renkei import replay
 from renkei.db import utcnow
 from renkei.keys import keystore
@@ -103,7 +105,7 @@ FAULT_ACTION = "http://www.w3.org/2005/08/addressing/soap/fault"
 UNKNOWN_PRINCIPAL = "urn:oasis:names:tc:SAML:2.0:status:UnknownPrincipal"
 NIM_LIFETIME = timedelta(minutes=5)  # how old a NameIDMappingRequest may be (its ID is kept as long)
 
-# ID-WSF DS 2.0 §4.3.2 top-level status codes
+# ID-WSF DS 2.0 QueryResponse top-level status codes (lu:Status@code)
 STATUS_OK, STATUS_NO_RESULTS, STATUS_FAILED = "OK", "NoResults", "Failed"
 
 _KNOWN_HEADERS = frozenset({SECURITY, PURPOSE, *SIGNABLE_HEADERS})
@@ -147,11 +149,15 @@ MUST_UNDERSTAND_FAULT = (SOAP11_NS, "MustUnderstand")
 async def discovery_soap(request: Request, db: Session = DB) -> Response:
     """ID-WSF 2.0 Discovery Service Query over the ID-WSF SOAP binding (module docstring)."""
     settings = get_settings()
+
+    def refuse(fault: SoapFault) -> Response:
+        return _fault(settings, fault)
+
     try:
         raw = await _read_body(request, settings.max_message_bytes)
     except SoapFault as fault:
-        return _fault(settings, fault)
-    return await run_in_threadpool(_guarded, _discovery, db, settings, raw)
+        return refuse(fault)
+    return await run_in_threadpool(_guarded, _discovery, db, settings, raw, refuse)
 
 
 @router.post("/idp/nim", include_in_schema=False)
@@ -161,8 +167,8 @@ async def name_id_mapping(request: Request, db: Session = DB) -> Response:
     try:
         raw = await _read_body(request, settings.max_message_bytes)
     except SoapFault as fault:
-        return _fault(settings, fault)
-    return await run_in_threadpool(_guarded, _name_id_mapping, db, settings, raw)
+        return _saml_soap_fault(fault)
+    return await run_in_threadpool(_guarded, _name_id_mapping, db, settings, raw, _saml_soap_fault)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -178,14 +184,15 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(received)
 
 
-def _guarded(handler, db: Session, settings: Settings, raw: bytes) -> Response:
+def _guarded(handler: Callable[[Session, Settings, bytes], Response], db: Session, settings: Settings,
+             raw: bytes, refuse: Callable[[SoapFault], Response]) -> Response:
     """Any unexpected error becomes a soap:Server fault with nothing half-written, never a trace."""
     try:
         return handler(db, settings, raw)
     except Exception:
         log.exception("unexpected error on a SOAP endpoint")
         db.rollback()
-        return _fault(settings, SoapFault(SERVER, "INTERNAL_ERROR", "internal error"))
+        return refuse(SoapFault(SERVER, "INTERNAL_ERROR", "internal error"))
 
 
 # -- ID-WSF Discovery Service Query ------------------------------------------------------------
@@ -253,7 +260,7 @@ def _authenticated_query(db: Session, settings: Settings, raw: bytes) -> _Query:
 
 
 def _claimed_sender(raw: bytes, max_bytes: int) -> str:
-    """Who the message says it is from (sb:Sender, ID-WSF SOAP binding 2.0 §5.2), read before the
+    """Who the message says it is from (sb:Sender, ID-WSF SOAP binding 2.0), read before the
     signature is checked only to choose the keys; the signed copy must say the same."""
     root = parse_xml(raw, max_bytes=max_bytes)
     headers = root.findall(HEADER) if root.tag == ENVELOPE else []
@@ -271,7 +278,7 @@ def _claimed_sender(raw: bytes, max_bytes: int) -> str:
 
 
 def _check_binding(verified: VerifiedEnvelope, settings: Settings) -> None:
-    """ID-WSF SOAP binding 2.0 §5: framework version, WS-Addressing Action and To."""
+    """ID-WSF SOAP binding 2.0: framework version, WS-Addressing Action and To."""
     if verified.header(FRAMEWORK).get("version") != FRAMEWORK_VERSION:
         raise SoapFault(CLIENT, "FrameworkVersionMismatch", "only sbf:Framework version 2.0 is supported")
     if verified.action != QUERY_ACTION:
@@ -314,12 +321,12 @@ def _person(verified: VerifiedEnvelope) -> pipeline.PersonRef:
         if len(name_ids) != 1 or name_ids[0].tag != SAML_NAME_ID:
             raise SoapFault(CLIENT, "PERSON_NOT_NAMED", "sb:TargetIdentity must hold one saml:NameID")
         pseudonym = _single_text(name_ids[0], "saml:NameID")
-    assertion = etree.tostring(staff[0]) if staff else None
+    assertion = etree.tostring(staff[0], with_tail=False) if staff else None
     return pipeline.PersonRef(bootstrap_token=token, pseudonym=pseudonym, staff_assertion=assertion)
 
 
 def _requested_service_type(body: etree._Element) -> str:
-    """Body: exactly disco:Query/disco:RequestedService/disco:ServiceType (DS 2.0 §4.3.1)."""
+    """Body: exactly disco:Query/disco:RequestedService/disco:ServiceType (ID-WSF DS 2.0 Query)."""
     def only(parent: etree._Element, tag: str) -> etree._Element:
         children = [c for c in parent if isinstance(c.tag, str)]
         if len(children) != 1 or children[0].tag != tag:
@@ -349,8 +356,6 @@ def _hub_envelope(settings: Settings) -> etree._Element:
 
 
 def _signed(envelope: etree._Element, *, action: str, relates_to: str | None, status_code: int) -> Response:
-    from idp.service import signing_key
-
     key = signing_key(str(keystore().directory))
     sign_envelope(envelope, key.private_key, certificate=key.certificate, action=action,
                   relates_to=relates_to)
@@ -373,7 +378,7 @@ def _fault(settings: Settings, fault: SoapFault) -> Response:
 
 def _query_response(settings: Settings, relates_to: str, decisions: list[pipeline.OfferingDecision],
                     refused: pipeline.DiscoveryRefused | None = None) -> Response:
-    """disco:QueryResponse (DS 2.0 §4.3.2) with an EPR per permitted offering and every decision."""
+    """disco:QueryResponse (ID-WSF DS 2.0) with an EPR per permitted offering and every decision."""
     envelope = _hub_envelope(settings)
     response = etree.SubElement(envelope[1], _q(DISCO_NS, "QueryResponse"))
     status = etree.SubElement(response, _q(LU_NS, "Status"))
@@ -399,7 +404,7 @@ def _bool(value: bool) -> str:
 
 
 def _endpoint_reference(settings: Settings, d: pipeline.OfferingDecision) -> etree._Element:
-    """The provider's EPR (DS 2.0 §3.2) with its one-time token in the security context."""
+    """The provider's EPR (ID-WSF DS 2.0 endpoint reference) with its one-time token in the security context."""
     def el(parent: etree._Element, namespace: str, name: str, text: str | None = None, **attrs: str):
         child = etree.SubElement(parent, _q(namespace, name), attrs)
         if text is not None:
@@ -445,9 +450,9 @@ def _name_id_mapping(db: Session, settings: Settings, raw: bytes) -> Response:
     try:
         request = _nim_request(raw, settings.max_message_bytes)
     except XMLSecurityError as exc:
-        return _soap_client_fault(str(exc))
+        return _saml_soap_fault(SoapFault(CLIENT, "MALFORMED_MESSAGE", str(exc)))
     except SoapFault as fault:
-        return _soap_client_fault(fault.message)
+        return _saml_soap_fault(fault)
     in_response_to = request.get("ID")
     try:
         mapping = _authenticated_mapping(db, settings, request)
@@ -468,12 +473,14 @@ def _name_id_mapping(db: Session, settings: Settings, raw: bytes) -> Response:
     return _nim_response(settings, in_response_to, decision=decision, encrypted=encrypted)
 
 
-def _soap_client_fault(message: str) -> Response:
-    """SAML SOAP binding §3.2.3.3: a SOAP-level error (not a SAML request at all) is a Fault."""
+def _saml_soap_fault(refused: SoapFault) -> Response:
+    """SAML SOAP binding §3.2.3: a SOAP-level error (no SAML request to answer) is a SOAP Fault;
+    SAML processing errors are SAML responses with an error status instead."""
     envelope = etree.Element(ENVELOPE, nsmap={"soap": SOAP11_NS})
     fault = etree.SubElement(etree.SubElement(envelope, BODY), _q(SOAP11_NS, "Fault"))
-    etree.SubElement(fault, "faultcode").text = "soap:Client"
-    etree.SubElement(fault, "faultstring").text = message
+    namespace, local = refused.code
+    etree.SubElement(fault, "faultcode").text = f"soap:{local}" if namespace == SOAP11_NS else "soap:Client"
+    etree.SubElement(fault, "faultstring").text = refused.message
     return Response(etree.tostring(envelope, encoding="UTF-8", xml_declaration=True), status_code=500,
                     media_type=_XML, headers={"Cache-Control": "no-store"})
 
@@ -575,7 +582,7 @@ def _mapping_facts(requester: RegisteredAgency, signed: etree._Element) -> _Mapp
         requester=requester, request_id=signed.get("ID"), target=policies[0].get("SPNameQualifier").strip(),
         task=task, info_type=info_type,
         person=pipeline.PersonRef(bootstrap_token=token, pseudonym=name_ids[0].text.strip(),
-                                  staff_assertion=etree.tostring(staff[0]) if staff else None),
+                                  staff_assertion=etree.tostring(staff[0], with_tail=False) if staff else None),
     )
 
 
@@ -608,9 +615,6 @@ def _nim_response(settings: Settings, in_response_to: str | None, *,
                          decisionId=decision.decision_id, overridden=_bool(decision.overridden))
     if decision is not None and decision.permitted and encrypted is not None:
         response.append(encrypted)
-
-    from idp.service import signing_key
-
     key = signing_key(str(keystore().directory))
     sign_enveloped(response, key.private_key, certificate=key.certificate)
     envelope = etree.Element(ENVELOPE, nsmap={"soap": SOAP11_NS})

@@ -417,13 +417,19 @@ def keys_rotate(role: str) -> None:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Demo federation file (default: config/demo.yaml).")
 @click.option("--no-serve", is_flag=True, help="Set up the demo federation and exit without serving.")
-def demo(config_file: Path | None, no_serve: bool) -> None:
-    """Run the demo federation: the hub and the demo agencies on localhost, with demo people."""
+@click.option("--run-scenarios", is_flag=True,
+              help="Run the demo lookups without a browser, print each decision, exit 0 if all "
+                   "decided as config/demo.yaml expects.")
+def demo(config_file: Path | None, no_serve: bool, run_scenarios: bool) -> None:
+    """Run the demo federation: the hub and the demo agencies on localhost, with demo people.
+
+    State (SQLite database, keys, generated passwords) lives in RENKEI_HOME (default ./.renkei).
+    """
     from renkei import demo as demo_mod
 
     os.environ.setdefault("RENKEI_BASE_URL", "http://127.0.0.1:8000")
     reset_settings()
-    demo_mod.run(config_file=config_file, serve=not no_serve)
+    demo_mod.run(config_file=config_file, serve=not no_serve, run_scenarios=run_scenarios)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,12 @@ record IDs, then runs the hub and the agency apps in one process.
 from __future__ import annotations
 
 import asyncio
+import html
 import os
+import re
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,15 +56,24 @@ def load_config(path: Path | None) -> dict:
         raise click.ClickException(f"cannot read the demo federation {path}: {exc}") from None
 
 
-def agency_config(agency: DemoAgency, hub_url: str, home: Path):
+def agency_config(agency: DemoAgency, hub_url: str, home: Path, config: dict | None = None):
+    """The demo agency app's settings: its lookups (scenarios), what it provides, its records."""
     from agency_demo import AgencyConfig
 
+    config = config or {}
     return AgencyConfig(
         entity_id=agency.entity_id,
         name=agency.name,
         base_url=agency.base_url,
         hub_base_url=hub_url,
         key_dir=home / "agencies" / agency.key,
+        scenarios=tuple(
+            (s["title"], s["service_type"], s["task"], s.get("info_type"), s["expect"])
+            for s in config.get("scenarios") or []
+            if s["requester"] == agency.key
+        ),
+        provides=tuple(o["service_type"] for o in config.get("offerings") or [] if o["provider"] == agency.key),
+        records=(config.get("records") or {}).get(agency.key, {}),
     )
 
 
@@ -84,7 +97,7 @@ def setup(config: dict, config_dir: Path = DEFAULT_CONFIG.parent) -> tuple[list[
     passwords = _passwords(settings.home, [p["username"] for p in config["people"]])
     with session_scope() as db:
         for a in demo_agencies:
-            metadata = sp_metadata(agency_config(a, settings.base_url, settings.home))
+            metadata = sp_metadata(agency_config(a, settings.base_url, settings.home, config))
             agencies.register(db_session=db, metadata=metadata.encode(), agency_class=a.agency_class,
                               name=a.name, replace=True)
         for p in config["people"]:
@@ -154,7 +167,8 @@ def _passwords(home: Path, usernames: list[str]) -> dict[str, str]:
     return known
 
 
-def run(*, config_file: Path | None, serve: bool) -> None:
+def run(*, config_file: Path | None, serve: bool, run_scenarios: bool = False) -> None:
+    """Set up the demo federation, print its URLs and people, and serve it (or run its lookups)."""
     import uvicorn
 
     from agency_demo import create_agency_app
@@ -178,21 +192,91 @@ def run(*, config_file: Path | None, serve: bool) -> None:
         extra = f"   TOTP secret {totp[name]} (e.g. `oathtool --totp -b {totp[name]}`)" if totp.get(name) else ""
         click.echo(f"  {name} / {pw}{extra}")
     click.echo(f"state kept in {settings.home} (delete it to start afresh)")
-    if not serve:
+    if not serve and not run_scenarios:
         return
-    click.echo("Open an agency URL above and log in. Ctrl-C stops everything.")
     servers = [
         uvicorn.Server(uvicorn.Config(create_app(settings), host=config["hub"].get("host", "127.0.0.1"),
                                       port=hub_port, log_level="warning"))
     ]
     for a in demo_agencies:
-        app = create_agency_app(agency_config(a, settings.base_url, settings.home))
+        app = create_agency_app(agency_config(a, settings.base_url, settings.home, config))
         servers.append(uvicorn.Server(uvicorn.Config(app, host=a.host, port=a.port, log_level="warning")))
 
     async def serve_all() -> None:
         await asyncio.gather(*(s.serve() for s in servers))
 
+    if run_scenarios:
+        thread = threading.Thread(target=lambda: asyncio.run(serve_all()), daemon=True)
+        thread.start()
+        try:
+            ok = run_lookups(config, demo_agencies, passwords, totp, servers)
+        finally:
+            for server in servers:
+                server.should_exit = True
+            thread.join(timeout=10)
+        if not ok:
+            raise SystemExit(1)
+        return
+    click.echo("Open an agency URL above and log in. Ctrl-C stops everything.")
     try:
         asyncio.run(serve_all())
     except KeyboardInterrupt:
         pass
+
+
+def run_lookups(config: dict, demo_agencies: list[DemoAgency], passwords: dict[str, str],
+                totp_secrets: dict[str, str | None], servers) -> bool:
+    """Each scenario as a browser would run it: log the person in at the requesting agency,
+    press its lookup button, print the hub's decision for every provider. True if all came
+    out as the configuration expects."""
+    import httpx
+
+    deadline = time.monotonic() + 30
+    while not all(s.started for s in servers):
+        if time.monotonic() > deadline:
+            raise click.ClickException("the demo servers did not start")
+        time.sleep(0.05)
+    by_key = {a.key: a for a in demo_agencies}
+    all_ok = True
+    click.echo("\nscenarios:")
+    for scenario in config.get("scenarios") or []:
+        agency = by_key[scenario["requester"]]
+        index = [s for s in config["scenarios"] if s["requester"] == agency.key].index(scenario)
+        with httpx.Client(timeout=30, follow_redirects=True) as browser:
+            home = _log_in(browser, agency, scenario["person"], passwords, totp_secrets)
+            csrf = re.search(r'name="csrf_token" value="([^"]+)"', home).group(1)
+            answer = browser.post(f"{agency.base_url}/lookup", data={"csrf_token": csrf, "scenario": str(index)},
+                                  headers={"Accept": "application/json"})
+        if answer.status_code != 200:
+            click.echo(f"  ✗ {scenario['title']}: the agency answered {answer.status_code} {answer.text[:200]}")
+            all_ok = False
+            continue
+        results = answer.json()
+        matched = any(r["reason"] == scenario["expect"] for r in results)
+        all_ok = all_ok and matched
+        click.echo(f"  {'✓' if matched else '✗'} {scenario['title']}  [{agency.key} asks, task {scenario['task']}]")
+        for r in results:
+            verdict = "permitted" if r["permitted"] else "refused"
+            fetched = f"; record: {r['record']}" if r.get("record") else ""
+            click.echo(f"      {r['provider_name']}: {verdict} ({r['reason']}), decision {r['decision_id']}{fetched}")
+        if not results:
+            click.echo("      no provider holds data for this person")
+    click.echo("all scenarios decided as expected" if all_ok else "some scenarios did not decide as expected")
+    return all_ok
+
+
+def _log_in(browser, agency: DemoAgency, username: str, passwords: dict[str, str],
+            totp_secrets: dict[str, str | None]) -> str:
+    """SP-initiated SSO through the hub's login page; returns the agency's home page."""
+    from idp.accounts import totp
+
+    page = browser.get(f"{agency.base_url}/login")
+    pending = re.search(r'name="pending" value="([^"]+)"', page.text).group(1)
+    page = browser.post(str(page.url), data={"pending": pending, "username": username,
+                                             "password": passwords[username]})
+    if 'name="code"' in page.text:
+        page = browser.post(str(page.url).rsplit("/", 1)[0] + "/login/totp",
+                            data={"pending": pending, "code": totp(totp_secrets[username])})
+    action = re.search(r'<form method="post" action="([^"]+)"', page.text).group(1)
+    fields = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)"', page.text))
+    return browser.post(html.unescape(action), data={k: html.unescape(v) for k, v in fields.items()}).text

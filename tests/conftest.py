@@ -98,3 +98,27 @@ def hub(hub_env):
     running = Hub(hub_env)
     yield running
     running.stop()
+
+
+def demo_on_free_ports(tmp: Path) -> tuple[Path, dict, dict[str, str]]:
+    """A copy of config/demo.yaml (and its whitelist) on free ports, with the environment of a
+    fresh demo home and database: (config path, config, env)."""
+    import shutil
+
+    import yaml
+
+    config_dir = Path(__file__).resolve().parent.parent / "config"
+    config = yaml.safe_load((config_dir / "demo.yaml").read_text(encoding="utf-8"))
+    config["hub"]["port"] = free_port()
+    for agency in config["agencies"]:
+        agency["port"] = free_port()
+    path = tmp / "demo.yaml"
+    path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    shutil.copy(config_dir / config["whitelist"], tmp / config["whitelist"])
+    env = {"RENKEI_HOME": str(tmp / "home"), "RENKEI_BASE_URL": f"http://127.0.0.1:{config['hub']['port']}",
+           "RENKEI_DATABASE_URL": fresh_database_url(tmp, "demo")}
+    return path, config, env
+
+
+# the shared cross-agency test federation (tests/federation.py)
+from tests.federation import bootstrap, fed  # noqa: F401

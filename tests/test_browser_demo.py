@@ -12,10 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from idp.accounts import totp
-from tests.conftest import free_port, fresh_database_url
+from tests.conftest import demo_on_free_ports
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = [
@@ -28,16 +27,11 @@ pytestmark = [
 def demo(tmp_path_factory):
     """`renkei demo` as a subprocess on free ports, with its printed passwords."""
     tmp = tmp_path_factory.mktemp("demo")
-    config = yaml.safe_load((Path(__file__).parent.parent / "config" / "demo.yaml").read_text())
-    config["hub"]["port"] = free_port()
-    for agency in config["agencies"]:
-        agency["port"] = free_port()
-    (tmp / "demo.yaml").write_text(yaml.safe_dump(config, allow_unicode=True))
-    hub = f"http://127.0.0.1:{config['hub']['port']}"
-    env = {**os.environ, "RENKEI_HOME": str(tmp / "home"), "RENKEI_BASE_URL": hub,
-           "RENKEI_DATABASE_URL": fresh_database_url(tmp, "demo")}
-    out = open(tmp / "demo.log", "w+")
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("renkei")), "demo", "--config", str(tmp / "demo.yaml")],
+    config_path, config, demo_env = demo_on_free_ports(tmp)
+    hub = demo_env["RENKEI_BASE_URL"]
+    env = {**os.environ, **demo_env}
+    out = open(tmp / "demo.log", "w+")  # noqa: SIM115 - the demo writes to it for the whole module
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("renkei")), "demo", "--config", str(config_path)],
                             stdout=out, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 60
     agencies = {a["key"]: f"http://127.0.0.1:{a['port']}" for a in config["agencies"]}
@@ -53,8 +47,8 @@ def demo(tmp_path_factory):
         pytest.fail("the demo did not start:\n" + out.read())
     out.seek(0)
     printed = out.read()
-    passwords = dict(re.findall(r"^  (\w+) / (\S+)", printed, re.M))
-    secrets = dict(re.findall(r"^  (\w+) / \S+\s+TOTP secret (\w+)", printed, re.M))
+    passwords = dict(re.findall(r"^  (\w+) / (\S+)", printed, re.MULTILINE))
+    secrets = dict(re.findall(r"^  (\w+) / \S+\s+TOTP secret (\w+)", printed, re.MULTILINE))
     yield {"hub": hub, "agencies": agencies, "passwords": passwords, "totp": secrets, "printed": printed,
            "tmp": tmp}
     proc.terminate()
@@ -82,7 +76,7 @@ def test_demo_prints_urls_and_people(demo):
 def test_person_logs_into_two_agencies_and_each_sees_its_own_pseudonym(demo, browser):
     page = browser.new_context().new_page()
     page.goto(demo["agencies"]["city-a"] + "/")
-    page.get_by_role("link", name=re.compile("ログイン|log in", re.I)).first.click()
+    page.get_by_role("link", name=re.compile("ログイン|log in", re.IGNORECASE)).first.click()
     page.wait_for_url(re.compile(r"/idp/login"))
     # the login form is labelled and autocompletes as password managers expect
     assert page.get_by_label(re.compile("Username")).get_attribute("autocomplete") == "username"
@@ -95,7 +89,7 @@ def test_person_logs_into_two_agencies_and_each_sees_its_own_pseudonym(demo, bro
     seen_a = re.search(r"[a-z2-7]{52}@[\w.-]+", page.content()).group(0)
     # the second agency: the IdP session is reused, no password asked
     page.goto(demo["agencies"]["city-b"] + "/")
-    page.get_by_role("link", name=re.compile("ログイン|log in", re.I)).first.click()
+    page.get_by_role("link", name=re.compile("ログイン|log in", re.IGNORECASE)).first.click()
     page.wait_for_url(demo["agencies"]["city-b"] + "/**")
     seen_b = re.search(r"[a-z2-7]{52}@[\w.-]+", page.content()).group(0)
     assert seen_a != seen_b
@@ -105,7 +99,7 @@ def test_person_logs_into_two_agencies_and_each_sees_its_own_pseudonym(demo, bro
 def test_totp_person_gets_the_stronger_context(demo, browser):
     page = browser.new_context().new_page()
     page.goto(demo["agencies"]["insurer"] + "/")
-    page.get_by_role("link", name=re.compile("ログイン|log in", re.I)).first.click()
+    page.get_by_role("link", name=re.compile("ログイン|log in", re.IGNORECASE)).first.click()
     page.get_by_label(re.compile("Username")).fill("hanako")
     page.get_by_label(re.compile("Password")).fill(demo["passwords"]["hanako"])
     page.get_by_role("button", name=re.compile("Log in")).click()
@@ -118,9 +112,33 @@ def test_totp_person_gets_the_stronger_context(demo, browser):
 def test_wrong_password_is_announced(demo, browser):
     page = browser.new_context().new_page()
     page.goto(demo["agencies"]["power"] + "/")
-    page.get_by_role("link", name=re.compile("ログイン|log in", re.I)).first.click()
+    page.get_by_role("link", name=re.compile("ログイン|log in", re.IGNORECASE)).first.click()
     page.get_by_label(re.compile("Username")).fill("taro")
     page.get_by_label(re.compile("Password")).fill("not the password")
     page.get_by_role("button", name=re.compile("Log in")).click()
     alert = page.get_by_role("alert")
     assert "wrong password" in alert.inner_text()
+
+
+def test_visitor_runs_the_three_lookups_from_the_agency_page(demo, browser):
+    """From 転入先's page: a permitted lookup (with the provider's record), one refused for lack
+    of a whitelist entry, one refused because the person said no."""
+    page = browser.new_context().new_page()
+    city_b = demo["agencies"]["city-b"]
+    page.goto(city_b + "/")
+    page.get_by_role("link", name=re.compile("ログイン|log in", re.IGNORECASE)).first.click()
+    page.get_by_label(re.compile("Username")).fill("taro")
+    page.get_by_label(re.compile("Password")).fill(demo["passwords"]["taro"])
+    page.get_by_role("button", name=re.compile("Log in")).click()
+    page.wait_for_url(city_b + "/**")
+    outcomes = {}
+    for title, reason in (("resident record", "PERMITTED_BY_CONSENT"), ("not in the law", "NO_WHITELIST_ENTRY"),
+                          ("the person said no", "DENIED_BY_PERSON")):
+        page.goto(city_b + "/")
+        page.get_by_role("button", name=re.compile(re.escape(title))).click()
+        page.wait_for_load_state()
+        outcomes[reason] = page.content()
+        assert reason in outcomes[reason]
+    assert "山田 太郎" in outcomes["PERMITTED_BY_CONSENT"]
+    assert "山田 太郎" not in outcomes["DENIED_BY_PERSON"]
+    page.screenshot(path=str(demo["tmp"] / "lookup.png"), full_page=True)

@@ -17,7 +17,7 @@ from access_history.models import LogEntry
 from consent.models import PolicyRuleIn
 from renkei.db import session_scope
 from tests.conftest import free_port
-from tests.test_discovery_api import RESIDENT, ask, bootstrap, fed, set_rules  # noqa: F401 - fixtures
+from tests.federation import RESIDENT, ask, set_rules
 
 
 def serve(env: dict, port: int) -> subprocess.Popen:
@@ -34,7 +34,7 @@ def serve(env: dict, port: int) -> subprocess.Popen:
     raise RuntimeError("renkei serve did not start")
 
 
-def test_kill_mid_request_loses_no_log_entry_and_breaks_no_chain(hub, hub_env, fed, bootstrap):  # noqa: F811
+def test_kill_mid_request_loses_no_log_entry_and_breaks_no_chain(hub, hub_env, fed, bootstrap):
     set_rules(fed, PolicyRuleIn(effect="allow"))
     port = free_port()
     proc = serve(hub_env, port)  # a second process on the same database and keys
