@@ -21,6 +21,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     from discovery.api import router as discovery_api
     from discovery.operator_api import router as operator_api
+    from discovery.soap import router as discovery_soap
     from idp.views import router as idp_router
 
     app = FastAPI(title="Renkei", version=__version__, docs_url="/api/docs", redoc_url=None,
@@ -28,7 +29,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(idp_router)
     app.include_router(discovery_api)
     app.include_router(operator_api)
-    app.include_router(__import__("discovery.soap", fromlist=["router"]).router)
+    app.include_router(discovery_soap)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def home() -> HTMLResponse:
