@@ -77,6 +77,8 @@ class OfferingDecision:
     overridden: bool = False
     whitelist_entry: int | None = None
     token: bytes | None = field(default=None, repr=False)
+    # (information type, consent.Decision) for each type decided, in order; stays in the hub
+    per_info_type: list = field(default_factory=list, repr=False)
 
     @property
     def token_b64(self) -> str | None:
@@ -124,7 +126,7 @@ def discover(
         for d in decisions
         if d.permitted
     }
-    _log(db_session, requester, subject, decisions, task, info_types)
+    _log(db_session, requester, subject, decisions, task)
     db_session.commit()  # log before disclose: the decisions are durable before any token exists
     for d in decisions:
         if d.permitted:
@@ -149,6 +151,8 @@ def resolve_subject(
             )
         except tokens.BootstrapInvalid as exc:
             raise DiscoveryRefused("BOOTSTRAP_TOKEN_REJECTED", str(exc), 403) from None
+        if person.pseudonym is not None and person.pseudonym != boot.pseudonym:
+            raise DiscoveryRefused("PERSON_MISMATCH", "the pseudonym given is not the bootstrap token's", 403)
         pseudonym = boot.pseudonym
     elif person.pseudonym and person.staff_assertion:
         staff = _staff_member(db_session, settings, requester, person.staff_assertion, now)
@@ -203,7 +207,8 @@ def _classes_of(db_session: Session) -> Callable[[str], set[str]]:
 def _decide_offering(db_session: Session, requester: RegisteredAgency, subject: Subject,
                      offering: location.OfferingView, task: str, info_types: list[str],
                      now: datetime) -> OfferingDecision:
-    """Whitelist, then the person's policy, for every information type the offering discloses."""
+    """Whitelist, then the person's policy, for every information type the offering discloses;
+    the offering is permitted only if every one is, and only to a provider that can decrypt."""
     provider = agencies.lookup(db_session=db_session, entity_id=offering.provider)
     result = OfferingDecision(
         provider=offering.provider, provider_name=provider.name if provider else offering.provider,
@@ -214,27 +219,36 @@ def _decide_offering(db_session: Session, requester: RegisteredAgency, subject: 
         d = consent.decide(db_session=db_session, person_key=subject.person_key, requester=requester.entity_id,
                            provider=offering.provider, task_code=task, info_type_code=code,
                            classes_of=_classes_of(db_session), at=now)
-        result.reason = result.reason or str(d.reason)
-        result.overridden = result.overridden or d.overridden
-        result.whitelist_entry = result.whitelist_entry or d.whitelist_entry_id
+        result.per_info_type.append((code, d))
         if not d.permitted:
-            result.permitted, result.reason = False, str(d.reason)
             break
-    if result.permitted and (provider is None or not provider.encryption_certs):
-        result.permitted, result.reason = False, NO_ENCRYPTION_KEY
+    refused = next((d for _, d in result.per_info_type if not d.permitted), None)
+    if refused is not None:
+        result.permitted, result.reason, result.whitelist_entry = False, str(refused.reason), refused.whitelist_entry_id
+    else:
+        result.overridden = any(d.overridden for _, d in result.per_info_type)
+        overriding = next((d for _, d in result.per_info_type if d.overridden), None)
+        result.reason = str((overriding or result.per_info_type[0][1]).reason)
+        result.whitelist_entry = result.per_info_type[0][1].whitelist_entry_id
+        if provider is None or not provider.encryption_certs:
+            result.permitted, result.reason = False, NO_ENCRYPTION_KEY
     return result
 
 
 def _log(db_session: Session, requester: RegisteredAgency, subject: Subject,
-         decisions: list[OfferingDecision], task: str, info_types: list[str]) -> None:
+         decisions: list[OfferingDecision], task: str) -> None:
+    """One hub-log entry per information type decided, each with its own reason and entry."""
     for d in decisions:
-        for code in info_types:
+        for code, decided in d.per_info_type:
+            # a permit that is not acted on (the provider cannot decrypt) is logged as refused
+            permitted = decided.permitted and d.permitted
             history.append(db_session=db_session, entry=LogEntryIn(
                 owner=HUB_LOG, kind="decision", decision_id=d.decision_id, requester=requester.entity_id,
                 provider=d.provider, person_key=subject.person_key, task_code=task, info_type_code=code,
-                reason=d.reason, permitted=d.permitted, staff=subject.staff,
-                detail={"service_type": d.service_type, "overridden": d.overridden,
-                        "whitelist_entry": d.whitelist_entry},
+                reason=str(decided.reason) if permitted or not decided.permitted else d.reason,
+                permitted=permitted, staff=subject.staff,
+                detail={"service_type": d.service_type, "overridden": decided.overridden,
+                        "whitelist_entry": decided.whitelist_entry_id},
             ))
 
 
@@ -247,7 +261,9 @@ def _token_for(db_session: Session, settings: Settings, keys: KeyStore, requeste
     facts = tokens.ProviderTokenFacts(
         hub_entity_id=settings.idp_entity_id, provider=d.provider, endpoint=d.endpoint,
         provider_pseudonym=p_provider, requester=requester.entity_id, task=task, info_types=tuple(info_types),
-        service_type=d.service_type, whitelist_entry=str(d.whitelist_entry), decision_id=d.decision_id,
+        service_type=d.service_type,
+        whitelist_entry=",".join(sorted({str(x.whitelist_entry_id) for _, x in d.per_info_type})),
+        decision_id=d.decision_id,
         local_id=local_id, now=now, skew=timedelta(seconds=settings.clock_skew_seconds),
     )
     return tokens.provider_token(facts, signer=signing_key(str(keys.directory)), provider_cert=provider.encryption_certs[0])
@@ -281,7 +297,7 @@ def map_name_id(
     if decision.permitted:
         p_target = pseudonyms.get_or_create(db_session=db_session, keys=keys, person_key=subject.person_key,
                                             agency=target, scope=settings.scope)
-    _log(db_session, requester, subject, [decision], task, [info_type])
+    _log(db_session, requester, subject, [decision], task)
     db_session.commit()  # log before disclose
     if p_target is None:
         return decision, None
