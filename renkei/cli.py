@@ -399,6 +399,108 @@ def whitelist_export(file: Path) -> None:
 
 
 @main.group()
+def policy() -> None:
+    """A person's disclosure policy (利用許諾ポリシー) and its signed consent receipts."""
+
+
+def _person_key(db, username: str) -> str:
+    from idp import accounts
+
+    person = accounts.find(db_session=db, username=username)
+    if person is None:
+        raise RenkeiError(f"no person {username!r}")
+    return person.person_key
+
+
+@policy.command("show")
+@click.option("--username", required=True)
+def policy_show(username: str) -> None:
+    """The person's current rules (newest version); `-` means any."""
+    from consent import service as consent
+    from renkei.db import session_scope
+
+    with session_scope(_ready_db()) as db:
+        current = consent.get_current_policy(db_session=db, person_key=_person_key(db, username))
+        if current is None:
+            click.echo("no rules: every exchange that needs consent is refused")
+            return
+        click.echo(f"version {current.version} of {current.created_at:%Y-%m-%d %H:%M:%S} UTC")
+        for r in current.rules:
+            valid = f" valid {r.valid_from or '…'} to {r.valid_until or '…'}" if r.valid_from or r.valid_until else ""
+            click.echo(f"  rule {r.id}: {r.effect:5} requester={r.requester or '-'} provider={r.provider or '-'} "
+                       f"task={r.task_code or '-'} info={r.info_type_code or '-'}{valid}")
+
+
+@policy.command("add")
+@click.option("--username", required=True)
+@click.option("--effect", type=click.Choice(["allow", "deny"]), required=True)
+@click.option("--requester", default=None, help="Entity ID or class:NAME (default: any).")
+@click.option("--provider", default=None, help="Entity ID or class:NAME (default: any).")
+@click.option("--task", default=None, help="Task (事務) code (default: any).")
+@click.option("--info-type", default=None, help="Information type code (default: any).")
+@click.option("--valid-from", type=click.DateTime(), default=None, help="UTC start of validity.")
+@click.option("--valid-until", type=click.DateTime(), default=None, help="UTC end of validity (exclusive).")
+def policy_add(username: str, effect: str, requester, provider, task, info_type, valid_from, valid_until) -> None:
+    """Add a rule; a new policy version and a signed consent receipt are issued. It applies to the
+    very next query."""
+    from consent import service as consent
+    from consent.errors import InvalidPolicyRule
+    from consent.models import PolicyRuleIn
+    from renkei.db import session_scope
+
+    try:
+        with session_scope(_ready_db()) as db:
+            version = consent.add_rule(
+                db_session=db, person_key=_person_key(db, username), principal_id=username,
+                rule=PolicyRuleIn(effect=effect, requester=requester, provider=provider, task_code=task,
+                                  info_type_code=info_type, valid_from=valid_from, valid_until=valid_until),
+            )
+            receipt = version.receipt.id
+    except InvalidPolicyRule as exc:
+        raise RenkeiError(str(exc)) from None
+    click.echo(f"policy version {version.version}; consent receipt {receipt}")
+
+
+@policy.command("remove")
+@click.option("--username", required=True)
+@click.option("--rule", "rule_id", type=int, required=True, help="Rule number from `renkei policy show`.")
+def policy_remove(username: str, rule_id: int) -> None:
+    """Revoke one rule (a new version and receipt); applies to the very next query."""
+    from consent import service as consent
+    from consent.errors import RuleNotFound
+    from renkei.db import session_scope
+
+    try:
+        with session_scope(_ready_db()) as db:
+            version = consent.remove_rule(db_session=db, person_key=_person_key(db, username), rule_id=rule_id,
+                                          principal_id=username)
+            receipt = version.receipt.id
+    except RuleNotFound as exc:
+        raise RenkeiError(str(exc)) from None
+    click.echo(f"policy version {version.version}; consent receipt {receipt}")
+
+
+@policy.command("receipt")
+@click.argument("receipt_id")
+def policy_receipt(receipt_id: str) -> None:
+    """Print a consent receipt's verified claims (JSON) and its compact JWS."""
+    import json
+
+    from consent import service as consent
+    from renkei.db import session_scope
+    from renkei.keys import keystore
+
+    with session_scope(_ready_db()) as db:
+        try:
+            claims = consent.verify_stored_receipt(db_session=db, receipt_id=receipt_id, keys=keystore())
+        except LookupError as exc:
+            raise RenkeiError(str(exc)) from None
+        jws = consent.get_receipt(db_session=db, receipt_id=receipt_id).jws
+    click.echo(json.dumps(claims, ensure_ascii=False, indent=2))
+    click.echo(jws)
+
+
+@main.group()
 def keys() -> None:
     """Manage the hub's signing keys."""
 

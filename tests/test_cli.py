@@ -40,7 +40,7 @@ def run(*args, stdin=None):
 
 @pytest.mark.parametrize("command", [[], ["init"], ["serve"], ["demo"], ["person", "add"], ["agency", "add"],
                                      ["service-type", "add"], ["offering", "add"], ["whitelist", "import"],
-                                     ["whitelist", "export"],
+                                     ["whitelist", "export"], ["policy", "add"], ["policy", "receipt"],
                                      ["agency", "list"], ["agency", "remove"], ["link", "import"],
                                      ["pseudonym", "rotate"], ["keys", "rotate"]])
 def test_every_command_has_help(command):
@@ -157,3 +157,24 @@ def test_service_types_offerings_and_whitelist_commands(home, tmp_path):
     assert "JUMINHYO" in out.read_text()
     assert run("offering", "remove", "--provider", sp.entity_id, "--service-type", "urn:renkei:service:r").exit_code == 0
     assert run("service-type", "remove", "urn:renkei:service:r").exit_code == 0
+
+
+def test_policy_commands_issue_receipts(home):
+    assert run("init").exit_code == 0
+    assert run("person", "add", "--username", "pol", "--password-stdin", stdin="long enough pw\n").exit_code == 0
+    assert "no rules" in run("policy", "show", "--username", "pol").output
+    added = run("policy", "add", "--username", "pol", "--effect", "deny", "--info-type", "KOSEKI",
+                "--valid-until", "2099-01-01")
+    assert added.exit_code == 0, added.output
+    receipt_id = added.output.rsplit("consent receipt ", 1)[1].strip()
+    shown = run("policy", "show", "--username", "pol").output
+    assert "version 1" in shown and "deny  requester=- provider=- task=- info=KOSEKI" in shown
+    receipt = run("policy", "receipt", receipt_id)
+    assert receipt.exit_code == 0 and f'"consentReceiptID": "{receipt_id}"' in receipt.output
+    assert receipt.output.strip().splitlines()[-1].count(".") == 2  # the compact JWS
+    rule_id = shown.split("rule ", 1)[1].split(":", 1)[0]
+    assert run("policy", "remove", "--username", "pol", "--rule", rule_id).exit_code == 0
+    assert "version 2" in run("policy", "show", "--username", "pol").output
+    assert run("policy", "remove", "--username", "pol", "--rule", rule_id).exit_code != 0
+    assert run("policy", "show", "--username", "nobody").exit_code != 0
+    assert run("policy", "receipt", "no-such-receipt").exit_code != 0
