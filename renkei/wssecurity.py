@@ -14,34 +14,22 @@ import hashlib
 import hmac
 import re
 import uuid
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Final
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
-from cryptography.hazmat.primitives.asymmetric.utils import (
-    decode_dss_signature,
-    encode_dss_signature,
-)
 from lxml import etree
 
-from renkei.xmlsecurity import (
+from renkei.xmlsecurity import (  # the layer's shared primitives, private to it
+    _DIGESTS,
     DIGEST_SHA256,
-    DIGEST_SHA384,
-    DIGEST_SHA512,
     DS_NS,
-    ECDSA_SHA256,
-    ECDSA_SHA384,
-    ECDSA_SHA512,
     EXC_C14N,
     RSA_SHA256,
-    RSA_SHA384,
-    RSA_SHA512,
     ForbiddenXML,
     MalformedXML,
     MessageTooLarge,
@@ -49,6 +37,9 @@ from renkei.xmlsecurity import (
     SignatureMissing,
     UnsupportedAlgorithm,
     XMLSecurityError,
+    _sign_octets,
+    _signature_algorithm,
+    _verify_octets,
     parse_xml,
 )
 
@@ -159,72 +150,9 @@ def fault_code(error: XMLSecurityError) -> tuple[str, str]:
     return WSSE_NS, "InvalidSecurity"
 
 
-# -- algorithms (RFC 6931; never HMAC, never SHA-1) -----------------------------------------
-@dataclass(frozen=True)
-class _SignatureAlgorithm:
-    family: str
-    hash: type[hashes.HashAlgorithm]
-
-
-_SIGNATURE_ALGORITHMS: Final = {
-    RSA_SHA256: _SignatureAlgorithm("rsa", hashes.SHA256),
-    RSA_SHA384: _SignatureAlgorithm("rsa", hashes.SHA384),
-    RSA_SHA512: _SignatureAlgorithm("rsa", hashes.SHA512),
-    ECDSA_SHA256: _SignatureAlgorithm("ecdsa", hashes.SHA256),
-    ECDSA_SHA384: _SignatureAlgorithm("ecdsa", hashes.SHA384),
-    ECDSA_SHA512: _SignatureAlgorithm("ecdsa", hashes.SHA512),
-}
-_DIGESTS: Final[dict[str, Callable[..., Any]]] = {
-    DIGEST_SHA256: hashlib.sha256,
-    DIGEST_SHA384: hashlib.sha384,
-    DIGEST_SHA512: hashlib.sha512,
-}
-
-
-def _algorithm(uri: str | None) -> _SignatureAlgorithm:
-    spec = _SIGNATURE_ALGORITHMS.get(uri or "")
-    if spec is None:
-        raise UnsupportedAlgorithm(
-            f"signature algorithm {uri!r} is not accepted; use RSA or ECDSA with SHA-256 or longer"
-        )
-    return spec
-
-
-def _sign_octets(private_key: PrivateKeyTypes, algorithm: str, data: bytes) -> bytes:
-    spec = _algorithm(algorithm)
-    if spec.family == "rsa":
-        if not isinstance(private_key, rsa.RSAPrivateKey):
-            raise TypeError(f"{algorithm} needs an RSA private key")
-        return private_key.sign(data, padding.PKCS1v15(), spec.hash())
-    if not isinstance(private_key, ec.EllipticCurvePrivateKey):
-        raise TypeError(f"{algorithm} needs an EC private key")
-    r, s = decode_dss_signature(private_key.sign(data, ec.ECDSA(spec.hash())))
-    size = (private_key.curve.key_size + 7) // 8
-    return r.to_bytes(size, "big") + s.to_bytes(size, "big")  # XMLDSig 1.1 §6.4.3: r || s
-
-
-def _verify_octets(
-    trusted_keys: Sequence[PublicKeyTypes | x509.Certificate], algorithm: str, signature: bytes, data: bytes
-) -> bool:
-    spec = _algorithm(algorithm)
-    for key in trusted_keys:
-        public_key = key.public_key() if isinstance(key, x509.Certificate) else key
-        try:
-            if spec.family == "rsa" and isinstance(public_key, rsa.RSAPublicKey):
-                public_key.verify(signature, data, padding.PKCS1v15(), spec.hash())
-                return True
-            if spec.family == "ecdsa" and isinstance(public_key, ec.EllipticCurvePublicKey):
-                size = (public_key.curve.key_size + 7) // 8
-                if len(signature) != 2 * size:
-                    continue
-                der = encode_dss_signature(
-                    int.from_bytes(signature[:size], "big"), int.from_bytes(signature[size:], "big")
-                )
-                public_key.verify(der, data, ec.ECDSA(spec.hash()))
-                return True
-        except InvalidSignature:
-            continue
-    return False
+# -- algorithms: the XML security layer's one allow-list and signer (RFC 6931; never HMAC,
+# never SHA-1), shared with xmlsecurity rather than copied.
+_algorithm = _signature_algorithm
 
 
 # -- XMLDSig names -------------------------------------------------------------------------
