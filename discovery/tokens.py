@@ -21,6 +21,20 @@ from renkei.keys import KeyStore, SigningKey
 from renkei.xmlenc import encrypt_element
 from renkei.xmlsecurity import SAML_NS, new_id, sign_enveloped
 
+# The token's vocabulary is the provider module's contract (docs/discovery.md): one definition.
+from renkei_provider.verifier import (
+    ATTR_DECISION_ID,
+    ATTR_INFO_TYPE,
+    ATTR_LOCAL_ID,
+    ATTR_REQUESTER,
+    ATTR_SERVICE_TYPE,
+    ATTR_TASK,
+    ATTR_WHITELIST_ENTRY,
+    ATTRNAME_URI,
+    BEARER,
+    NAMEID_PERSISTENT,
+)
+
 BOOTSTRAP_SECRET = "bootstrap"
 DISCOVERY_EPR = "urn:liberty:disco:2006-08:DiscoveryEPR"
 DISCO_NS = "urn:liberty:disco:2006-08"
@@ -29,17 +43,6 @@ SEC_NS = "urn:liberty:security:2006-08"
 SBF_NS = "urn:liberty:sb"
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
 TOKEN_USAGE = "urn:liberty:security:tokenusage:2006-08:SecurityToken"
-ATTRNAME_URI = "urn:oasis:names:tc:SAML:2.0:attrname-format:uri"
-NAMEID_PERSISTENT = "urn:oasis:names:tc:SAML:2.0:nameid-format:persistent"
-BEARER = "urn:oasis:names:tc:SAML:2.0:cm:bearer"
-
-ATTR_REQUESTER = "urn:renkei:attr:requester"
-ATTR_TASK = "urn:renkei:attr:task"
-ATTR_INFO_TYPE = "urn:renkei:attr:info-type"
-ATTR_WHITELIST_ENTRY = "urn:renkei:attr:whitelist-entry"
-ATTR_DECISION_ID = "urn:renkei:attr:decision-id"
-ATTR_SERVICE_TYPE = "urn:renkei:attr:service-type"
-ATTR_LOCAL_ID = "urn:renkei:attr:local-id"
 
 TOKEN_LIFETIME = timedelta(minutes=5)
 
