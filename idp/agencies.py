@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from lxml import etree
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -113,9 +114,13 @@ def parse_sp_metadata(data: bytes) -> ParsedMetadata:
         raise MetadataError("no AssertionConsumerService with the HTTP-POST binding")
     certificates: list[tuple[str, str]] = []
     for kd in sp.findall("md:KeyDescriptor", _NS):
-        uses = [kd.get("use")] if kd.get("use") else ["signing", "encryption"]
+        declared = kd.get("use")
         for cert_el in kd.iterfind(".//ds:X509Certificate", _NS):
-            pem = _cert_pem(cert_el.text or "")
+            pem, can_encrypt = _cert_pem(cert_el.text or "")
+            if declared == "encryption" and not can_encrypt:
+                raise MetadataError("an encryption KeyDescriptor must hold an RSA key of 2048 bits or more")
+            # a KeyDescriptor without `use` serves both, but only RSA keys can receive RSA-OAEP
+            uses = [declared] if declared else ["signing", "encryption"] if can_encrypt else ["signing"]
             certificates.extend((use, pem) for use in uses)
     name = _display_name(root, sp) or entity_id
     return ParsedMetadata(
@@ -133,13 +138,16 @@ def _flag(value: str | None, default: bool = False) -> bool:
     return default if value is None else value.strip().lower() in ("true", "1")
 
 
-def _cert_pem(b64: str) -> str:
+def _cert_pem(b64: str) -> tuple[str, bool]:
+    """The certificate as PEM, and whether its key can receive RSA-OAEP (RSA, 2048 bits or more)."""
     try:
         der = base64.b64decode("".join(b64.split()), validate=True)
         cert = x509.load_der_x509_certificate(der)
     except ValueError as exc:
         raise MetadataError(f"KeyDescriptor holds an unreadable certificate: {exc}") from None
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
+    key = cert.public_key()
+    can_encrypt = isinstance(key, rsa.RSAPublicKey) and key.key_size >= 2048
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), can_encrypt
 
 
 def _display_name(root, sp) -> str | None:

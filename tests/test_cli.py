@@ -178,3 +178,35 @@ def test_policy_commands_issue_receipts(home):
     assert run("policy", "remove", "--username", "pol", "--rule", rule_id).exit_code != 0
     assert run("policy", "show", "--username", "nobody").exit_code != 0
     assert run("policy", "receipt", "no-such-receipt").exit_code != 0
+
+
+def test_ec_certificates_sign_but_never_receive_tokens(home, tmp_path):
+    """An EC certificate without `use` is a signing key only; declared for encryption it is
+    refused (tokens are RSA-OAEP), so no permitted offering can fail at token time."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from idp import agencies
+    from tests.saml_sp import make_key_and_cert
+
+    assert run("init").exit_code == 0
+    sp = TestSP("https://ec.example.jp/sp", "https://ec.example.jp")
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    _, rsa_cert = make_key_and_cert("x")
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    ec_cert = (x509.CertificateBuilder().subject_name(rsa_cert.subject).issuer_name(rsa_cert.subject)
+               .public_key(ec_key.public_key()).serial_number(1).not_valid_before(rsa_cert.not_valid_before_utc)
+               .not_valid_after(rsa_cert.not_valid_after_utc).sign(ec_key, hashes.SHA256()))
+    sp.cert, sp.encryption = ec_cert, False
+    md = tmp_path / "ec.xml"
+    md.write_bytes(sp.metadata().replace(b' use="signing"', b""))  # one KeyDescriptor, no `use`
+    assert run("agency", "add", "--metadata", str(md)).exit_code == 0
+    with session_scope() as db:
+        registered = agencies.lookup(db_session=db, entity_id=sp.entity_id)
+        assert registered.signing_keys and not registered.encryption_certs
+    sp.encryption = True
+    declared = tmp_path / "ec-enc.xml"
+    declared.write_bytes(sp.metadata())  # signing + encryption KeyDescriptors, both EC
+    result = run("agency", "add", "--metadata", str(declared), "--replace")
+    assert result.exit_code != 0 and "RSA key of 2048 bits" in result.output
