@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -59,33 +59,50 @@ __all__ = [
 
 def append(*, db_session: Session, entry: LogEntryIn) -> LogEntry:
     """Add `entry` at the end of its owner's chain and flush; the caller commits."""
+    return append_many(db_session=db_session, entries=[entry])[0]
+
+
+def append_many(*, db_session: Session, entries: Sequence[LogEntryIn]) -> list[LogEntry]:
+    """Add `entries`, in order, at the end of their owners' chains with one lock and one flush
+    per owner (one query's decisions); the caller commits."""
+    rows: list[LogEntry] = []
+    owner = None
     try:
-        head = _lock_head(db_session, entry.owner)
-        row = LogEntry(
-            owner=entry.owner,
-            seq=head.seq + 1,
-            recorded_at=utcnow(),  # taken under the lock: times rise with seq on one clock
-            kind=str(entry.kind),
-            decision_id=entry.decision_id,
-            requester=entry.requester,
-            provider=entry.provider,
-            person_key=entry.person_key,
-            staff=entry.staff,
-            task_code=entry.task_code,
-            info_type_code=entry.info_type_code,
-            permitted=entry.permitted,
-            reason=entry.reason,
-            detail=canonical_json(entry.detail).decode("utf-8"),
-            prev_hash=head.head_hash,
-        )
-        row.entry_hash = chain.entry_hash(export_line(row))
-        db_session.add(row)
-        head.seq, head.head_hash = row.seq, row.entry_hash
+        # owners in sorted order, so two transactions never lock two heads crosswise
+        for owner in sorted({e.owner for e in entries}):
+            head = _lock_head(db_session, owner)
+            for entry in (e for e in entries if e.owner == owner):
+                row = _chained_row(entry, head)
+                db_session.add(row)
+                head.seq, head.head_hash = row.seq, row.entry_hash
+                rows.append(row)
         db_session.flush()
     except SQLAlchemyError as exc:
         raise LogWriteFailed(
-            f"the access log of {entry.owner} could not be written ({type(exc).__name__})"
+            f"the access log of {owner} could not be written ({type(exc).__name__})"
         ) from exc
+    return rows
+
+
+def _chained_row(entry: LogEntryIn, head: LogHead) -> LogEntry:
+    row = LogEntry(
+        owner=entry.owner,
+        seq=head.seq + 1,
+        recorded_at=utcnow(),  # taken under the lock: times rise with seq on one clock
+        kind=str(entry.kind),
+        decision_id=entry.decision_id,
+        requester=entry.requester,
+        provider=entry.provider,
+        person_key=entry.person_key,
+        staff=entry.staff,
+        task_code=entry.task_code,
+        info_type_code=entry.info_type_code,
+        permitted=entry.permitted,
+        reason=entry.reason,
+        detail=canonical_json(entry.detail).decode("utf-8"),
+        prev_hash=head.head_hash,
+    )
+    row.entry_hash = chain.entry_hash(export_line(row))
     return row
 
 

@@ -442,6 +442,9 @@ class _Question:
         return [self.provider, *(CLASS_PREFIX + c for c in sorted(self.provider_classes))]
 
 
+READ_FRESH = object()  # `decide` reads the person's policy itself
+
+
 def decide(
     *,
     db_session: Session,
@@ -452,8 +455,13 @@ def decide(
     info_type_code: str,
     classes_of: ClassResolver,
     at: datetime | None = None,
+    policy: PolicyVersion | None | object = READ_FRESH,
 ) -> Decision:
-    """May `provider` disclose `info_type_code` about the person to `requester` for `task_code`?"""
+    """May `provider` disclose `info_type_code` about the person to `requester` for `task_code`?
+
+    `policy` is read afresh unless the caller passes the person's current one, read in the same
+    transaction (one query deciding several providers reads it once).
+    """
     question = _question(requester, provider, task_code, info_type_code, classes_of, at)
     # 1. the law (別表第２): no whitelist entry, no disclosure
     entry = _best_entry(
@@ -466,8 +474,9 @@ def decide(
     if entry is None:
         return Decision(permitted=False, reason=DecisionReason.NO_WHITELIST_ENTRY,
                         whitelist_entry_id=None, policy_version=None)
-    # 2. the person (利用許諾ポリシー): read afresh every time, so a change applies at once
-    policy = get_current_policy(db_session=db_session, person_key=person_key)
+    # 2. the person (利用許諾ポリシー): read afresh for every query, so a change applies at once
+    if policy is READ_FRESH:
+        policy = get_current_policy(db_session=db_session, person_key=person_key)
     rules = [r for r in (policy.rules if policy else []) if _applies(r, question)]
     # 3. deny beats allow; the entry says whether the law overrides the person's no
     return _weigh(entry, policy.version if policy else None, rules)

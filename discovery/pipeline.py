@@ -109,11 +109,12 @@ def discover(
     keys = keystore()
     subject = resolve_subject(db_session=db_session, settings=settings, keys=keys, requester=requester,
                               person=person, now=now)
-    stype, info_types = _service_and_info_types(db_session, service_type, info_type)
+    all_offerings, info_types = _offerings_and_info_types(db_session, service_type, info_type)
     offerings = location.offerings_for_person(db_session=db_session, person_key=subject.person_key,
-                                              service_type=stype)
+                                              offerings=all_offerings)
+    policy = consent.get_current_policy(db_session=db_session, person_key=subject.person_key)
     decisions = [
-        _decide_offering(db_session, requester, subject, offering, task, info_types, now)
+        _decide_offering(db_session, requester, subject, offering, task, info_types, now, policy)
         for offering in offerings
     ]
     # the provider's own pseudonym and local ID, stored (if new) in the same transaction
@@ -184,16 +185,17 @@ def _staff_member(db_session: Session, settings: Settings, requester: Registered
     return staff.name_id
 
 
-def _service_and_info_types(db_session: Session, urn: str, info_type: str | None):
-    stype = location.get_service_type(db_session=db_session, urn=urn)
-    if stype is None:
+def _offerings_and_info_types(db_session: Session, urn: str, info_type: str | None):
+    found = location.service_location(db_session=db_session, urn=urn)
+    if found is None:
         raise DiscoveryRefused("UNKNOWN_SERVICE_TYPE", f"no service type {urn}", 404)
-    codes = stype.info_type_codes
+    stype, offerings = found
+    codes = list(stype.info_types)
     if info_type is not None:
         if info_type not in codes:
             raise DiscoveryRefused("UNKNOWN_INFO_TYPE", f"{urn} does not disclose {info_type}")
         codes = [info_type]
-    return stype, codes
+    return offerings, codes
 
 
 def _classes_of(db_session: Session) -> Callable[[str], set[str]]:
@@ -206,7 +208,7 @@ def _classes_of(db_session: Session) -> Callable[[str], set[str]]:
 
 def _decide_offering(db_session: Session, requester: RegisteredAgency, subject: Subject,
                      offering: location.OfferingView, task: str, info_types: list[str],
-                     now: datetime) -> OfferingDecision:
+                     now: datetime, policy=consent.READ_FRESH) -> OfferingDecision:
     """Whitelist, then the person's policy, for every information type the offering discloses;
     the offering is permitted only if every one is, and only to a provider that can decrypt."""
     provider = agencies.lookup(db_session=db_session, entity_id=offering.provider)
@@ -218,7 +220,7 @@ def _decide_offering(db_session: Session, requester: RegisteredAgency, subject: 
     for code in info_types:
         d = consent.decide(db_session=db_session, person_key=subject.person_key, requester=requester.entity_id,
                            provider=offering.provider, task_code=task, info_type_code=code,
-                           classes_of=_classes_of(db_session), at=now)
+                           classes_of=_classes_of(db_session), at=now, policy=policy)
         result.per_info_type.append((code, d))
         if not d.permitted:
             break
@@ -238,11 +240,12 @@ def _decide_offering(db_session: Session, requester: RegisteredAgency, subject: 
 def _log(db_session: Session, requester: RegisteredAgency, subject: Subject,
          decisions: list[OfferingDecision], task: str) -> None:
     """One hub-log entry per information type decided, each with its own reason and entry."""
+    entries = []
     for d in decisions:
         for code, decided in d.per_info_type:
             # a permit that is not acted on (the provider cannot decrypt) is logged as refused
             permitted = decided.permitted and d.permitted
-            history.append(db_session=db_session, entry=LogEntryIn(
+            entries.append(LogEntryIn(
                 owner=HUB_LOG, kind="decision", decision_id=d.decision_id, requester=requester.entity_id,
                 provider=d.provider, person_key=subject.person_key, task_code=task, info_type_code=code,
                 reason=str(decided.reason) if permitted or not decided.permitted else d.reason,
@@ -250,6 +253,7 @@ def _log(db_session: Session, requester: RegisteredAgency, subject: Subject,
                 detail={"service_type": d.service_type, "overridden": decided.overridden,
                         "whitelist_entry": decided.whitelist_entry_id},
             ))
+    history.append_many(db_session=db_session, entries=entries)
 
 
 def _token_for(db_session: Session, settings: Settings, keys: KeyStore, requester: RegisteredAgency,

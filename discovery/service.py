@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from discovery.models import Offering, ServiceType
 from pseudonym import service as pseudonyms
+from renkei.cache import TTLCache
 
 # ID-WSF security mechanism: TLS to the provider, the hub's SAML assertion as bearer token
 BEARER_SAML = "urn:liberty:security:2005-02:TLS:SAMLV2"
@@ -18,6 +19,13 @@ _URN = re.compile(r"^urn:[a-z0-9][a-z0-9-]{0,31}:\S+$", re.IGNORECASE)
 
 class LocationError(ValueError):
     """Bad information-location input; the message names the field."""
+
+
+@dataclass(frozen=True)
+class ServiceTypeView:
+    urn: str
+    name: str
+    info_types: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,7 @@ def add_service_type(*, db_session: Session, urn: str, name: str, info_types: li
     row = ServiceType(urn=urn, name=name or urn, info_types=" ".join(info_types))
     db_session.add(row)
     db_session.flush()
+    _location_cache.clear()
     return row
 
 
@@ -60,6 +69,7 @@ def remove_service_type(*, db_session: Session, urn: str) -> None:
         raise LocationError(f"no service type {urn}")
     db_session.delete(row)
     db_session.flush()
+    _location_cache.clear()
 
 
 def add_offering(
@@ -79,6 +89,7 @@ def add_offering(
                    security_mechanism=security_mechanism)
     db_session.add(row)
     db_session.flush()
+    _location_cache.clear()
     return row
 
 
@@ -99,20 +110,37 @@ def remove_offering(*, db_session: Session, provider: str, service_type: str) ->
         raise LocationError(f"{provider} does not offer {service_type}")
     db_session.delete(row)
     db_session.flush()
+    _location_cache.clear()
 
 
-def offerings_for_person(*, db_session: Session, person_key: str, service_type: ServiceType) -> list[OfferingView]:
-    """The offerings of a service type by providers that hold data about this person."""
+# Service types and offerings change rarely (operator actions): cached a few seconds.
+_location_cache: TTLCache[tuple[ServiceTypeView, tuple[OfferingView, ...]] | None] = TTLCache(seconds=5.0)
+
+
+def service_location(*, db_session: Session, urn: str) -> tuple[ServiceTypeView, tuple[OfferingView, ...]] | None:
+    """A service type and all its offerings (cached a few seconds), or None if there is no such type."""
+
+    def load():
+        st = db_session.get(ServiceType, urn)
+        if st is None:
+            return None
+        view = ServiceTypeView(st.urn, st.name, tuple(st.info_type_codes))
+        rows = db_session.scalars(
+            select(Offering).where(Offering.service_type_urn == urn).order_by(Offering.provider)
+        )
+        return view, tuple(
+            OfferingView(o.provider, urn, o.endpoint, o.security_mechanism, view.info_types) for o in rows
+        )
+
+    return _location_cache.get(urn, load)
+
+
+def offerings_for_person(
+    *, db_session: Session, person_key: str, offerings: tuple[OfferingView, ...]
+) -> list[OfferingView]:
+    """Of these offerings, those by providers that hold data about this person."""
     holders = set(pseudonyms.agencies_holding(db_session=db_session, person_key=person_key))
-    rows = db_session.scalars(
-        select(Offering).where(Offering.service_type_urn == service_type.urn).order_by(Offering.provider)
-    )
-    return [
-        OfferingView(o.provider, service_type.urn, o.endpoint, o.security_mechanism,
-                     tuple(service_type.info_type_codes))
-        for o in rows
-        if o.provider in holders
-    ]
+    return [o for o in offerings if o.provider in holders]
 
 
 def load_location_config(*, db_session: Session, config: dict, entity_ids: dict[str, str] | None = None) -> None:
@@ -138,3 +166,4 @@ def load_location_config(*, db_session: Session, config: dict, entity_ids: dict[
                          endpoint=endpoint)
         else:
             exists.endpoint = endpoint
+            _location_cache.clear()

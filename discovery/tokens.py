@@ -13,6 +13,7 @@ import hmac
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 
 from cryptography import x509
 from lxml import etree
@@ -98,6 +99,13 @@ def read_bootstrap(token: str, *, secret: bytes, audience: str, requester: str, 
 
 
 def bootstrap_secret(keys: KeyStore) -> bytes:
+    """The hub's bootstrap-token secret, read once per process."""
+    return _bootstrap_secret(str(keys.directory))
+
+
+@lru_cache(maxsize=4)
+def _bootstrap_secret(keys_dir: str) -> bytes:
+    keys = KeyStore(keys_dir)
     return keys.load_secret(BOOTSTRAP_SECRET, keys.ensure_secret(BOOTSTRAP_SECRET))
 
 

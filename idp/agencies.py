@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import base64
-import time
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -13,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from idp.models import Agency, AgencyCertificate, AgencyEndpoint
+from renkei.cache import TTLCache
 from renkei.xmlsecurity import XMLSecurityError, parse_xml
 
 MD_NS = "urn:oasis:names:tc:SAML:2.0:metadata"
@@ -206,22 +206,17 @@ def list_all(*, db_session: Session) -> list[Agency]:
 
 
 # Registered agencies change rarely; a few seconds of caching keeps SSO off three queries.
-CACHE_SECONDS = 5.0
-_cache: dict[str, tuple[float, RegisteredAgency | None]] = {}
+_cache: TTLCache[RegisteredAgency | None] = TTLCache(seconds=5.0)
 
 
 def lookup(*, db_session: Session, entity_id: str) -> RegisteredAgency | None:
-    """The registered agency for an entity ID (cached for CACHE_SECONDS), or None."""
-    hit = _cache.get(entity_id)
-    now = time.monotonic()
-    if hit is not None and now - hit[0] < CACHE_SECONDS:
-        return hit[1]
-    agency = db_session.scalar(select(Agency).where(Agency.entity_id == entity_id))
-    view = _view(agency) if agency is not None else None
-    if len(_cache) > 10_000:
-        _cache.clear()
-    _cache[entity_id] = (now, view)
-    return view
+    """The registered agency for an entity ID (cached for a few seconds), or None."""
+
+    def load() -> RegisteredAgency | None:
+        agency = db_session.scalar(select(Agency).where(Agency.entity_id == entity_id))
+        return _view(agency) if agency is not None else None
+
+    return _cache.get(entity_id, load)
 
 
 def _view(agency: Agency) -> RegisteredAgency:

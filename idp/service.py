@@ -315,7 +315,7 @@ def _discovery_epr(
     is present, valid as long as the IdP session (docs/discovery.md)."""
     base = settings.base_url.rstrip("/")
     token = tokens.issue_bootstrap(
-        secret=_bootstrap_secret(str(keys.directory)),
+        secret=tokens.bootstrap_secret(keys),
         audience=base + "/discovery",
         requester=agency.entity_id,
         pseudonym=pseudonym,
@@ -324,11 +324,6 @@ def _discovery_epr(
     return tokens.discovery_epr_attribute(
         soap_url=base + "/discovery/soap", provider_id=base + "/discovery", token=token
     )
-
-
-@lru_cache(maxsize=4)
-def _bootstrap_secret(keys_dir: str) -> bytes:
-    return tokens.bootstrap_secret(KeyStore(keys_dir))
 
 
 def answer_error(

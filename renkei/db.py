@@ -54,7 +54,8 @@ def make_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
-    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    # no pre-ping: it costs a round trip per checkout; stale connections are recycled instead
+    return create_engine(url, pool_size=10, max_overflow=20, pool_recycle=1800)
 
 
 _ENGINES: dict[str, Engine] = {}
