@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from consent import receipts
 from consent.errors import DuplicateWhitelistEntry, RuleNotFound, WhitelistImportError
@@ -240,7 +240,8 @@ def get_current_policy(*, db_session: Session, person_key: str) -> PolicyVersion
         .where(PolicyVersion.person_key == person_key)
         .order_by(PolicyVersion.version.desc())
         .limit(1)
-    ).first()
+        .options(joinedload(PolicyVersion.rules))  # one round trip, rules included
+    ).unique().first()
 
 
 def list_policy_versions(*, db_session: Session, person_key: str) -> list[PolicyVersion]:

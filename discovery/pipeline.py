@@ -110,30 +110,24 @@ def discover(
     subject = resolve_subject(db_session=db_session, settings=settings, keys=keys, requester=requester,
                               person=person, now=now)
     all_offerings, info_types = _offerings_and_info_types(db_session, service_type, info_type)
-    offerings = location.offerings_for_person(db_session=db_session, person_key=subject.person_key,
-                                              offerings=all_offerings)
+    held = pseudonyms.holdings(db_session=db_session, person_key=subject.person_key)
+    offerings = location.offerings_for_person(offerings=all_offerings, holdings=held)
     policy = consent.get_current_policy(db_session=db_session, person_key=subject.person_key)
     decisions = [
         _decide_offering(db_session, requester, subject, offering, task, info_types, now, policy)
         for offering in offerings
     ]
-    # the provider's own pseudonym and local ID, stored (if new) in the same transaction
-    subjects_for_provider = {
-        d.decision_id: (
-            pseudonyms.get_or_create(db_session=db_session, keys=keys, person_key=subject.person_key,
-                                     agency=d.provider, scope=settings.scope),
-            pseudonyms.local_id_of(db_session=db_session, agency=d.provider, person_key=subject.person_key),
-        )
-        for d in decisions
-        if d.permitted
-    }
+    # the providers' own pseudonyms, stored (if new) in the same transaction as the decisions
+    provider_pseudonyms = pseudonyms.get_or_create_many(
+        db_session=db_session, keys=keys, person_key=subject.person_key,
+        agencies=[d.provider for d in decisions if d.permitted], scope=settings.scope,
+    )
     _log(db_session, requester, subject, decisions, task)
     db_session.commit()  # log before disclose: the decisions are durable before any token exists
     for d in decisions:
         if d.permitted:
-            p_provider, local_id = subjects_for_provider[d.decision_id]
-            d.token = _token_for(db_session, settings, keys, requester, d, p_provider, local_id,
-                                 task, info_types, now)
+            d.token = _token_for(db_session, settings, keys, requester, d, provider_pseudonyms[d.provider],
+                                 held[d.provider], task, info_types, now)
     return decisions
 
 

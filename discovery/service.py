@@ -9,7 +9,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from discovery.models import Offering, ServiceType
-from pseudonym import service as pseudonyms
 from renkei.cache import TTLCache
 
 # ID-WSF security mechanism: TLS to the provider, the hub's SAML assertion as bearer token
@@ -136,11 +135,11 @@ def service_location(*, db_session: Session, urn: str) -> tuple[ServiceTypeView,
 
 
 def offerings_for_person(
-    *, db_session: Session, person_key: str, offerings: tuple[OfferingView, ...]
+    *, offerings: tuple[OfferingView, ...], holdings: dict[str, str]
 ) -> list[OfferingView]:
-    """Of these offerings, those by providers that hold data about this person."""
-    holders = set(pseudonyms.agencies_holding(db_session=db_session, person_key=person_key))
-    return [o for o in offerings if o.provider in holders]
+    """Of these offerings, those by providers that hold data about the person (`holdings`:
+    agency → local ID, from `pseudonym.service.holdings`)."""
+    return [o for o in offerings if o.provider in holdings]
 
 
 def load_location_config(*, db_session: Session, config: dict, entity_ids: dict[str, str] | None = None) -> None:

@@ -288,20 +288,34 @@ def local_person(*, db_session: Session, agency: str, local_id: str) -> str | No
     )
 
 
-def agencies_holding(*, db_session: Session, person_key: str) -> list[str]:
-    """Agencies that linked a local record for this person (they hold data about them)."""
-    return list(
-        db_session.scalars(
-            select(LocalLink.agency).where(LocalLink.person_key == person_key).distinct()
+def holdings(*, db_session: Session, person_key: str) -> dict[str, str]:
+    """Agencies holding data about this person, each with its (first) local record ID: one query."""
+    rows = db_session.execute(
+        select(LocalLink.agency, LocalLink.local_id)
+        .where(LocalLink.person_key == person_key)
+        .order_by(LocalLink.id.desc())
+    )
+    return dict(rows.all())  # the oldest link of an agency wins: it comes last
+
+
+def get_or_create_many(
+    *, db_session: Session, keys: KeyStore, person_key: str, agencies: Iterable[str], scope: str
+) -> dict[str, str]:
+    """The person's live pseudonyms for several agencies, reading them in one query."""
+    wanted = set(agencies)
+    if not wanted:
+        return {}
+    found = dict(
+        db_session.execute(
+            select(Pseudonym.agency, Pseudonym.value).where(
+                Pseudonym.person_key == person_key,
+                Pseudonym.agency.in_(wanted),
+                Pseudonym.revoked_at.is_(None),
+            )
+        ).all()
+    )
+    for agency in wanted - found.keys():
+        found[agency] = get_or_create(
+            db_session=db_session, keys=keys, person_key=person_key, agency=agency, scope=scope
         )
-    )
-
-
-def local_id_of(*, db_session: Session, agency: str, person_key: str) -> str | None:
-    """The agency's own record ID for this person, if it linked one (it may see its own IDs)."""
-    return db_session.scalar(
-        select(LocalLink.local_id)
-        .where(LocalLink.agency == agency, LocalLink.person_key == person_key)
-        .order_by(LocalLink.id)
-        .limit(1)
-    )
+    return found

@@ -137,7 +137,7 @@ def test_link_import_all_or_nothing_and_master_id_never_stored(env):
         assert ps.import_local_links(db_session=db, keys=keys, agency=A, csv_text=good) == 2
     with session_scope(url) as db:
         assert ps.local_person(db_session=db, agency=A, local_id="L-2") == "p-link-2"
-        assert A in ps.agencies_holding(db_session=db, person_key="p-link-1")
+        assert ps.holdings(db_session=db, person_key="p-link-1") == {A: "L-1"}
         stored = [m.master_hash for m in db.scalars(select(MasterIdentifier))]
         assert stored and all("9999" not in h for h in stored)
 
