@@ -166,7 +166,7 @@ def resolve_subject(
 def _staff_member(db_session: Session, settings: Settings, requester: RegisteredAgency, xml: bytes,
                   now: datetime) -> str:
     """The staff member who asks: the NameID of the hub's own SSO assertion issued to the requester."""
-    idp_keys = [k.public_key for k in keystore().published_keys("idp")]
+    idp_keys = [c.public_key() for c in keystore().published_certificates("idp")]
     try:
         element = parse_xml(xml, max_bytes=settings.max_message_bytes)
         staff = validate_assertion(

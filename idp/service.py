@@ -162,7 +162,7 @@ def _check_bounds(*, db_session: Session, settings: Settings, request: saml.Auth
             saml.REQUESTER, "the requested authentication context cannot be met", saml.NO_AUTHN_CONTEXT
         )
     try:
-        replay.remember(
+        replay.remember_at_once(
             db_session=db_session,
             issuer=request.issuer,
             message_id=request.id,

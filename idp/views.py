@@ -2,6 +2,7 @@
 `idp.service` and turn its outcomes into pages, redirects and POST-binding forms."""
 from __future__ import annotations
 
+from cryptography.hazmat.primitives.serialization import Encoding
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
@@ -22,13 +23,12 @@ PENDING_COOKIE = "renkei_pending"
 def metadata() -> Response:
     """The IdP's SAML metadata; lists the two newest signing keys so rotation needs no downtime."""
     settings = get_settings()
-    keys = keystore()
-    keys.ensure_signing_key(service.IDP_ROLE)
+    certificates = keystore().published_certificates(service.IDP_ROLE)
     body = saml.idp_metadata(
         entity_id=settings.idp_entity_id,
         sso_url=service.sso_url(settings),
         slo_url=service.slo_url(settings),
-        signing_certs_der=[k.cert_der for k in keys.published_keys(service.IDP_ROLE)],
+        signing_certs_der=[c.public_bytes(Encoding.DER) for c in certificates],
         want_signed=settings.require_signed_requests,
     )
     return Response(body, media_type="application/samlmetadata+xml")

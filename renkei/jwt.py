@@ -99,7 +99,7 @@ def verify_client_assertion(
     if not isinstance(claims.get("jti"), str) or not claims["jti"]:
         raise ClientAuthFailed("the JWT needs a jti")
     try:
-        replay.remember(db_session=db_session, issuer=claims["iss"], message_id="jwt:" + claims["jti"],
+        replay.remember_at_once(db_session=db_session, issuer=claims["iss"], message_id="jwt:" + claims["jti"],
                         expires_at=datetime.fromtimestamp(exp, UTC).replace(tzinfo=None))
     except replay.ReplayDetected:
         raise ClientAuthFailed("this JWT was already used") from None

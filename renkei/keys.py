@@ -121,9 +121,11 @@ class KeyStore:
             return self.create_signing_key(role)
         return self.load_signing_key(role, versions[-1])
 
-    def published_keys(self, role: str, keep: int = 2) -> list[SigningKey]:
-        """The versions metadata publishes: the newest `keep`, newest first."""
-        return [self.load_signing_key(role, v) for v in reversed(self.signing_versions(role)[-keep:])]
+    def published_certificates(self, role: str, keep: int = 2) -> list[x509.Certificate]:
+        """The certificates of the published versions, newest first, without loading any private
+        key (that costs tens of milliseconds: metadata and verifiers only need certificates)."""
+        versions = tuple(reversed(self.signing_versions(role)[-keep:]))
+        return list(_certificates(str(self.directory), role, versions))
 
     # -- HMAC secrets ----------------------------------------------------------------
     def secret_versions(self, name: str) -> list[int]:
@@ -148,6 +150,14 @@ class KeyStore:
     def ensure_secret(self, name: str) -> int:
         versions = self.secret_versions(name)
         return versions[-1] if versions else self.create_secret(name)
+
+
+@lru_cache(maxsize=64)
+def _certificates(directory: str, role: str, versions: tuple[int, ...]) -> tuple[x509.Certificate, ...]:
+    base = Path(directory)
+    return tuple(
+        x509.load_pem_x509_certificate((base / f"{role}-v{v}.cert.pem").read_bytes()) for v in versions
+    )
 
 
 def keystore(directory: str | None = None) -> KeyStore:

@@ -28,6 +28,18 @@ class SeenMessage(Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime, index=True)
 
 
+def remember_at_once(*, db_session: Session, issuer: str, message_id: str, expires_at: datetime) -> None:
+    """`remember`, committed at once in its own short transaction on the same database.
+
+    For IDs checked at the start of a request: the request's own transaction then takes no
+    write lock until its end (SQLite has one writer; holding it through signing serializes
+    every request), and a replay is refused however the request ends.
+    """
+    with Session(bind=db_session.get_bind()) as own:
+        remember(db_session=own, issuer=issuer, message_id=message_id, expires_at=expires_at)
+        own.commit()
+
+
 def remember(*, db_session: Session, issuer: str, message_id: str, expires_at: datetime) -> None:
     """Record a message ID once; raise ReplayDetected if it was already recorded."""
     dialect = db_session.get_bind().dialect.name

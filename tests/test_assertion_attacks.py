@@ -11,7 +11,13 @@ from lxml import etree
 
 from renkei import assertions as A
 from renkei.db import session_scope, utcnow
-from renkei.xmlsecurity import ForbiddenXML, SignatureInvalid, SignatureMissing, XMLSecurityError, sign_enveloped
+from renkei.xmlsecurity import (
+    ForbiddenXML,
+    SignatureInvalid,
+    SignatureMissing,
+    XMLSecurityError,
+    sign_enveloped,
+)
 from tests import xml_attacks as X
 from tests.saml_sp import NS, Browser, TestSP, response_from_page
 from tests.test_idp_sso import cli, register
@@ -49,8 +55,8 @@ def fresh_response(hub, sp: TestSP) -> tuple[bytes, str]:
 
 
 def validate(hub, xml: bytes, sp: TestSP, request_id: str, idp_key, **over):
-    args = dict(idp_entity_id=hub.settings.idp_entity_id, idp_keys=[idp_key.public_key],
-                audience=sp.entity_id, acs_url=sp.acs_url, pending_request_ids={request_id})
+    args = {"idp_entity_id": hub.settings.idp_entity_id, "idp_keys": [idp_key.public_key],
+                "audience": sp.entity_id, "acs_url": sp.acs_url, "pending_request_ids": {request_id}}
     args.update(over)
     with session_scope() as db:
         return A.validate_response(xml, db_session=db, **args)

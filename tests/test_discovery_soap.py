@@ -234,7 +234,7 @@ def post(url: str, data: bytes) -> httpx.Response:
 
 
 def hub_keys() -> list:
-    return [k.public_key for k in keystore().published_keys("idp")]
+    return [c.public_key() for c in keystore().published_certificates("idp")]
 
 
 def idp_cert():

@@ -91,7 +91,7 @@ def test_resolve_only_within_the_agency(env):
 
 
 def test_revoked_pseudonym_is_dead_and_replaced_by_a_fresh_one(env):
-    url, keys = env
+    url, _keys = env
     v = pseudonym_for(env, "p-rev", B)
     with session_scope(url) as db:
         ps.revoke(db_session=db, agency=B, value=v)
