@@ -326,3 +326,19 @@ def test_metadata_publishes_the_two_newest_keys_after_rotation(hub, tmp_path):
         keys.load_signing_key("idp", v).certificate.serial_number for v in (3, 2)]
     before = httpx.get(f"{hub.base_url}/idp/metadata").content
     assert before.count(b"<ds:X509Certificate>") == len(KeyStore(hub.settings.keys_dir).published_certificates("idp"))
+
+
+# XSW3-8 wrap an Assertion inside a Response; tests/test_assertion_attacks.py runs those.
+@pytest.mark.parametrize("attack", ["xsw1", "xsw2", "strip_signatures", "key_injection", "sha1_signature",
+                                    "second_signed_info", "billion_laughs", "external_entity"])
+def test_attacked_signed_authn_requests_are_refused_over_http(hub, city_a, attack):
+    """SECURITY.md's corpus against the IdP's HTTP-POST binding: a forged AuthnRequest never
+    gets an answer, least of all at the forger's ACS URL."""
+    from tests import xml_attacks as X
+
+    _, root = city_a.authn_request(f"{hub.base_url}/idp/sso")
+    signed = etree.tostring(city_a.sign_xml(root))
+    forged = getattr(X, attack)(signed)
+    r = Browser(hub.base_url).start(city_a, forged, binding="post", sign=False)
+    assert r.status_code == 400, r.text[-400:]
+    assert "SAMLResponse" not in r.text and "attacker.example" not in r.text
