@@ -9,7 +9,6 @@ afresh from exactly the canonical octets whose digest was checked.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import re
@@ -37,11 +36,15 @@ from renkei.xmlsecurity import (  # the layer's shared primitives, private to it
     SignatureMissing,
     UnsupportedAlgorithm,
     XMLSecurityError,
+    _base64_text,
+    _c14n,
     _sign_octets,
     _signature_algorithm,
+    _signature_parts,
     _verify_octets,
     parse_xml,
 )
+from renkei.xmlsecurity import _children as _element_children
 
 __all__ = [
     "SBF_NS",
@@ -290,13 +293,6 @@ def sign_envelope(
     value.text = base64.b64encode(_sign_octets(private_key, algorithm, _c14n(signed_info, None))).decode("ascii")
 
 
-def _c14n(element: etree._Element, prefixes: list[str] | None) -> bytes:
-    """Exclusive c14n without comments of `element` in its document (XMLDSig core §6.5.1)."""
-    return etree.tostring(
-        element, method="c14n", exclusive=True, with_comments=False, inclusive_ns_prefixes=prefixes or None
-    )
-
-
 # -- verifying -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class VerifiedEnvelope:
@@ -409,19 +405,6 @@ def verify_envelope(
     return VerifiedEnvelope(body=signed_body, headers=parts, created=created, expires=expires, tokens=tokens)
 
 
-def _element_children(parent: etree._Element, where: str) -> list[etree._Element]:
-    """Element children where the schema allows no text; comments carry no meaning here."""
-    if parent.text and parent.text.strip():
-        raise InvalidSecurity(f"unexpected text inside {where}")
-    children = []
-    for child in parent:
-        if child.tail and child.tail.strip():
-            raise InvalidSecurity(f"unexpected text inside {where}")
-        if isinstance(child.tag, str):
-            children.append(child)
-    return children
-
-
 def _envelope_parts(root: etree._Element) -> tuple[etree._Element, etree._Element]:
     """SOAP 1.1 §4: Envelope holds an optional Header then the Body, nothing else here."""
     if root.tag != ENVELOPE:
@@ -457,29 +440,6 @@ def _security_parts(
         raise InvalidSecurity("the wsse:Security header must carry exactly one wsu:Timestamp")
     tokens = tuple(c for c in children if c.tag not in (_SIGNATURE, TIMESTAMP, BINARY_SECURITY_TOKEN))
     return signatures[0], timestamps[0], tokens
-
-
-def _signature_parts(signature: etree._Element) -> tuple[etree._Element, bytes]:
-    """XMLDSig core §4.1: SignedInfo, SignatureValue, optional KeyInfo (ignored); no Object."""
-    children = _element_children(signature, "Signature")
-    tags = [c.tag for c in children]
-    if tags.count(_SIGNED_INFO) != 1:
-        raise InvalidSecurity("Signature must contain exactly one SignedInfo")
-    if tags not in ([_SIGNED_INFO, _SIGNATURE_VALUE], [_SIGNED_INFO, _SIGNATURE_VALUE, _KEY_INFO]):
-        raise InvalidSecurity("Signature must hold SignedInfo, SignatureValue and KeyInfo only")
-    value = _base64_text(children[1], "SignatureValue")
-    if not value:
-        raise InvalidSecurity("SignatureValue is empty")
-    return children[0], value
-
-
-def _base64_text(element: etree._Element, where: str) -> bytes:
-    if len(element):  # any child node, comments included (xml-crypto CVE-2025-29775)
-        raise InvalidSecurity(f"{where} must be a single text value")
-    try:
-        return base64.b64decode("".join((element.text or "").split()), validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidSecurity(f"{where} is not valid base64") from None
 
 
 def _signed_info_parts(signed_info: etree._Element) -> tuple[list[str] | None, str, list[etree._Element]]:

@@ -19,6 +19,7 @@ from lxml import etree
 
 from renkei import wssecurity as ws
 from renkei.wssecurity import (
+    WSSE_NS,
     FailedAuthentication,
     FailedCheck,
     InvalidSecurity,
@@ -32,6 +33,7 @@ from renkei.xmlsecurity import (
     DS_NS,
     ECDSA_SHA256,
     ForbiddenXML,
+    SignatureInvalid,
     SignatureMissing,
     UnsupportedAlgorithm,
     XMLSecurityError,
@@ -472,8 +474,9 @@ def test_second_signed_info_and_comment_in_digest_value_are_refused():
     env = signed()
     signature = find(env, "soap:Header/wsse:Security/ds:Signature")
     signature.insert(1, copy.deepcopy(signature[0]))
-    with pytest.raises(InvalidSecurity, match="exactly one SignedInfo"):
+    with pytest.raises(SignatureInvalid, match="exactly one SignedInfo") as refused:
         verify(env)
+    assert fault_code(refused.value) == (WSSE_NS, "InvalidSecurity")
     env = signed()
     digest = find(env, "soap:Header/wsse:Security/ds:Signature/ds:SignedInfo/ds:Reference/ds:DigestValue")
     value = digest.text
