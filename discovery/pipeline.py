@@ -23,6 +23,7 @@ from discovery import service as location
 from discovery import tokens
 from idp import agencies
 from idp.agencies import RegisteredAgency
+from idp.service import signing_key
 from pseudonym import service as pseudonyms
 from renkei.assertions import AssertionRejected, validate_assertion
 from renkei.db import utcnow
@@ -253,8 +254,6 @@ def _log(db_session: Session, requester: RegisteredAgency, subject: Subject,
 def _token_for(db_session: Session, settings: Settings, keys: KeyStore, requester: RegisteredAgency,
                d: OfferingDecision, p_provider: str, local_id: str | None, task: str,
                info_types: list[str], now: datetime) -> bytes:
-    from idp.service import signing_key
-
     provider = agencies.lookup(db_session=db_session, entity_id=d.provider)
     facts = tokens.ProviderTokenFacts(
         hub_entity_id=settings.idp_entity_id, provider=d.provider, endpoint=d.endpoint,

@@ -12,6 +12,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from urllib.parse import unquote_plus
 
 from lxml import etree
 from sqlalchemy import delete, select
@@ -28,6 +29,7 @@ from renkei.keys import KeyStore, SigningKey
 from renkei.settings import Settings
 from renkei.xmlsecurity import (
     XMLSecurityError,
+    deflate_redirect,
     inflate_redirect,
     parse_xml,
     sign_enveloped,
@@ -428,14 +430,10 @@ def _end_sessions_for(
 
 
 def _deflate(root: etree._Element) -> str:
-    from renkei.xmlsecurity import deflate_redirect
-
     return deflate_redirect(etree.tostring(root, encoding="UTF-8"))
 
 
 def _query_params(raw_query: str) -> dict[str, str]:
-    from urllib.parse import unquote_plus
-
     params: dict[str, str] = {}
     for part in raw_query.split("&"):
         if not part:

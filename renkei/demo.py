@@ -17,8 +17,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
+import httpx
+import uvicorn
 import yaml
 
+from agency_demo import AgencyConfig, create_agency_app, sp_metadata
+from consent import service as consent
+from consent.models import PolicyRuleIn
+from consent.whitelist_io import parse_yaml
+from discovery import service as location
+from idp import accounts, agencies
+from idp.accounts import totp
+from pseudonym import service as pseudonyms
+from renkei.app import create_app
+from renkei.cli import ensure_hub_keys
+from renkei.db import session_scope, upgrade
+from renkei.keys import keystore
 from renkei.settings import get_settings
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
@@ -58,8 +72,6 @@ def load_config(path: Path | None) -> dict:
 
 def agency_config(agency: DemoAgency, hub_url: str, home: Path, config: dict | None = None):
     """The demo agency app's settings: its lookups (scenarios), what it provides, its records."""
-    from agency_demo import AgencyConfig
-
     config = config or {}
     return AgencyConfig(
         entity_id=agency.entity_id,
@@ -79,12 +91,6 @@ def agency_config(agency: DemoAgency, hub_url: str, home: Path, config: dict | N
 
 def setup(config: dict, config_dir: Path = DEFAULT_CONFIG.parent) -> tuple[list[DemoAgency], dict[str, str]]:
     """Create everything the demo needs (idempotent); returns the agencies and people's passwords."""
-    from agency_demo import sp_metadata
-    from idp import accounts, agencies
-    from pseudonym import service as pseudonyms
-    from renkei.cli import ensure_hub_keys
-    from renkei.db import session_scope, upgrade
-    from renkei.keys import keystore
 
     settings = get_settings()
     upgrade(settings.db_url)
@@ -126,11 +132,6 @@ def setup(config: dict, config_dir: Path = DEFAULT_CONFIG.parent) -> tuple[list[
 
 def _load_exchange_rules(db, config: dict, entity_ids: dict[str, str], config_dir: Path) -> None:
     """Service types, offerings, the whitelist and people's policies of the demo federation."""
-    from consent import service as consent
-    from consent.models import PolicyRuleIn
-    from consent.whitelist_io import parse_yaml
-    from discovery import service as location
-    from idp import accounts
 
     location.load_location_config(db_session=db, config=config, entity_ids=entity_ids)
     if config.get("whitelist"):
@@ -169,12 +170,6 @@ def _passwords(home: Path, usernames: list[str]) -> dict[str, str]:
 
 def run(*, config_file: Path | None, serve: bool, run_scenarios: bool = False) -> None:
     """Set up the demo federation, print its URLs and people, and serve it (or run its lookups)."""
-    import uvicorn
-
-    from agency_demo import create_agency_app
-    from idp import accounts
-    from renkei.app import create_app
-    from renkei.db import session_scope
 
     config = load_config(config_file)
     settings = get_settings()
@@ -229,8 +224,6 @@ def run_lookups(config: dict, demo_agencies: list[DemoAgency], passwords: dict[s
     """Each scenario as a browser would run it: log the person in at the requesting agency,
     press its lookup button, print the hub's decision for every provider. True if all came
     out as the configuration expects."""
-    import httpx
-
     deadline = time.monotonic() + 30
     while not all(s.started for s in servers):
         if time.monotonic() > deadline:
@@ -268,7 +261,6 @@ def run_lookups(config: dict, demo_agencies: list[DemoAgency], passwords: dict[s
 def _log_in(browser, agency: DemoAgency, username: str, passwords: dict[str, str],
             totp_secrets: dict[str, str | None]) -> str:
     """SP-initiated SSO through the hub's login page; returns the agency's home page."""
-    from idp.accounts import totp
 
     page = browser.get(f"{agency.base_url}/login")
     pending = re.search(r'name="pending" value="([^"]+)"', page.text).group(1)
