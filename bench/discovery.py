@@ -90,26 +90,16 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-import warnings
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import harness
+from harness import DS_NS, ROOT, Progress, say
 
-MD_NS = "urn:oasis:names:tc:SAML:2.0:metadata"
-DS_NS = "http://www.w3.org/2000/09/xmldsig#"
-SAML_NS = "urn:oasis:names:tc:SAML:2.0:assertion"
-SAMLP_NS = "urn:oasis:names:tc:SAML:2.0:protocol"
-POST = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST"
-REDIRECT = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect"
 DISCO_EPR = "urn:liberty:disco:2006-08:DiscoveryEPR"
 SEC_TOKEN = "{urn:liberty:security:2006-08}Token"
 
@@ -132,119 +122,12 @@ TARGET_P99_MS = 25.0  # at 70% of peak
 LOAD_FRACTION = 0.7
 JWT_LIFETIME = 300  # renkei.jwt.MAX_LIFETIME
 
-_children: list[subprocess.Popen] = []  # started process groups, stopped at exit
 
-
-# --- small helpers -------------------------------------------------------------------------
-
-def say(msg: str = "") -> None:
-    print(msg, flush=True)
-
-
-class Progress:
-    """A one-line progress indication on stderr, at most once a second."""
-
-    def __init__(self, label: str, total: int | None = None, seconds: float | None = None,
-                 show_rate: bool = True):
-        self.label, self.total, self.seconds, self.show_rate = label, total, seconds, show_rate
-        self.start = time.perf_counter()
-        self.last = 0.0
-        self.tty = sys.stderr.isatty()
-
-    def update(self, done: int, force: bool = False) -> None:
-        now = time.perf_counter()
-        if not force and now - self.last < 1.0:
-            return
-        self.last = now
-        elapsed = now - self.start
-        parts = [f"  {self.label}"]
-        if self.show_rate or self.total:
-            parts.append(f": {done}")
-        if self.total:
-            parts.append(f"/{self.total}")
-        if self.seconds:
-            parts.append(f" ({min(elapsed, self.seconds):.0f}/{self.seconds:.0f} s)")
-        if self.show_rate and done and elapsed > 0:
-            parts.append(f", {done / elapsed:,.1f}/s")
-        line = "".join(parts)
-        if self.tty:
-            sys.stderr.write("\r" + line.ljust(70))
-        else:
-            sys.stderr.write(line + "\n")
-        sys.stderr.flush()
-
-    def finish(self) -> None:
-        if self.tty:
-            sys.stderr.write("\r" + " " * 70 + "\r")
-            sys.stderr.flush()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _name(common_name: str):
-    from cryptography import x509
-    from cryptography.x509.oid import NameOID
-
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def make_cert(key, common_name: str):
-    """A self-signed certificate for `key` (RSA or EC), valid a year either side of now."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-
-    now = datetime.now(UTC)
-    return (
-        x509.CertificateBuilder().subject_name(_name(common_name)).issuer_name(_name(common_name))
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=365))
-        .sign(key, hashes.SHA256())
-    )
-
-
-def rsa_key():
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def ec_key():
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def agency_metadata(entity_id: str, base_url: str, certs: list[tuple[str, object]],
-                    *, authn_requests_signed: bool = True) -> bytes:
-    """An SP EntityDescriptor with the given (use, certificate) KeyDescriptors and one POST ACS."""
-    from cryptography.hazmat.primitives import serialization
-
-    kds = "".join(
-        f'<md:KeyDescriptor use="{use}"><ds:KeyInfo><ds:X509Data><ds:X509Certificate>'
-        f"{base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()}"
-        f"</ds:X509Certificate></ds:X509Data></ds:KeyInfo></md:KeyDescriptor>"
-        for use, cert in certs
-    )
-    return (
-        f'<?xml version="1.0" encoding="UTF-8"?>\n'
-        f'<md:EntityDescriptor xmlns:md="{MD_NS}" xmlns:ds="{DS_NS}" entityID="{entity_id}">'
-        f'<md:SPSSODescriptor protocolSupportEnumeration="{SAMLP_NS}" '
-        f'AuthnRequestsSigned="{str(authn_requests_signed).lower()}" WantAssertionsSigned="true">'
-        f"{kds}"
-        f'<md:SingleLogoutService Binding="{REDIRECT}" Location="{base_url}/sls"/>'
-        f'<md:AssertionConsumerService Binding="{POST}" Location="{base_url}/acs" index="0" isDefault="true"/>'
-        f"</md:SPSSODescriptor></md:EntityDescriptor>\n"
-    ).encode()
-
-
-def _cpu_with_children() -> float:
-    """CPU seconds of this process and its waited-for children (pysaml2's xmlsec1 runs)."""
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
+def agency_metadata(entity_id: str, base_url: str, certs: list[tuple[str, object]]) -> bytes:
+    """An SP EntityDescriptor with the given (use, certificate) KeyDescriptors, signed
+    AuthnRequests, a SingleLogoutService and one POST ACS under `base_url`."""
+    return harness.sp_metadata(entity_id, f"{base_url}/acs", certs, authn_requests_signed=True,
+                               slo_url=f"{base_url}/sls")
 
 
 # --- the federation: keys and metadata of R and P, made once ------------------------------
@@ -266,13 +149,13 @@ class Federation:
 def make_federation(tmp: Path) -> Federation:
     from consent.whitelist_io import CSV_COLUMNS
 
-    req_rsa = rsa_key()
-    req_ec = ec_key()
-    prov = rsa_key()
+    req_rsa = harness.rsa_key()
+    req_ec = harness.ec_key()
+    prov = harness.rsa_key()
     fed = Federation(
-        req_rsa_key=req_rsa, req_rsa_cert=make_cert(req_rsa, "bench requester sso"),
-        req_ec_key=req_ec, req_ec_cert=make_cert(req_ec, "bench requester jwt"),
-        prov_key=prov, prov_cert=make_cert(prov, "bench provider"),
+        req_rsa_key=req_rsa, req_rsa_cert=harness.make_cert(req_rsa, "bench requester sso"),
+        req_ec_key=req_ec, req_ec_cert=harness.make_cert(req_ec, "bench requester jwt"),
+        prov_key=prov, prov_cert=harness.make_cert(prov, "bench provider"),
         req_md=tmp / "requester-metadata.xml", prov_md=tmp / "provider-metadata.xml",
         whitelist_csv=tmp / "whitelist.csv", links_csv=tmp / "provider-links.csv",
     )
@@ -315,8 +198,9 @@ def token_shaped_assertion(fed: Federation, hub_key, hub_cert) -> tuple[bytes, s
 
 
 def bench_pysaml2(tmp: Path, fed: Federation, count: int) -> dict:
-    warnings.filterwarnings("ignore", module="saml2")
-    warnings.filterwarnings("ignore", message=".*CFB.*")
+    key = harness.rsa_key()
+    cert = harness.make_cert(key, "pysaml2 bench hub")
+    files = harness.pysaml2_files(tmp, "hub", key, cert)
     from cryptography.hazmat.primitives import serialization
     from lxml import etree
     from saml2 import saml, xmldsig
@@ -326,25 +210,8 @@ def bench_pysaml2(tmp: Path, fed: Federation, count: int) -> dict:
 
     from renkei.xmlsecurity import verify_signed
 
-    xmlsec = shutil.which("xmlsec1")
-    if not xmlsec:
-        raise SystemExit("the xmlsec1 binary is not installed (apt-get install xmlsec1)")
-    d = tmp / "pysaml2"
-    d.mkdir()
-    key = rsa_key()
-    cert = make_cert(key, "pysaml2 bench hub")
-    (d / "hub.key").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption()))
-    (d / "hub.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     config = Config()
-    config.load({
-        "entityid": "http://127.0.0.1:9/idp/metadata",
-        "xmlsec_binary": xmlsec,  # no crypto_backend: the default, xmlsec1 as a subprocess
-        "key_file": str(d / "hub.key"),
-        "cert_file": str(d / "hub.crt"),
-        "delete_tmpfiles": True,
-    })
+    config.load({"entityid": "http://127.0.0.1:9/idp/metadata", **files})
     sec = security_context(config)
     backend = type(sec.crypto).__name__
     xml, old_id = token_shaped_assertion(fed, key, cert)
@@ -366,35 +233,18 @@ def bench_pysaml2(tmp: Path, fed: Federation, count: int) -> dict:
 
     signed = one(0)  # warm-up, and a check: Renkei's strict verifier accepts pysaml2's signature
     verify_signed(etree.fromstring(signed.encode()), [cert])
-    progress = Progress("pysaml2 signatures", total=count)
-    cpu_start = _cpu_with_children()
-    start = time.perf_counter()
-    for i in range(1, count + 1):
-        one(i)
-        progress.update(i)
-    elapsed = time.perf_counter() - start
-    cpu = _cpu_with_children() - cpu_start
-    progress.finish()
-    return {"ops": count, "seconds": elapsed, "rate": count / elapsed, "backend": backend,
-            "cpu_ms_per_op": cpu / count * 1000, "bytes": len(signed)}
+    return {**harness.time_baseline("pysaml2 signatures", one, count, backend), "bytes": len(signed)}
 
 
 # --- hub setup -----------------------------------------------------------------------------
 
 @dataclass
-class Hub:
+class Hub(harness.HubBase):
     """A Renkei home and database prepared the operator's way, with R, P and one person."""
 
-    label: str
-    env: dict[str, str]
-    db_url: str
-    port: int
+    label: str = ""
     person_key: str = ""
     bootstrap: str = ""
-
-    @property
-    def base_url(self) -> str:
-        return self.env["RENKEI_BASE_URL"]
 
     @property
     def query_url(self) -> str:
@@ -402,26 +252,13 @@ class Hub:
 
 
 def prepare_hub(label: str, home: Path, db_url: str, fed: Federation) -> Hub:
-    from click.testing import CliRunner
-
     from consent import service as consent
     from consent.models import PolicyRuleIn
     from idp import accounts
-    from renkei.cli import main
     from renkei.db import dispose_engines, session_scope
-    from renkei.settings import reset_settings
 
-    port = free_port()
-    env = {
-        "RENKEI_HOME": str(home),
-        "RENKEI_DATABASE_URL": db_url,
-        "RENKEI_BASE_URL": f"http://127.0.0.1:{port}",
-    }
-    os.environ.update(env)
-    reset_settings()
     dispose_engines()
-    runner = CliRunner()
-    steps = [
+    env, port = harness.set_up_home(home, db_url, [
         (["init"], None),
         (["agency", "add", "--metadata", str(fed.req_md), "--class", "municipality"], None),
         (["agency", "add", "--metadata", str(fed.prov_md), "--class", "municipality"], None),
@@ -432,11 +269,7 @@ def prepare_hub(label: str, home: Path, db_url: str, fed: Federation) -> Hub:
         (["offering", "add", "--provider", PROVIDER, "--service-type", SERVICE_TYPE, "--endpoint",
           PROVIDER_ENDPOINT], None),
         (["whitelist", "import", str(fed.whitelist_csv)], None),
-    ]
-    for args, stdin in steps:
-        result = runner.invoke(main, args, input=stdin)
-        if result.exit_code != 0:
-            raise SystemExit(f"renkei {' '.join(args)} failed:\n{result.output}")
+    ])
     with session_scope(db_url) as db:
         person_key = accounts.find(db_session=db, username=USERNAME).person_key
         # the person allows R (what the portal's policy page does)
@@ -543,127 +376,16 @@ def counts(hub: Hub, nonce: str | None = None) -> dict:
     return {"log": log, "jtis": jtis}
 
 
-# --- processes -----------------------------------------------------------------------------
-
-def _kill_group(proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    """Stop a process group this benchmark started (the server and its workers, wrk, a client)."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
-    try:  # workers left behind by a supervisor that died first
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait()
-
-
-def _group_members(pgid: int) -> list[tuple[int, str, float]]:
-    """(pid, cmdline, user+system CPU seconds) of the live processes in a process group."""
-    tick = os.sysconf("SC_CLK_TCK")
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[2]) == pgid:  # field 5, pgrp
-            members.append((int(entry), cmdline, (int(fields[11]) + int(fields[12])) / tick))
-    return members
-
-
-def _group_cpu_seconds(pgid: int) -> float:
-    return sum(cpu for _pid, _cmd, cpu in _group_members(pgid))
-
-
-def start_server(hub: Hub, workers: int, log_path: Path) -> subprocess.Popen:
-    import httpx
-
-    env = dict(os.environ)
-    env.update(hub.env)
-    log = open(log_path, "wb")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "renkei.cli", "serve", "--workers", str(workers), "--port", str(hub.port)],
-        env=env, cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    _children.append(proc)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"renkei serve exited ({proc.returncode}):\n{log_path.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{hub.base_url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    else:
-        raise SystemExit("renkei serve did not answer /healthz within 60 s")
-    time.sleep(1.0)  # /healthz may be answered by one worker before the other is up
-    return proc
-
-
-def _run_watched(cmd: list[str], out_path: Path, label: str, seconds: float, env: dict | None = None):
-    """Run a load generator in its own process group with a progress line; (returncode, CPU s)."""
-    with open(out_path, "wb") as out:
-        before = os.times()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=env)
-        _children.append(proc)
-        progress = Progress(label, seconds=seconds, show_rate=False)
-        started = time.perf_counter()
-        while proc.poll() is None:
-            time.sleep(0.25)
-            progress.update(int(time.perf_counter() - started))
-            if time.perf_counter() - started > seconds + 120:
-                _kill_group(proc)
-                raise SystemExit(f"{label}: still running {seconds + 120:.0f} s after its end")
-        progress.finish()
-        after = os.times()
-    return proc.returncode, (after.children_user + after.children_system
-                             - before.children_user - before.children_system)
-
-
 # --- [a] peak: wrk -----------------------------------------------------------------------
 
-WRK_SCRIPT = r"""
+WRK_SCRIPT = harness.wrk_script(r"""
 -- Generated by bench/discovery.py: each wrk thread takes every n-th line of the JWT file and
 -- sends each once as the client assertion of a discovery query; `bad` counts answers that
 -- are not a 200 with a token.
-local threads = {}
-local counter = 0
-
-function setup(thread)
-  thread:set("tid", counter)
-  counter = counter + 1
-  table.insert(threads, thread)
-end
-
-local items = {}
-local pos = 0
-bad = 0
-wrapped = 0
-sent = 0
-loaded = 0
-
+""", r"""
 function init(args)
   local file, nthreads, bodyfile = args[1], tonumber(args[2]), args[3]
-  local n = 0
-  for line in io.lines(file) do
-    if n % nthreads == tid then items[#items + 1] = line end
-    n = n + 1
-  end
-  loaded = #items
+  load_items(file, nthreads)
   local f = assert(io.open(bodyfile, "rb"))
   wrk.body = f:read("*a")
   f:close()
@@ -673,13 +395,7 @@ function init(args)
 end
 
 function request()
-  pos = pos + 1
-  if pos > #items then
-    pos = 1
-    wrapped = wrapped + 1
-  end
-  sent = sent + 1
-  wrk.headers["Authorization"] = "Bearer " .. items[pos]
+  wrk.headers["Authorization"] = "Bearer " .. next_item()
   return wrk.format()
 end
 
@@ -688,26 +404,7 @@ function response(status, headers, body)
     bad = bad + 1
   end
 end
-
-function done(summary, latency, requests)
-  local b, w, s, l = 0, 0, 0, 0
-  for _, t in ipairs(threads) do
-    b = b + t:get("bad")
-    w = w + t:get("wrapped")
-    s = s + t:get("sent")
-    l = l + t:get("loaded")
-  end
-  local e = summary.errors
-  io.write(string.format(
-    'BENCH_JSON {"requests": %d, "duration_us": %d, "bytes": %d, "err_connect": %d, ' ..
-    '"err_read": %d, "err_write": %d, "err_status": %d, "err_timeout": %d, ' ..
-    '"p50_us": %d, "p90_us": %d, "p99_us": %d, "max_us": %d, "mean_us": %.1f, ' ..
-    '"bad": %d, "wrapped": %d, "sent": %d, "loaded": %d}\n',
-    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status,
-    e.timeout, latency:percentile(50), latency:percentile(90), latency:percentile(99),
-    latency.max, latency.mean, b, w, s, l))
-end
-"""
+""")
 
 
 def py_spy_worker(server: subprocess.Popen, seconds: float, out: Path) -> subprocess.Popen | None:
@@ -715,22 +412,17 @@ def py_spy_worker(server: subprocess.Popen, seconds: float, out: Path) -> subpro
     exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not os.path.exists(exe):
         return None
-    workers = [pid for pid, cmd, _cpu in _group_members(server.pid)
+    workers = [pid for pid, cmd, _cpu in harness.group_members(server.pid)
                if pid != server.pid and "resource_tracker" not in cmd]
     if not workers:
         return None
-    proc = subprocess.Popen([exe, "record", "--pid", str(min(workers)), "--duration", str(int(seconds)),
-                             "--rate", "250", "--nonblocking", "--format", "raw", "--output", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
-    _children.append(proc)
-    return proc
+    return harness.start_group([exe, "record", "--pid", str(min(workers)), "--duration", str(int(seconds)),
+                                "--rate", "250", "--nonblocking", "--format", "raw", "--output", str(out)],
+                               subprocess.DEVNULL)
 
 
 def bench_peak(hub: Hub, fed: Federation, args, tmp: Path, server: subprocess.Popen, profile_to: Path | None):
-    wrk = shutil.which("wrk")
-    if not wrk:
-        raise SystemExit("wrk is not installed (apt-get install wrk)")
+    wrk = harness.wrk_binary()
     nonce = secrets.token_hex(4)
     # one JWT per request and none reused: more than any 2-core machine answers, with margin
     count = args.jwts or max(3000, int(args.duration * 3000))
@@ -746,41 +438,31 @@ def bench_peak(hub: Hub, fed: Federation, args, tmp: Path, server: subprocess.Po
     warm_jwts = tmp / f"jwts-warm-{hub.label}.txt"
     warm_nonce = secrets.token_hex(4)
     make_jwts(hub, fed, warm_jwts, max(1000, warm_seconds * 2000), warm_nonce)
-    warm = _wrk_json(wrk, [f"-t{args.threads}", f"-c{args.connections}", f"-d{warm_seconds}s", "--timeout", "10s",
-                           "-s", str(script), hub.base_url, "--", str(warm_jwts), str(args.threads), str(body_file)],
+    def command(jwts: Path, seconds: int, latency: bool) -> list[str]:
+        return harness.wrk_command(wrk, script, hub.base_url, [str(jwts), str(args.threads), str(body_file)],
+                                   threads=args.threads, connections=args.connections, seconds=seconds,
+                                   latency=latency)
+
+    warm = _wrk_json(command(warm_jwts, warm_seconds, latency=False),
                      tmp / f"wrk-warm-{hub.label}.log", f"warm-up against {hub.label}", warm_seconds)
-    floor = web_stack_floor(wrk, hub, server, args)
+    floor = harness.web_stack_floor(wrk, hub.base_url, server, threads=args.threads,
+                                    connections=args.connections, seconds=1 if args.quick else 2)
     before = counts(hub)
-    cpu_before = _group_cpu_seconds(server.pid)
+    cpu_before = harness.group_cpu_seconds(server.pid)
     spy = py_spy_worker(server, args.duration, profile_to) if profile_to else None
-    cmd = [wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "--latency",
-           "--timeout", "10s", "-s", str(script), hub.base_url, "--", str(jwt_file), str(args.threads),
-           str(body_file)]
     wrk_log = tmp / f"wrk-{hub.label}.log"
-    rc, wrk_cpu = _run_watched(cmd, wrk_log, f"wrk against {hub.label}", args.duration)
-    cpu = _group_cpu_seconds(server.pid) - cpu_before
+    rc, wrk_cpu = harness.run_watched(command(jwt_file, args.duration, latency=True), wrk_log,
+                                      f"wrk against {hub.label}", args.duration)
+    cpu = harness.group_cpu_seconds(server.pid) - cpu_before
     if spy is not None:
         try:
             spy.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            _kill_group(spy)
-    output = wrk_log.read_text()
-    if rc != 0:
-        raise SystemExit(f"wrk failed ({rc}):\n{output}")
-    match = re.search(r"^BENCH_JSON (.*)$", output, re.MULTILINE)
-    if not match:
-        raise SystemExit(f"wrk printed no result:\n{output}")
-    r = json.loads(match.group(1))
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", output)
+            harness.kill_group(spy)
+    figures = harness.wrk_figures(rc, wrk_log.read_text())
     after = counts(hub, nonce)
-    seconds = r["duration_us"] / 1e6
     return {
-        "rate": r["requests"] / seconds, "ops": r["requests"], "seconds": seconds,
-        "p50_ms": r["p50_us"] / 1000, "p90_ms": r["p90_us"] / 1000, "p99_ms": r["p99_us"] / 1000,
-        "max_ms": r["max_us"] / 1000,
-        "non2xx": int(non2xx.group(1)) if non2xx else 0,
-        "socket_errors": r["err_connect"] + r["err_read"] + r["err_write"] + r["err_timeout"],
-        "bad": r["bad"], "wrapped": r["wrapped"], "sent": r["sent"], "jwts": count,
+        **figures, "jwts": count,
         "jwt_us_each": made["us_each"],
         "log_rows": after["log"] - before["log"], "jti_rows": after["jtis"],
         "server_cpu_s": cpu, "client_cpu_s": wrk_cpu,
@@ -788,35 +470,17 @@ def bench_peak(hub: Hub, fed: Federation, args, tmp: Path, server: subprocess.Po
     }
 
 
-def _wrk_json(wrk: str, wrk_args: list[str], log: Path, label: str, seconds: float) -> dict:
+def _wrk_json(cmd: list[str], log: Path, label: str, seconds: float) -> dict:
     """An untimed wrk run with the generated script: its BENCH_JSON, or SystemExit if any
     answer was not a 200 with a token."""
-    rc, _cpu = _run_watched([wrk, *wrk_args], log, label, seconds)
+    rc, _cpu = harness.run_watched(cmd, log, label, seconds)
     output = log.read_text()
-    match = re.search(r"^BENCH_JSON (.*)$", output, re.MULTILINE)
-    if rc != 0 or not match:
+    r = harness.bench_json(output)
+    if rc != 0 or r is None:
         raise SystemExit(f"{label}: wrk failed ({rc}):\n{output}")
-    r = json.loads(match.group(1))
     if r["bad"] or r["wrapped"] or re.search(r"Non-2xx", output):
         raise SystemExit(f"{label}: answers without a token: {r}\n{output}")
     return r
-
-
-def web_stack_floor(wrk: str, hub: Hub, server: subprocess.Popen, args) -> dict:
-    """A short wrk run on GET /healthz of the same server: what uvicorn+FastAPI cost per request
-    without JWT, database, policy or crypto (calibration, like bench/sso.py's)."""
-    seconds = 1 if args.quick else 2
-    cpu_before = _group_cpu_seconds(server.pid)
-    out = subprocess.run(
-        [wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{seconds}s", f"{hub.base_url}/healthz"],
-        check=False, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=seconds + 30,
-    ).stdout
-    cpu = _group_cpu_seconds(server.pid) - cpu_before
-    rate = re.search(r"Requests/sec:\s*([\d.]+)", out)
-    total = re.search(r"(\d+) requests in", out)
-    if not rate or not total or re.search(r"Non-2xx", out):
-        return {"rate": None, "output": out}
-    return {"rate": float(rate.group(1)), "cpu_ms_per_op": cpu / int(total.group(1)) * 1000}
 
 
 # --- [b] 70% of peak: open-loop client --------------------------------------------------------
@@ -991,16 +655,15 @@ def bench_open_loop(hub: Hub, fed: Federation, args, tmp: Path, server: subproce
         "connections": args.connections, "mark": TOKEN_MARK.decode(),
     }))
     before = counts(hub)
-    cpu_before = _group_cpu_seconds(server.pid)
+    cpu_before = harness.group_cpu_seconds(server.pid)
     log = tmp / f"openloop-{hub.label}.log"
-    rc, client_cpu = _run_watched([sys.executable, str(client), str(cfg)], log,
-                                  f"open loop at {rate:,.0f}/s against {hub.label}", args.duration)
-    cpu = _group_cpu_seconds(server.pid) - cpu_before
+    rc, client_cpu = harness.run_watched([sys.executable, str(client), str(cfg)], log,
+                                         f"open loop at {rate:,.0f}/s against {hub.label}", args.duration)
+    cpu = harness.group_cpu_seconds(server.pid) - cpu_before
     output = log.read_text()
-    match = re.search(r"^BENCH_JSON (.*)$", output, re.MULTILINE)
-    if rc != 0 or not match:
+    r = harness.bench_json(output)
+    if rc != 0 or r is None:
         raise SystemExit(f"the open-loop client failed ({rc}):\n{output[-3000:]}")
-    r = json.loads(match.group(1))
     after = counts(hub, nonce)
     r.update({"achieved": r["ok"] / r["seconds"], "log_rows": after["log"] - before["log"],
               "jti_rows": after["jtis"], "server_cpu_s": cpu, "client_cpu_s": client_cpu})
@@ -1046,21 +709,9 @@ def bench_inprocess(hub: Hub, fed: Federation, seconds: float, profile: bool) ->
         if not one(i):
             raise SystemExit("in-process discover gave no token")
     offset = 20
-    progress = Progress(f"in-process discover ({hub.label})", seconds=seconds)
-    cpu_start = time.process_time()
-    start = time.perf_counter()
-    done = 0
-    while True:
-        one(offset + done)
-        done += 1
-        now_t = time.perf_counter()
-        if now_t - start >= seconds or offset + done >= len(pool) - 2100:
-            break
-        progress.update(done)
-    elapsed = time.perf_counter() - start
-    cpu = time.process_time() - cpu_start
-    progress.finish()
-    result = {"ops": done, "seconds": elapsed, "rate": done / elapsed, "cpu_ms_per_op": cpu / done * 1000}
+    result = harness.time_box(f"in-process discover ({hub.label})", lambda i: one(offset + i), seconds,
+                              limit=len(pool) - 2100 - offset)
+    done = result["ops"]
     if profile:
         result["profile"] = _profile(lambda i: one(offset + done + i), min(2000, len(pool) - offset - done - 1))
     dispose_engines()
@@ -1074,30 +725,19 @@ def crypto_floor(hub: Hub, fed: Federation, count: int = 300) -> dict:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec, padding
 
-    from idp.service import signing_key
-    from renkei.keys import keystore
     from renkei.settings import reset_settings
-    from renkei.xmlsecurity import RSA_SHA256, _sign_octets
 
     os.environ.update(hub.env)
     reset_settings()
-    key = signing_key(str(keystore().directory)).private_key
     provider_public = fed.prov_cert.public_key()
     oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
     data = b"<ds:SignedInfo>" + b"x" * 600 + b"</ds:SignedInfo>"
     jwt_sig = fed.req_ec_key.sign(data, ec.ECDSA(hashes.SHA256()))
     jwt_public = fed.req_ec_key.public_key()
 
-    def timed(fn) -> float:
-        fn()
-        start = time.perf_counter()
-        for _ in range(count):
-            fn()
-        return (time.perf_counter() - start) / count
-
-    sign = timed(lambda: _sign_octets(key, RSA_SHA256, data))
-    encrypt = timed(lambda: provider_public.encrypt(b"k" * 32, oaep))
-    verify = timed(lambda: jwt_public.verify(jwt_sig, data, ec.ECDSA(hashes.SHA256())))
+    sign = harness.idp_rsa_sign_seconds(count)
+    encrypt = harness.per_call_seconds(lambda: provider_public.encrypt(b"k" * 32, oaep), count)
+    verify = harness.per_call_seconds(lambda: jwt_public.verify(jwt_sig, data, ec.ECDSA(hashes.SHA256())), count)
     per = sign + 2 * encrypt + verify
     return {"sign_ms": sign * 1000, "oaep_ms": encrypt * 1000, "es256_verify_ms": verify * 1000,
             "per_decision_ms": per * 1000, "cap_rate": (os.cpu_count() or 1) / per}
@@ -1125,16 +765,10 @@ STAGES = [
 
 
 def _profile(fn, count: int) -> str:
-    import cProfile
     import io
     import pstats
 
-    prof = cProfile.Profile()
-    prof.enable()
-    for i in range(count):
-        fn(i)
-    prof.disable()
-    stats = pstats.Stats(prof)
+    stats = pstats.Stats(harness.cprofile(fn, count))
     lines = [(f"cProfile of {count} in-process queries: where one request's time goes "
               f"(cumulative ms per request, profiler overhead included)")]
     total = None
@@ -1200,44 +834,6 @@ def summarize_py_spy(raw: Path, top: int = 20) -> str:
     return "\n".join(lines)
 
 
-# --- PostgreSQL ------------------------------------------------------------------------------
-
-def _psycopg(url: str) -> str:
-    return "postgresql+psycopg://" + url.split("://", 1)[1]
-
-
-def fresh_postgres_database(admin_url: str, name: str) -> str:
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(_psycopg(admin_url), isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    base, _, _ = admin_url.partition("?")[0].rpartition("/")
-    return f"{base}/{name}"
-
-
-def drop_postgres_database(admin_url: str, name: str) -> None:
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(_psycopg(admin_url), isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    engine.dispose()
-
-
-def postgres_settings(admin_url: str) -> str:
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(_psycopg(admin_url))
-    with engine.connect() as conn:
-        values = [f"{n}={conn.execute(text(f'SHOW {n}')).scalar_one()}"
-                  for n in ("server_version", "synchronous_commit", "fsync", "max_connections")]
-    engine.dispose()
-    return ", ".join(values)
-
-
 # --- one database: setup, server, SSO, checks, phases ------------------------------------------
 
 def run_database(label: str, db_url: str, fed: Federation, args, tmp: Path) -> dict:
@@ -1245,7 +841,7 @@ def run_database(label: str, db_url: str, fed: Federation, args, tmp: Path) -> d
         "person add, link import, service-type add, offering add, whitelist import, policy allow R")
     hub = prepare_hub(label, tmp / f"home-{label}", db_url, fed)
     result: dict = {"label": label, "checks": []}
-    server = start_server(hub, args.workers, tmp / f"server-{label}.log")
+    server = harness.start_server(hub, args.workers, tmp / f"server-{label}.log")
     try:
         hub.bootstrap = sso_bootstrap(hub, fed)
         say(f"    SSO at the requester: bootstrap token {hub.bootstrap[:24]}... ({len(hub.bootstrap)} chars)")
@@ -1298,7 +894,7 @@ def run_database(label: str, db_url: str, fed: Federation, args, tmp: Path) -> d
             result["checks"].append("open-loop run checks")
         probe(hub, fed, "check after the open-loop run")
     finally:
-        _kill_group(server)
+        harness.kill_group(server)
 
     say("  [c] in-process, one core: JWT check + discover + commit, no HTTP (server stopped)")
     inproc = bench_inprocess(hub, fed, args.inproc_seconds, args.profile and label == args.profile_db)
@@ -1317,44 +913,112 @@ def run_database(label: str, db_url: str, fed: Federation, args, tmp: Path) -> d
 # --- report --------------------------------------------------------------------------------
 
 def report(rows: list[tuple], baseline: float) -> None:
-    width = 132
-    say()
-    say("=" * width)
-    say(f"{'phase':<46} {'decisions/s':>11} {'vs base':>8} {'p50 ms':>7} {'p99 ms':>7} {'CPU ms/op':>9}  "
-        f"target")
-    say("-" * width)
-    for name, rate, p50, p99, cpu_ms, note, compare in rows:
-        if rate is None:
-            say(f"{name:<46} {'-':>11} {'-':>8} {'-':>7} {'-':>7} {'-':>9}  {note}")
-            continue
-        ratio = f"{rate / baseline:,.1f}x" if compare else "-"
-        fmt = lambda v, spec: format(v, spec) if v is not None else "-"
-        say(f"{name:<46} {rate:>11,.1f} {ratio:>8} {fmt(p50, '7.1f'):>7} {fmt(p99, '7.1f'):>7} "
-            f"{fmt(cpu_ms, '9.2f'):>9}  {note}")
-    say("=" * width)
-    say("vs base: Renkei end-to-end decisions/s over pysaml2+xmlsec1 signatures/s (one token-shaped assertion "
-        "each, nothing else).")
-    say("CPU ms/op: the server's processes over HTTP (wrk / the client share the 2 CPUs); pysaml2 includes its "
-        "xmlsec1 children.")
+    """The summary table: phase, decisions/s, ratio to the pysaml2 baseline, latency, CPU, target."""
+    columns = [("phase", 46), ("decisions/s", 11), ("vs base", 8), ("p50 ms", 7), ("p99 ms", 7), ("CPU ms/op", 9)]
+    harness.print_table(132, columns, "target", baseline, [
+        (name, rate, [(p50, ".1f"), (p99, ".1f"), (cpu_ms, ".2f")], note, compare)
+        for name, rate, p50, p99, cpu_ms, note, compare in rows
+    ], [
+        ("vs base: Renkei end-to-end decisions/s over pysaml2+xmlsec1 signatures/s (one token-shaped assertion "
+         "each, nothing else)."),
+        ("CPU ms/op: the server's processes over HTTP (wrk / the client share the 2 CPUs); pysaml2 includes its "
+         "xmlsec1 children."),
+    ])
+
+
+def run(args: argparse.Namespace, bench: harness.Bench) -> int:
+    """The baseline, then each database's phases, then the table; 1 if a check failed, else 0."""
+    tmp, results = bench.tmp, bench.results
+    baseline_count = args.baseline_count or (5 if args.quick else 30)
+    pg_name = f"renkei_bench_disco_{os.getpid()}"
+    fed = make_federation(tmp)
+
+    say("\n[1] baseline: pysaml2 SecurityContext, default backend (xmlsec1 binary), one provider-token-shaped "
+        "assertion signed per decision")
+    base = bench_pysaml2(tmp, fed, baseline_count)
+    results["baseline"] = base
+    say(f"    backend {base['backend']}: {base['ops']} signatures in {base['seconds']:.2f} s = "
+        f"{base['rate']:.1f} signatures/s ({base['cpu_ms_per_op']:.1f} ms CPU each, xmlsec1 included; "
+        f"verified by renkei.xmlsecurity.verify_signed)")
+
+    runs: list[dict] = []
+    failed: list[tuple[str, str]] = []
+
+    def run_one(label: str, url: str, number: str) -> None:
+        say(f"\n[{number}] Renkei over HTTP, {label}: renkei serve --workers {args.workers}")
+        result = harness.run_checked(label, lambda: run_database(label, url, fed, args, tmp), failed)
+        if result is not None:
+            runs.append(result)
+
+    run_one("sqlite", f"sqlite:///{tmp / 'home-sqlite' / 'renkei.sqlite3'}", "2")
+    if args.skip_postgres:
+        say("\n[3] PostgreSQL skipped (--skip-postgres)")
+    else:
+        try:
+            settings_line = harness.postgres_settings(args.postgres_url)
+            pg_url = bench.postgres_database(args.postgres_url, pg_name)
+        except Exception as exc:  # noqa: BLE001 - unreachable server: say so, go on
+            say(f"\n[3] PostgreSQL at {args.postgres_url}: cannot create a database: {exc}")
+            failed.append(("postgresql", f"cannot create a database: {exc}"))
+        else:
+            say(f"\n(PostgreSQL: {settings_line}; fresh database {pg_name})")
+            run_one("postgresql", pg_url, "3")
+
+    for r in runs:
+        if r.get("py_spy"):
+            say("\n" + r["py_spy"])
+        if r.get("inproc_profile"):
+            say(f"\n[{r['label']}] " + r["inproc_profile"])
+
+    rows: list[tuple] = [(f"pysaml2 + xmlsec1 binary ({base['ops']} sigs)", base["rate"], None, None,
+                          base["cpu_ms_per_op"], "baseline (signing only)", False)]
+    for r in runs:
+        label, peak, ol, inproc = r["label"], r["peak"], r["open_loop"], r["inprocess"]
+        if label == "postgresql":
+            target = f">= {TARGET_PG_RATE:,.0f}/s: " + ("met" if peak["rate"] >= TARGET_PG_RATE else "NOT met")
+        else:
+            target = f"(the {TARGET_PG_RATE:,.0f}/s target is for PostgreSQL)"
+        if "peak run checks" in r["checks"]:
+            target += "; CHECKS FAILED"
+        rows.append((f"Renkei HTTP {label}, peak (wrk -c{args.connections})", peak["rate"], peak["p50_ms"],
+                     peak["p99_ms"], peak["server_cpu_s"] / max(peak["ops"], 1) * 1000, target, True))
+        note = (f"p99 <= {TARGET_P99_MS:.0f} ms: " + ("met" if ol["p99_ms"] <= TARGET_P99_MS else "NOT met")
+                + f" (offered {ol['rate']:,.0f}/s)"
+                + ("; CHECKS FAILED" if "open-loop run checks" in r["checks"] else ""))
+        rows.append((f"Renkei HTTP {label}, {LOAD_FRACTION:.0%} of peak (open loop)", ol["achieved"],
+                     ol["p50_ms"], ol["p99_ms"], ol["server_cpu_s"] / max(ol["ok"], 1) * 1000, note, True))
+        rows.append((f"  in-process {label} (1 core, no HTTP)", inproc["rate"], None, None,
+                     inproc["cpu_ms_per_op"], "JWT check + discover + commit", True))
+        healthz = peak["healthz"]
+        if healthz.get("rate"):
+            rows.append(("  (calibration: GET /healthz, same server)", healthz["rate"], None, None,
+                         healthz["cpu_ms_per_op"], "web-stack floor: no JWT, DB or crypto", False))
+    if runs:
+        floor = runs[0]["crypto_floor"]
+        rows.append((f"  (crypto floor, {os.cpu_count()} cores)", floor["cap_rate"], None, None,
+                     floor["per_decision_ms"], "RSA sign + 2 RSA-OAEP + ES256 verify only", False))
+    for label, reason in failed:
+        rows.append((f"Renkei HTTP {label}", None, None, None, None, f"FAILED: {reason[:200]}", False))
+    report(rows, base["rate"])
+    results["runs"] = runs
+    results["failed"] = failed
+    bad = failed or any(r["checks"] for r in runs)
+    failure = "checks failed: see above" + (f" and {tmp}" if args.keep else " (--keep keeps the logs)")
+    return harness.finish(bench, args, failure if bad else None)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = harness.argument_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="short runs: a smoke run under 60 s")
     parser.add_argument("--duration", type=int, default=None,
                         help="seconds of each timed HTTP run (default 10, --quick 3; at most 240)")
     parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
                         help="server on which a fresh database is created and dropped (default %(default)s)")
     parser.add_argument("--skip-postgres", action="store_true", help="SQLite only")
-    parser.add_argument("--baseline-count", type=int, default=None,
-                        help="pysaml2 signatures to time (default 30, --quick 5)")
-    parser.add_argument("--inproc-seconds", type=float, default=None,
-                        help="time box of the in-process phase (default 3, --quick 1)")
-    parser.add_argument("--workers", type=int, default=2, help="renkei serve --workers (default 2)")
-    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
-    parser.add_argument("--connections", type=int, default=32,
-                        help="wrk connections, and the open-loop client's (default 32)")
+    harness.add_run_arguments(parser, baseline_help="pysaml2 signatures to time (default 30, --quick 5)",
+                              inproc_help="time box of the in-process phase (default 3, --quick 1)",
+                              connections=32,
+                              connections_help="wrk connections, and the open-loop client's (default 32)")
     parser.add_argument("--client", choices=("raw", "httpx"), default="raw",
                         help="sender of the open-loop phase: asyncio streams with pre-built requests (default; "
                              "least client CPU) or httpx.AsyncClient")
@@ -1364,135 +1028,17 @@ def main() -> int:
                              "the peak run (if py-spy is installed)")
     parser.add_argument("--profile-db", choices=("sqlite", "postgresql"), default=None,
                         help="which database's run to profile (default: PostgreSQL unless skipped)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs) for inspection")
+    harness.add_output_arguments(parser)
     args = parser.parse_args()
     args.duration = args.duration or (3 if args.quick else 10)
-    baseline_count = args.baseline_count or (5 if args.quick else 30)
     args.inproc_seconds = args.inproc_seconds or (1.0 if args.quick else 3.0)
     args.profile_db = args.profile_db or ("sqlite" if args.skip_postgres else "postgresql")
     if args.duration > 240:
         parser.error("--duration above 240 s: pre-generated JWTs (300 s lifetime) would expire during the run")
 
-    tmp = Path(tempfile.mkdtemp(prefix="renkei-bench-disco-"))
-    pg_name = f"renkei_bench_disco_{os.getpid()}"
-    pg_created = False
-    results: dict = {"machine": {"cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg()},
-                     "args": {k: str(v) for k, v in vars(args).items()}}
-
-    def on_signal(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background
-    try:
-        load = os.getloadavg()[0]
-        say(f"Renkei discovery-query benchmark: {os.cpu_count()} CPUs, load average {load:.2f}"
-            + ("  (the machine is busy: figures will be low and noisy)" if load > 0.7 else ""))
-        say(f"temp dir {tmp}")
-        fed = make_federation(tmp)
-
-        say("\n[1] baseline: pysaml2 SecurityContext, default backend (xmlsec1 binary), one provider-token-shaped "
-            "assertion signed per decision")
-        base = bench_pysaml2(tmp, fed, baseline_count)
-        results["baseline"] = base
-        say(f"    backend {base['backend']}: {base['ops']} signatures in {base['seconds']:.2f} s = "
-            f"{base['rate']:.1f} signatures/s ({base['cpu_ms_per_op']:.1f} ms CPU each, xmlsec1 included; "
-            f"verified by renkei.xmlsecurity.verify_signed)")
-
-        runs: list[dict] = []
-        failed: list[tuple[str, str]] = []
-
-        def run(label: str, url: str, number: str) -> None:
-            say(f"\n[{number}] Renkei over HTTP, {label}: renkei serve --workers {args.workers}")
-            try:
-                runs.append(run_database(label, url, fed, args, tmp))
-            except SystemExit as exc:  # a failed check: report it, go on with the others
-                if not isinstance(exc.code, str):
-                    raise
-                say(f"    {label}: FAILED: {exc.code}")
-                failed.append((label, exc.code))
-
-        run("sqlite", f"sqlite:///{tmp / 'home-sqlite' / 'renkei.sqlite3'}", "2")
-        if args.skip_postgres:
-            say("\n[3] PostgreSQL skipped (--skip-postgres)")
-        else:
-            try:
-                settings_line = postgres_settings(args.postgres_url)
-                pg_url = fresh_postgres_database(args.postgres_url, pg_name)
-                pg_created = True
-            except Exception as exc:  # noqa: BLE001 - unreachable server: say so, go on
-                say(f"\n[3] PostgreSQL at {args.postgres_url}: cannot create a database: {exc}")
-                failed.append(("postgresql", f"cannot create a database: {exc}"))
-            else:
-                say(f"\n(PostgreSQL: {settings_line}; fresh database {pg_name})")
-                run("postgresql", pg_url, "3")
-
-        for r in runs:
-            if r.get("py_spy"):
-                say("\n" + r["py_spy"])
-            if r.get("inproc_profile"):
-                say(f"\n[{r['label']}] " + r["inproc_profile"])
-
-        rows: list[tuple] = [(f"pysaml2 + xmlsec1 binary ({base['ops']} sigs)", base["rate"], None, None,
-                              base["cpu_ms_per_op"], "baseline (signing only)", False)]
-        for r in runs:
-            label, peak, ol, inproc = r["label"], r["peak"], r["open_loop"], r["inprocess"]
-            if label == "postgresql":
-                target = f">= {TARGET_PG_RATE:,.0f}/s: " + ("met" if peak["rate"] >= TARGET_PG_RATE else "NOT met")
-            else:
-                target = f"(the {TARGET_PG_RATE:,.0f}/s target is for PostgreSQL)"
-            if "peak run checks" in r["checks"]:
-                target += "; CHECKS FAILED"
-            rows.append((f"Renkei HTTP {label}, peak (wrk -c{args.connections})", peak["rate"], peak["p50_ms"],
-                         peak["p99_ms"], peak["server_cpu_s"] / max(peak["ops"], 1) * 1000, target, True))
-            note = (f"p99 <= {TARGET_P99_MS:.0f} ms: " + ("met" if ol["p99_ms"] <= TARGET_P99_MS else "NOT met")
-                    + f" (offered {ol['rate']:,.0f}/s)"
-                    + ("; CHECKS FAILED" if "open-loop run checks" in r["checks"] else ""))
-            rows.append((f"Renkei HTTP {label}, {LOAD_FRACTION:.0%} of peak (open loop)", ol["achieved"],
-                         ol["p50_ms"], ol["p99_ms"], ol["server_cpu_s"] / max(ol["ok"], 1) * 1000, note, True))
-            rows.append((f"  in-process {label} (1 core, no HTTP)", inproc["rate"], None, None,
-                         inproc["cpu_ms_per_op"], "JWT check + discover + commit", True))
-            healthz = peak["healthz"]
-            if healthz.get("rate"):
-                rows.append(("  (calibration: GET /healthz, same server)", healthz["rate"], None, None,
-                             healthz["cpu_ms_per_op"], "web-stack floor: no JWT, DB or crypto", False))
-        if runs:
-            floor = runs[0]["crypto_floor"]
-            rows.append((f"  (crypto floor, {os.cpu_count()} cores)", floor["cap_rate"], None, None,
-                         floor["per_decision_ms"], "RSA sign + 2 RSA-OAEP + ES256 verify only", False))
-        for label, reason in failed:
-            rows.append((f"Renkei HTTP {label}", None, None, None, None, f"FAILED: {reason[:200]}", False))
-        report(rows, base["rate"])
-        results["runs"] = runs
-        results["failed"] = failed
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
-            say(f"results written to {args.json}")
-        bad = failed or any(r["checks"] for r in runs)
-        if bad:
-            say("checks failed: see above" + (f" and {tmp}" if args.keep else " (--keep keeps the logs)"))
-            return 1
-        return 0
-    except KeyboardInterrupt:
-        say("\ninterrupted")
-        return 130
-    finally:
-        for proc in reversed(_children):
-            _kill_group(proc)
-        if pg_created:
-            try:
-                from renkei.db import dispose_engines
-
-                dispose_engines()
-                drop_postgres_database(args.postgres_url, pg_name)
-            except Exception as exc:  # noqa: BLE001 - report, keep cleaning up
-                say(f"could not drop PostgreSQL database {pg_name}: {exc}")
-        if args.keep:
-            say(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    return harness.run_bench("Renkei discovery-query benchmark", "renkei-bench-disco-", args,
+                     lambda bench: run(args, bench))
 
 
 if __name__ == "__main__":
