@@ -54,8 +54,9 @@ def make_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
-    # no pre-ping: it costs a round trip per checkout; stale connections are recycled instead
-    return create_engine(url, pool_size=10, max_overflow=20, pool_recycle=1800)
+    # pre-ping costs a round trip per checkout, but without it the first request on each pooled
+    # connection after a database restart fails with a 500
+    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, pool_recycle=1800)
 
 
 _ENGINES: dict[str, Engine] = {}
