@@ -23,8 +23,20 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 from lxml import etree
 
-from renkei.xmlsecurity import (  # the layer's shared primitives, private to it
+from renkei.xmlsecurity import (  # the layer's shared primitives, private to it  # XMLDSig element names
+    _C14N_METHOD,
+    _DIGEST_METHOD,
+    _DIGEST_VALUE,
     _DIGESTS,
+    _INCLUSIVE_NAMESPACES,
+    _KEY_INFO,
+    _REFERENCE,
+    _SIGNATURE,
+    _SIGNATURE_METHOD,
+    _SIGNATURE_VALUE,
+    _SIGNED_INFO,
+    _TRANSFORM,
+    _TRANSFORMS,
     DIGEST_SHA256,
     DS_NS,
     EXC_C14N,
@@ -158,23 +170,7 @@ def fault_code(error: XMLSecurityError) -> tuple[str, str]:
 _algorithm = _signature_algorithm
 
 
-# -- XMLDSig names -------------------------------------------------------------------------
-def _ds(name: str) -> str:
-    return _q(DS_NS, name)
-
-
-_SIGNATURE: Final = _ds("Signature")
-_SIGNED_INFO: Final = _ds("SignedInfo")
-_SIGNATURE_VALUE: Final = _ds("SignatureValue")
-_KEY_INFO: Final = _ds("KeyInfo")
-_REFERENCE: Final = _ds("Reference")
-_TRANSFORMS: Final = _ds("Transforms")
-_TRANSFORM: Final = _ds("Transform")
-_DIGEST_METHOD: Final = _ds("DigestMethod")
-_DIGEST_VALUE: Final = _ds("DigestValue")
-_C14N_METHOD: Final = _ds("CanonicalizationMethod")
-_SIGNATURE_METHOD: Final = _ds("SignatureMethod")
-_INCLUSIVE_NAMESPACES: Final = _q(EXC_C14N, "InclusiveNamespaces")
+# -- names (the XMLDSig ones are xmlsecurity's) ------------------------------------------------
 _STR: Final = _q(WSSE_NS, "SecurityTokenReference")
 _WSSE_REFERENCE: Final = _q(WSSE_NS, "Reference")
 _CREATED: Final = _q(WSU_NS, "Created")
