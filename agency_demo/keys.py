@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
+
+from renkei.keys import self_signed_certificate
 
 KEY_FILE = "sp.key.pem"
 CERT_FILE = "sp.cert.pem"
@@ -53,27 +54,12 @@ def load_or_create_sp_keys(key_dir: Path, *, common_name: str) -> SpKeyPair:
     cert = x509.load_pem_x509_certificate(cert_path.read_bytes()) if cert_path.exists() else None
     if cert is None or cert.public_key() != key.public_key():
         # Missing, or left over from an older key: issue one for the key we have.
-        cert = _self_signed(key, common_name)
+        cert = self_signed_certificate(key, common_name[:64] or "agency", days=CERT_VALIDITY.days)
         _publish(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644, replace=True)
 
     return SpKeyPair(
         private_key_pem=key_pem.decode(),
         certificate_pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
-    )
-
-
-def _self_signed(key: rsa.RSAPrivateKey, common_name: str) -> x509.Certificate:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64] or "agency")])
-    now = datetime.now(UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + CERT_VALIDITY)
-        .sign(key, hashes.SHA256())
     )
 
 
