@@ -6,7 +6,7 @@ verified); writing builds Responses, LogoutResponses and the IdP's metadata.
 from __future__ import annotations
 
 import base64
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
 from lxml import etree
@@ -104,7 +104,6 @@ class AuthnRequest:
     signed: bool = False
     # resolved by the IdP after checks
     acs_location: str = ""
-    extra: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         data = asdict(self)

@@ -8,6 +8,7 @@ import base64
 import binascii
 import hashlib
 import json
+import random
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -15,13 +16,13 @@ from functools import lru_cache
 from urllib.parse import unquote_plus
 
 from lxml import etree
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from discovery import tokens
 from idp import agencies, saml
 from idp.agencies import RegisteredAgency
-from idp.models import IdpSession, PendingAuthn, Person
+from idp.models import IdpSession, PendingAuthn
 from pseudonym import service as pseudonyms
 from renkei import replay
 from renkei.db import utcnow
@@ -227,6 +228,8 @@ def session_level(session: IdpSession) -> int:
 
 def save_pending(*, db_session: Session, request: saml.AuthnRequest) -> str:
     """Park an AuthnRequest while the person logs in; returns the pending token."""
+    if random.random() < 0.01:  # sweep expired sessions and requests now and then
+        expire_housekeeping(db_session=db_session)
     token = secrets.token_urlsafe(24)
     db_session.add(
         PendingAuthn(
@@ -244,12 +247,6 @@ def load_pending(*, db_session: Session, token: str) -> tuple[PendingAuthn, saml
     if row is None or row.expires_at <= utcnow():
         return None
     return row, saml.AuthnRequest.from_json(json.loads(row.request_json))
-
-
-def person_has_totp(*, db_session: Session, person_key: str) -> bool:
-    return bool(
-        db_session.scalar(select(Person.totp_secret).where(Person.person_key == person_key))
-    )
 
 
 # --- answers ----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from html import unescape
-from urllib.parse import quote_plus, urlencode
+from urllib.parse import quote_plus
 
 import httpx
 import xmlsec
@@ -218,6 +218,3 @@ def response_from_page(html: str) -> tuple[str, etree._Element, dict[str, str]]:
     parser = etree.XMLParser(resolve_entities=False, no_network=True)
     return action, etree.fromstring(xml, parser), fields
 
-
-def urlencode_form(data: dict) -> str:
-    return urlencode(data)

@@ -342,3 +342,21 @@ def test_attacked_signed_authn_requests_are_refused_over_http(hub, city_a, attac
     r = Browser(hub.base_url).start(city_a, forged, binding="post", sign=False)
     assert r.status_code == 400, r.text[-400:]
     assert "SAMLResponse" not in r.text and "attacker.example" not in r.text
+
+
+def test_expired_sessions_and_pending_requests_are_swept(hub):
+    from datetime import timedelta
+
+    from idp import service
+    from idp.models import IdpSession, PendingAuthn
+    from renkei.db import session_scope, utcnow
+
+    with session_scope() as db:
+        token = service.start_session(db_session=db, settings=hub.settings, person_key="sweep-me", level=1)
+        db.add(PendingAuthn(id="sweep-pending", request_json="{}", expires_at=utcnow() - timedelta(seconds=1)))
+    with session_scope() as db:
+        assert service.current_session(db_session=db, token=token) is not None
+        service.expire_housekeeping(db_session=db, now=utcnow() + timedelta(seconds=hub.settings.session_lifetime_seconds + 1))
+    with session_scope() as db:
+        assert db.query(IdpSession).filter_by(person_key="sweep-me").count() == 0
+        assert db.get(PendingAuthn, "sweep-pending") is None
