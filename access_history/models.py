@@ -28,7 +28,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from access_history.chain import canonical_json, iso_utc
 from access_history.errors import InvalidLogEntry
-from renkei.db import Base
+from kernel.db import Base
 
 HUB_OWNER = "hub"  # the owner of the hub's own decisions
 PARTY_MAX = 1024

@@ -30,8 +30,8 @@ from access_history.chain import (
 )
 from access_history.errors import ExportInvalid, LogWriteFailed
 from access_history.models import Checkpoint, LogEntry, LogEntryIn, LogHead
-from renkei.db import utcnow
-from renkei.keys import KeyStore
+from kernel.db import utcnow
+from kernel.keys import KeyStore
 
 KEY_ROLE = "log"
 PAGE_MAX = 1000

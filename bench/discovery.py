@@ -120,7 +120,7 @@ TOKEN_MARK = b'"token":"'  # a permitted offering's token in the JSON answer (nu
 TARGET_PG_RATE = 1000.0  # decisions/s at peak on PostgreSQL
 TARGET_P99_MS = 25.0  # at 70% of peak
 LOAD_FRACTION = 0.7
-JWT_LIFETIME = 300  # renkei.jwt.MAX_LIFETIME
+JWT_LIFETIME = 300  # kernel.jose.MAX_LIFETIME
 
 
 def agency_metadata(entity_id: str, base_url: str, certs: list[tuple[str, object]]) -> bytes:
@@ -182,7 +182,7 @@ def token_shaped_assertion(fed: Federation, hub_key, hub_cert) -> tuple[bytes, s
     from lxml import etree
 
     from discovery import tokens
-    from renkei.keys import SigningKey
+    from kernel.keys import SigningKey
 
     facts = tokens.ProviderTokenFacts(
         hub_entity_id="http://127.0.0.1:9/idp/metadata", provider=PROVIDER, endpoint=PROVIDER_ENDPOINT,
@@ -208,7 +208,7 @@ def bench_pysaml2(tmp: Path, fed: Federation, count: int) -> dict:
     from saml2.s_utils import sid
     from saml2.sigver import class_name, pre_signature_part, security_context
 
-    from renkei.xmlsecurity import verify_signed
+    from kernel.xml._dsig import verify_signed
 
     config = Config()
     config.load({"entityid": "http://127.0.0.1:9/idp/metadata", **files})
@@ -255,7 +255,7 @@ def prepare_hub(label: str, home: Path, db_url: str, fed: Federation) -> Hub:
     from consent import service as consent
     from consent.models import PolicyRuleIn
     from idp import accounts
-    from renkei.db import dispose_engines, session_scope
+    from kernel.db import dispose_engines, session_scope
 
     dispose_engines()
     env, port = harness.set_up_home(home, db_url, [
@@ -309,7 +309,7 @@ def query_body(hub: Hub) -> bytes:
 
 def make_jwts(hub: Hub, fed: Federation, path: Path, count: int, nonce: str) -> dict:
     """`count` client assertions (ES256, unique jti, lifetime 300 s), one per line."""
-    from renkei.jwt import sign_client_assertion
+    from kernel.jose import sign_client_assertion
 
     progress = Progress("pre-generating client-assertion JWTs", total=count)
     now = int(time.time())
@@ -330,7 +330,7 @@ def probe(hub: Hub, fed: Federation, what: str) -> dict:
     """One query over httpx: 200, one permitted offering of P, a token P accepts."""
     import httpx
 
-    from renkei.jwt import sign_client_assertion
+    from kernel.jose import sign_client_assertion
     from renkei_provider import TokenRejected, TokenVerifier
 
     jwt = sign_client_assertion(fed.req_ec_key, issuer=REQUESTER, audience=hub.query_url,
@@ -364,7 +364,7 @@ def counts(hub: Hub, nonce: str | None = None) -> dict:
     """Committed permitted hub-log entries for R, and replay-cache rows of this run's JWTs."""
     from sqlalchemy import text
 
-    from renkei.db import dispose_engines, get_engine
+    from kernel.db import dispose_engines, get_engine
 
     with get_engine(hub.db_url).connect() as conn:
         log = conn.execute(text(
@@ -677,10 +677,10 @@ def bench_inprocess(hub: Hub, fed: Federation, seconds: float, profile: bool) ->
     check (with the replay-cache insert), the requester lookup and `pipeline.discover` (which
     commits the log) in one session, then base64 of the token."""
     from discovery import pipeline
-    from idp import agencies
-    from renkei.db import dispose_engines, session_scope
-    from renkei.jwt import sign_client_assertion, verify_client_assertion
-    from renkei.settings import get_settings, reset_settings
+    from federation import service as agencies
+    from kernel.db import dispose_engines, session_scope
+    from kernel.jose import sign_client_assertion, verify_client_assertion
+    from kernel.settings import get_settings, reset_settings
 
     os.environ.update(hub.env)
     reset_settings()
@@ -725,7 +725,7 @@ def crypto_floor(hub: Hub, fed: Federation, count: int = 300) -> dict:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec, padding
 
-    from renkei.settings import reset_settings
+    from kernel.settings import reset_settings
 
     os.environ.update(hub.env)
     reset_settings()
@@ -939,7 +939,7 @@ def run(args: argparse.Namespace, bench: harness.Bench) -> int:
     results["baseline"] = base
     say(f"    backend {base['backend']}: {base['ops']} signatures in {base['seconds']:.2f} s = "
         f"{base['rate']:.1f} signatures/s ({base['cpu_ms_per_op']:.1f} ms CPU each, xmlsec1 included; "
-        f"verified by renkei.xmlsecurity.verify_signed)")
+        f"verified by kernel.xml._dsig.verify_signed)")
 
     runs: list[dict] = []
     failed: list[tuple[str, str]] = []

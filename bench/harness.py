@@ -272,8 +272,8 @@ def per_call_seconds(fn: Callable[[], object], count: int) -> float:
 def idp_rsa_sign_seconds(count: int) -> float:
     """Seconds per RSA-2048 signature of SIGNED_INFO with the IdP's own key (current settings)."""
     from idp.service import signing_key
-    from renkei.keys import keystore
-    from renkei.xmlsecurity import RSA_SHA256, _sign_octets
+    from kernel.keys import keystore
+    from kernel.xml._dsig import RSA_SHA256, _sign_octets
 
     key = signing_key(str(keystore().directory)).private_key
     return per_call_seconds(lambda: _sign_octets(key, RSA_SHA256, SIGNED_INFO), count)
@@ -319,8 +319,8 @@ def set_up_home(home: Path, db_url: str,
     (`renkei` arguments, stdin) through click's CliRunner; (the environment, the port)."""
     from click.testing import CliRunner
 
+    from kernel.settings import reset_settings
     from renkei.cli import main
-    from renkei.settings import reset_settings
 
     port = free_port()
     env = {
@@ -685,7 +685,7 @@ def run_bench(title: str, tmp_prefix: str, args: argparse.Namespace,
         stop_children()
         for admin_url, name in bench.databases:
             try:
-                from renkei.db import dispose_engines
+                from kernel.db import dispose_engines
 
                 dispose_engines()
                 drop_postgres_database(admin_url, name)

@@ -11,10 +11,10 @@ What each phase measures
                    sign_assertion=True)`) for a generated SP. Responses/second over a fixed
                    count (30; --quick 5), after one untimed warm-up response.
   2. in-process    Renkei's own path: for each response a new `idp.saml.AuthnRequest`, then in
-                   one `renkei.db.session_scope()` the session lookup
+                   one `kernel.db.session_scope()` the session lookup
                    (`idp.service.current_session`) and `idp.service.answer_success` (builds
                    the assertion, gets the pairwise pseudonym from the database, signs the
-                   assertion and the Response with `renkei.xmlsecurity.sign_enveloped`, base64).
+                   assertion and the Response with `kernel.xml._dsig.sign_enveloped`, base64).
                    Time-boxed (5 s; --quick 1.5 s) in this one process, i.e. on one core.
   2b. full path    What `GET /idp/sso` does without the web stack: inflate and parse an unsigned
                    HTTP-Redirect AuthnRequest, `idp.service.check_authn_request` (agency
@@ -183,8 +183,8 @@ class Hub(harness.HubBase):
 
 def prepare_hub(home: Path, db_url: str, sp_md_path: Path) -> Hub:
     from idp import accounts, service
-    from renkei.db import session_scope
-    from renkei.settings import get_settings
+    from kernel.db import session_scope
+    from kernel.settings import get_settings
 
     env, port = harness.set_up_home(home, db_url, [
         (["init"], None),
@@ -227,10 +227,11 @@ def post_body(xml: bytes) -> str:
 
 def bench_inprocess(hub: Hub, seconds: float) -> dict:
     """`answer_success` (with the session lookup) in one transaction per response."""
-    from idp import agencies, saml, service
-    from renkei.db import session_scope, utcnow
-    from renkei.keys import keystore
-    from renkei.settings import get_settings
+    from federation import service as agencies
+    from idp import saml, service
+    from kernel.db import session_scope, utcnow
+    from kernel.keys import keystore
+    from kernel.settings import get_settings
 
     settings = get_settings()
     keys = keystore()
@@ -261,11 +262,11 @@ def bench_inprocess(hub: Hub, seconds: float) -> dict:
 def bench_full_path(hub: Hub, seconds: float, profile: bool) -> dict:
     """The work of GET /idp/sso without uvicorn/FastAPI: parse, check, replay, answer, page."""
     from idp import saml, service
-    from renkei.db import session_scope
-    from renkei.keys import keystore
-    from renkei.settings import get_settings
-    from renkei.web import page
-    from renkei.xmlsecurity import inflate_redirect
+    from idp.views import page
+    from kernel.db import session_scope
+    from kernel.keys import keystore
+    from kernel.settings import get_settings
+    from kernel.xml._dsig import inflate_redirect
 
     settings = get_settings()
     keys = keystore()
@@ -400,7 +401,7 @@ def probe(hub: Hub, binding: str) -> int:
 def count_seen(hub: Hub, nonce: str) -> int:
     from sqlalchemy import text
 
-    from renkei.db import get_engine
+    from kernel.db import get_engine
 
     with get_engine(hub.db_url).connect() as conn:
         return conn.execute(
@@ -410,7 +411,7 @@ def count_seen(hub: Hub, nonce: str) -> int:
 
 
 def bench_http(hub: Hub, args, tmp: Path, label: str, expected_rate: float) -> dict:
-    from renkei.db import dispose_engines
+    from kernel.db import dispose_engines
 
     wrk = harness.wrk_binary()
     dispose_engines()  # no pooled connection of ours stays open while the workers run

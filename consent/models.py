@@ -24,7 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from consent.errors import InvalidPolicyRule, WhitelistImportError
-from renkei.db import Base, utcnow
+from kernel.db import Base, utcnow
 
 CLASS_PREFIX = "class:"
 PARTY_MAX = 1024

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from consent import jws
 from consent.errors import ReceiptInvalid
 from consent.models import CLASS_PREFIX, Effect, PolicyRuleIn
-from renkei.keys import KeyStore, SigningKey
+from kernel.keys import KeyStore, SigningKey
 
 KANTARA_VERSION = "KI-CR-v1.1.0"
 KEY_ROLE = "consent"
@@ -86,8 +86,8 @@ class ReceiptIssuer:
 
 def default_issuer() -> ReceiptIssuer:
     """The issuer from settings: the newest `consent` key in RENKEI_HOME/keys, the portal URL."""
-    from renkei.keys import keystore
-    from renkei.settings import get_settings
+    from kernel.keys import keystore
+    from kernel.settings import get_settings
 
     base_url = get_settings().base_url.rstrip("/")
     return ReceiptIssuer(

@@ -30,8 +30,8 @@ from consent.models import (
     WhitelistEntryIn,
     naive_utc,
 )
-from renkei.db import utcnow
-from renkei.keys import KeyStore
+from kernel.db import utcnow
+from kernel.keys import KeyStore
 
 # agency entity ID -> the classes it belongs to ("municipality", or "class:municipality")
 ClassResolver = Callable[[str], Iterable[str]] | Mapping[str, Iterable[str]]

@@ -15,10 +15,10 @@ from sqlalchemy.orm import Session
 
 from access_history.errors import LogWriteFailed
 from discovery import pipeline
-from idp import agencies
-from renkei.jwt import ClientAuthFailed, verify_client_assertion
-from renkei.settings import get_settings
-from renkei.web import DB
+from federation import service as agencies
+from kernel.jose import ClientAuthFailed, verify_client_assertion
+from kernel.settings import get_settings
+from kernel.web import DB
 
 router = APIRouter(prefix="/api/discovery", tags=["discovery"])
 

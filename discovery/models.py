@@ -9,7 +9,7 @@ from datetime import datetime
 from sqlalchemy import DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from renkei.db import Base, utcnow
+from kernel.db import Base, utcnow
 
 
 class ServiceType(Base):

@@ -21,16 +21,21 @@ from access_history.models import LogEntryIn
 from consent import service as consent
 from discovery import service as location
 from discovery import tokens
-from idp import agencies
-from idp.agencies import RegisteredAgency
+from federation import service as agencies
+from federation.service import RegisteredAgency
 from idp.service import signing_key
+from kernel.db import utcnow
+from kernel.keys import KeyStore, keystore
+from kernel.settings import Settings
+from kernel.xml import (
+    AssertionRejected,
+    XMLSecurityError,
+    encrypt_element,
+    new_id,
+    parse_xml,
+    validate_assertion,
+)
 from pseudonym import service as pseudonyms
-from renkei.assertions import AssertionRejected, validate_assertion
-from renkei.db import utcnow
-from renkei.keys import KeyStore, keystore
-from renkei.settings import Settings
-from renkei.xmlenc import encrypt_element
-from renkei.xmlsecurity import XMLSecurityError, new_id, parse_xml
 
 HUB_LOG = "hub"
 NO_ENCRYPTION_KEY = "PROVIDER_HAS_NO_ENCRYPTION_KEY"
@@ -171,9 +176,8 @@ def _staff_member(db_session: Session, settings: Settings, requester: Registered
     try:
         element = parse_xml(xml, max_bytes=settings.max_message_bytes)
         staff = validate_assertion(
-            element, db_session=db_session, idp_entity_id=settings.idp_entity_id, idp_keys=idp_keys,
+            element, replay_cache=None, idp_entity_id=settings.idp_entity_id, idp_keys=idp_keys,
             audience=requester.entity_id, now=now, skew=timedelta(seconds=settings.clock_skew_seconds),
-            remember=False,
         )
     except (AssertionRejected, XMLSecurityError) as exc:
         raise DiscoveryRefused("STAFF_ASSERTION_REJECTED", f"the staff assertion was refused: {exc}", 403) from None

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from discovery.models import Offering, ServiceType
-from renkei.cache import TTLCache
+from kernel.cache import TTLCache
 
 # ID-WSF security mechanism: TLS to the provider, the hub's SAML assertion as bearer token
 BEARER_SAML = "urn:liberty:security:2005-02:TLS:SAMLV2"

@@ -1,7 +1,7 @@
 """The discovery service's SOAP faces, deciding exactly as the JSON face does (`pipeline`):
 
 - `POST /discovery/soap`: ID-WSF 2.0 Discovery Service Query over the ID-WSF 2.0
-  SOAP binding, the requester authenticated by a WS-Security signature (`renkei.wssecurity`).
+  SOAP binding, the requester authenticated by a WS-Security signature (`kernel.xml._wss`).
 - `POST /idp/nim`: SAML 2.0 NameIDMappingRequest (core §3.8) over the SAML SOAP binding
   (bindings §3.2), the request carrying its own enveloped signature.
 
@@ -43,21 +43,24 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from discovery import pipeline, tokens
-from idp import agencies, saml
-from idp.agencies import RegisteredAgency
+from federation import service as agencies
+from federation.service import RegisteredAgency
+from idp import saml
 from idp.service import signing_key
-from renkei import replay
-from renkei.db import utcnow
-from renkei.keys import keystore
-from renkei.settings import Settings, get_settings
-from renkei.web import DB
-from renkei.wssecurity import (
+from kernel import replay
+from kernel.db import utcnow
+from kernel.keys import keystore
+from kernel.settings import Settings, get_settings
+from kernel.web import DB
+from kernel.xml import (
     ACTION,
     BODY,
     ENVELOPE,
     FRAMEWORK,
     HEADER,
     MUST_UNDERSTAND,
+    SAML_NS,
+    SAMLP_NS,
     SB_NS,
     SBF_NS,
     SECURITY,
@@ -69,18 +72,14 @@ from renkei.wssecurity import (
     WSA_NS,
     WSSE_NS,
     VerifiedEnvelope,
-    fault_code,
-    sign_envelope,
-    soap_envelope,
-    verify_envelope,
-)
-from renkei.xmlsecurity import (
-    SAML_NS,
-    SAMLP_NS,
     XMLSecurityError,
+    fault_code,
     new_id,
     parse_xml,
+    sign_envelope,
     sign_enveloped,
+    soap_envelope,
+    verify_envelope,
     verify_signed,
 )
 

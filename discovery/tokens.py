@@ -18,9 +18,8 @@ from functools import lru_cache
 from cryptography import x509
 from lxml import etree
 
-from renkei.keys import KeyStore, SigningKey
-from renkei.xmlenc import encrypt_element
-from renkei.xmlsecurity import SAML_NS, new_id, sign_enveloped
+from kernel.keys import KeyStore, SigningKey
+from kernel.xml import SAML_NS, encrypt_element, new_id, sign_enveloped, xs_datetime
 
 # The token's vocabulary is the provider module's contract (docs/discovery.md): one definition.
 from renkei_provider.verifier import (
@@ -150,8 +149,7 @@ class ProviderTokenFacts:
     skew: timedelta = timedelta(seconds=60)
 
 
-def _saml_time(t: datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+_saml_time = xs_datetime
 
 
 def _attribute(parent: etree._Element, name: str, values: list[str]) -> etree._Element:

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from idp.models import Person
-from renkei.db import utcnow
+from kernel.db import utcnow
 
 _hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
 # verified against when the username is unknown, so timing does not reveal which accounts exist

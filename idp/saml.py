@@ -1,17 +1,17 @@
 """SAML 2.0 messages the IdP reads and writes (SAML core, OASIS saml-core-2.0-os).
 
-Reading works only on elements that `renkei.xmlsecurity` has parsed (and, where signed,
+Reading works only on elements that `kernel.xml._dsig` has parsed (and, where signed,
 verified); writing builds Responses, LogoutResponses and the IdP's metadata.
 """
 from __future__ import annotations
 
 import base64
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from lxml import etree
 
-from renkei.xmlsecurity import SAML_NS, SAMLP_NS, new_id
+from kernel.xml import SAML_NS, SAMLP_NS, new_id, read_xs_datetime, xs_datetime
 
 MD_NS = "urn:oasis:names:tc:SAML:2.0:metadata"
 DS_NS = "http://www.w3.org/2000/09/xmldsig#"
@@ -60,21 +60,14 @@ class SamlStatusError(Exception):
         self.request = None  # the AuthnRequest being answered, once its ACS is trusted
 
 
-def saml_time(t: datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+saml_time = xs_datetime
 
 
 def parse_saml_time(value: str | None) -> datetime:
-    if not value:
-        raise SamlStatusError(REQUESTER, "IssueInstant is missing")
     try:
-        text = value.strip().replace("Z", "+00:00")
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise SamlStatusError(REQUESTER, f"bad xs:dateTime {value!r}") from None
-    if parsed.tzinfo is not None:
-        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
-    return parsed
+        return read_xs_datetime(value)
+    except ValueError as exc:
+        raise SamlStatusError(REQUESTER, f"IssueInstant: {exc}") from None
 
 
 # --- reading ----------------------------------------------------------------------------

@@ -20,15 +20,15 @@ from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from discovery import tokens
-from idp import agencies, saml
-from idp.agencies import RegisteredAgency
+from federation import service as agencies
+from federation.service import RegisteredAgency
+from idp import saml
 from idp.models import IdpSession, PendingAuthn
-from pseudonym import service as pseudonyms
-from renkei import replay
-from renkei.db import utcnow
-from renkei.keys import KeyStore, SigningKey
-from renkei.settings import Settings
-from renkei.xmlsecurity import (
+from kernel import replay
+from kernel.db import utcnow
+from kernel.keys import KeyStore, SigningKey
+from kernel.settings import Settings
+from kernel.xml import (
     XMLSecurityError,
     deflate_redirect,
     inflate_redirect,
@@ -38,6 +38,7 @@ from renkei.xmlsecurity import (
     verify_redirect_query,
     verify_signed,
 )
+from pseudonym import service as pseudonyms
 
 IDP_ROLE = "idp"
 

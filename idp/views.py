@@ -2,16 +2,22 @@
 `idp.service` and turn its outcomes into pages, redirects and POST-binding forms."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from cryptography.hazmat.primitives.serialization import Encoding
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
-from idp import accounts, agencies, saml, service
-from renkei.keys import keystore
-from renkei.settings import get_settings
-from renkei.web import DB, error_page, page, raw_query
-from renkei.xmlsecurity import XMLSecurityError, inflate_redirect
+from federation import service as agencies
+from idp import accounts, saml, service
+from kernel.keys import keystore
+from kernel.settings import get_settings
+from kernel.web import DB, Pages, raw_query
+from kernel.xml import XMLSecurityError, inflate_redirect
+
+_pages = Pages(Path(__file__).resolve().parent / "templates")
+page, error_page = _pages.page, _pages.error_page
 
 router = APIRouter(prefix="/idp", tags=["idp"])
 

@@ -5,8 +5,8 @@ import importlib
 
 from alembic import context
 
-from renkei import replay  # noqa: F401  (the kernel's replay-cache table)
-from renkei.db import Base, make_engine
+from kernel import replay  # noqa: F401  (the kernel's replay-cache table)
+from kernel.db import Base, make_engine
 
 for room in ("idp", "pseudonym", "consent", "discovery", "access_history"):
     try:

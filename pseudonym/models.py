@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import DateTime, Index, Integer, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from renkei.db import Base, utcnow
+from kernel.db import Base, utcnow
 
 
 class Pseudonym(Base):

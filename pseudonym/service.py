@@ -18,9 +18,9 @@ from functools import lru_cache
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from kernel.db import utcnow
+from kernel.keys import KeyStore
 from pseudonym.models import AgencyKeyVersion, LocalLink, MasterIdentifier, Pseudonym, Rotation
-from renkei.db import utcnow
-from renkei.keys import KeyStore
 
 PAIRWISE_SECRET = "pseudonym"
 MASTER_ID_SECRET = "master-id"

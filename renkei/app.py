@@ -1,14 +1,19 @@
 """The app factory: one ASGI app serving every room (`renkei serve`)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from kernel.db import check_migrated, upgrade
+from kernel.settings import Settings, get_settings
+from kernel.web import Pages
 from renkei import __version__
-from renkei.db import check_migrated, upgrade
-from renkei.settings import Settings, get_settings
-from renkei.web import error_page, page
+
+_pages = Pages(Path(__file__).resolve().parent / "templates")
+page, error_page = _pages.page, _pages.error_page
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -20,9 +25,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         check_migrated(settings.db_url)
 
     from discovery.api import router as discovery_api
-    from discovery.operator_api import router as operator_api
     from discovery.soap import router as discovery_soap
     from idp.views import router as idp_router
+    from renkei.operator_api import router as operator_api
 
     app = FastAPI(title="Renkei", version=__version__, docs_url="/api/docs", redoc_url=None,
                   openapi_url="/api/openapi.json")

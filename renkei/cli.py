@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from renkei.settings import get_settings, reset_settings
+from kernel.settings import get_settings, reset_settings
 
 
 class RenkeiError(click.ClickException):
@@ -16,7 +16,7 @@ class RenkeiError(click.ClickException):
 
 def _ready_db() -> str:
     """The database URL, refusing to go on if its schema is not at head."""
-    from renkei.db import DatabaseNotMigrated, check_migrated
+    from kernel.db import DatabaseNotMigrated, check_migrated
 
     settings = get_settings()
     try:
@@ -40,31 +40,20 @@ def main() -> None:
     reset_settings()  # each invocation reads the environment afresh
 
 
-def ensure_hub_keys() -> None:
-    """Create whatever hub key or secret does not exist yet (never replaces one)."""
-    from discovery.tokens import BOOTSTRAP_SECRET
-    from pseudonym.service import MASTER_ID_SECRET, PAIRWISE_SECRET
-    from renkei.keys import keystore
-
-    keys = keystore()
-    for role in ("idp", "consent", "log"):
-        keys.ensure_signing_key(role)
-    for secret in (PAIRWISE_SECRET, MASTER_ID_SECRET, BOOTSTRAP_SECRET):
-        keys.ensure_secret(secret)
-
-
 @main.command()
 def init() -> None:
     """Create or upgrade the database schema and the hub's keys (idempotent)."""
-    from renkei.db import upgrade
+    from kernel.db import upgrade
 
     settings = get_settings()
     try:
         upgrade(settings.db_url)
     except Exception as exc:  # noqa: BLE001 - any driver or migration error, said plainly
         raise RenkeiError(f"cannot migrate the database: {exc}") from None
+    from renkei.operator_api import operator_token
+    from renkei.provisioning import ensure_hub_keys
+
     ensure_hub_keys()
-    from renkei.operator import operator_token
 
     operator_token()
     click.echo(f"database ready: {settings.db_url.split('@')[-1]}")
@@ -103,9 +92,9 @@ def person() -> None:
 def person_add(username: str, password_stdin: bool, master_id: str | None, display_name: str, totp: bool) -> None:
     """Add a person. The password is read from standard input, never from the command line."""
     from idp import accounts
+    from kernel.db import session_scope
+    from kernel.keys import keystore
     from pseudonym import service as pseudonyms
-    from renkei.db import session_scope
-    from renkei.keys import keystore
 
     url = _ready_db()
     password = sys.stdin.readline().rstrip("\r\n")
@@ -143,8 +132,8 @@ def agency() -> None:
 @click.option("--replace", is_flag=True, help="Update an agency that is already registered.")
 def agency_add(metadata_file: Path, agency_class: str, name: str | None, replace: bool) -> None:
     """Register an agency from its metadata; its ACS URLs and keys are pinned from it."""
-    from idp import agencies
-    from renkei.db import session_scope
+    from federation import service as agencies
+    from kernel.db import session_scope
 
     url = _ready_db()
     try:
@@ -163,8 +152,8 @@ def agency_add(metadata_file: Path, agency_class: str, name: str | None, replace
 @agency.command("list")
 def agency_list() -> None:
     """List registered agencies: entity ID, class, name."""
-    from idp import agencies
-    from renkei.db import session_scope
+    from federation import service as agencies
+    from kernel.db import session_scope
 
     with session_scope(_ready_db()) as db:
         rows = [(a.entity_id, a.agency_class or "-", a.name) for a in agencies.list_all(db_session=db)]
@@ -178,8 +167,8 @@ def agency_list() -> None:
 @click.argument("entity_id")
 def agency_remove(entity_id: str) -> None:
     """Remove a registered agency."""
-    from idp import agencies
-    from renkei.db import session_scope
+    from federation import service as agencies
+    from kernel.db import session_scope
 
     try:
         with session_scope(_ready_db()) as db:
@@ -201,10 +190,10 @@ def link() -> None:
 @click.argument("csv_file", type=click.Path(dir_okay=False, path_type=Path))
 def link_import(agency_id: str, csv_file: Path) -> None:
     """Import CSV rows `local_id,master_id`; all or nothing, errors name the line."""
-    from idp import agencies
+    from federation import service as agencies
+    from kernel.db import session_scope
+    from kernel.keys import keystore
     from pseudonym import service as pseudonyms
-    from renkei.db import session_scope
-    from renkei.keys import keystore
 
     url = _ready_db()
     try:
@@ -237,11 +226,11 @@ def pseudonym_rotate(agency_id: str) -> None:
     """Re-key one agency's pseudonyms; the old-to-new map is kept for that agency alone."""
     from sqlalchemy import func, select
 
-    from idp import agencies
+    from federation import service as agencies
+    from kernel.db import session_scope
+    from kernel.keys import keystore
     from pseudonym import service as pseudonyms
     from pseudonym.models import Pseudonym
-    from renkei.db import session_scope
-    from renkei.keys import keystore
 
     settings = get_settings()
     with session_scope(_ready_db()) as db:
@@ -270,7 +259,7 @@ def service_type() -> None:
 def service_type_add(urn: str, name: str, info_types: tuple[str, ...]) -> None:
     """Register a service type and the information types it discloses."""
     from discovery import service as location
-    from renkei.db import session_scope
+    from kernel.db import session_scope
 
     try:
         with session_scope(_ready_db()) as db:
@@ -284,7 +273,7 @@ def service_type_add(urn: str, name: str, info_types: tuple[str, ...]) -> None:
 def service_type_list() -> None:
     """List service types: URN, information types, name."""
     from discovery import service as location
-    from renkei.db import session_scope
+    from kernel.db import session_scope
 
     with session_scope(_ready_db()) as db:
         for st in location.list_service_types(db_session=db):
@@ -296,7 +285,7 @@ def service_type_list() -> None:
 def service_type_remove(urn: str) -> None:
     """Remove a service type and every offering of it."""
     from discovery import service as location
-    from renkei.db import session_scope
+    from kernel.db import session_scope
 
     try:
         with session_scope(_ready_db()) as db:
@@ -318,8 +307,8 @@ def offering() -> None:
 def offering_add(provider: str, service_type: str, endpoint: str) -> None:
     """Register a provider's endpoint for a service type."""
     from discovery import service as location
-    from idp import agencies
-    from renkei.db import session_scope
+    from federation import service as agencies
+    from kernel.db import session_scope
 
     try:
         with session_scope(_ready_db()) as db:
@@ -336,7 +325,7 @@ def offering_add(provider: str, service_type: str, endpoint: str) -> None:
 def offering_list(service_type: str | None) -> None:
     """List offerings: service type, provider, endpoint."""
     from discovery import service as location
-    from renkei.db import session_scope
+    from kernel.db import session_scope
 
     with session_scope(_ready_db()) as db:
         for o in location.list_offerings(db_session=db, service_type=service_type):
@@ -349,7 +338,7 @@ def offering_list(service_type: str | None) -> None:
 def offering_remove(provider: str, service_type: str) -> None:
     """Withdraw a provider's offering."""
     from discovery import service as location
-    from renkei.db import session_scope
+    from kernel.db import session_scope
 
     try:
         with session_scope(_ready_db()) as db:
@@ -371,7 +360,7 @@ def whitelist_import(file: Path, replace: bool) -> None:
     """Import a .yaml or .csv whitelist; all or nothing, every problem named with its line."""
     from consent.errors import WhitelistImportError
     from consent.whitelist_io import import_whitelist_file
-    from renkei.db import session_scope
+    from kernel.db import session_scope
 
     try:
         with session_scope(_ready_db()) as db:
@@ -389,7 +378,7 @@ def whitelist_import(file: Path, replace: bool) -> None:
 def whitelist_export(file: Path) -> None:
     """Export the whitelist as .yaml or .csv (by the file's suffix)."""
     from consent.whitelist_io import export_whitelist_file
-    from renkei.db import session_scope
+    from kernel.db import session_scope
 
     if file.suffix.lower() not in (".yaml", ".yml", ".csv"):
         raise RenkeiError("name a .yaml, .yml or .csv file")
@@ -417,7 +406,7 @@ def _person_key(db, username: str) -> str:
 def policy_show(username: str) -> None:
     """The person's current rules (newest version); `-` means any."""
     from consent import service as consent
-    from renkei.db import session_scope
+    from kernel.db import session_scope
 
     with session_scope(_ready_db()) as db:
         current = consent.get_current_policy(db_session=db, person_key=_person_key(db, username))
@@ -446,7 +435,7 @@ def policy_add(username: str, effect: str, requester, provider, task, info_type,
     from consent import service as consent
     from consent.errors import InvalidPolicyRule
     from consent.models import PolicyRuleIn
-    from renkei.db import session_scope
+    from kernel.db import session_scope
 
     try:
         with session_scope(_ready_db()) as db:
@@ -468,7 +457,7 @@ def policy_remove(username: str, rule_id: int) -> None:
     """Revoke one rule (a new version and receipt); applies to the very next query."""
     from consent import service as consent
     from consent.errors import RuleNotFound
-    from renkei.db import session_scope
+    from kernel.db import session_scope
 
     try:
         with session_scope(_ready_db()) as db:
@@ -487,8 +476,8 @@ def policy_receipt(receipt_id: str) -> None:
     import json
 
     from consent import service as consent
-    from renkei.db import session_scope
-    from renkei.keys import keystore
+    from kernel.db import session_scope
+    from kernel.keys import keystore
 
     with session_scope(_ready_db()) as db:
         try:
@@ -509,7 +498,7 @@ def keys() -> None:
 @click.argument("role", type=click.Choice(["idp"]))
 def keys_rotate(role: str) -> None:
     """Add a new signing key version; metadata publishes it beside the previous one."""
-    from renkei.keys import keystore
+    from kernel.keys import keystore
 
     key = keystore().create_signing_key(role)
     click.echo(f"{role} now signs with key v{key.version}; restart the servers to pick it up")

@@ -20,20 +20,21 @@ import click
 import httpx
 import uvicorn
 import yaml
-
 from agency_demo import AgencyConfig, create_agency_app, sp_metadata
+
 from consent import service as consent
 from consent.models import PolicyRuleIn
 from consent.whitelist_io import parse_yaml
 from discovery import service as location
-from idp import accounts, agencies
+from federation import service as agencies
+from idp import accounts
 from idp.accounts import totp
+from kernel.db import session_scope, upgrade
+from kernel.keys import keystore
+from kernel.settings import get_settings
 from pseudonym import service as pseudonyms
 from renkei.app import create_app
-from renkei.cli import ensure_hub_keys
-from renkei.db import session_scope, upgrade
-from renkei.keys import keystore
-from renkei.settings import get_settings
+from renkei.provisioning import ensure_hub_keys
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
 

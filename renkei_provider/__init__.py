@@ -14,10 +14,11 @@
         ...                                        # exc.code, exc.status, str(exc): safe to return
     record = my_records[accepted.local_id]
 
-Depends only on `renkei.xmlsecurity` and `renkei.xmlenc` (lxml and cryptography), not on the
+Depends only on `kernel.xml._dsig` and `kernel.xml._enc` (lxml and cryptography), not on the
 hub's database or web code.
 """
 
+from kernel.xml import InMemoryReplayCache, ReplayCache, SqliteReplayCache
 from renkei_provider.errors import (
     TokenAudienceMismatch,
     TokenExpired,
@@ -29,7 +30,6 @@ from renkei_provider.errors import (
     TokenSignatureInvalid,
     TokenUndecryptable,
 )
-from renkei_provider.replay import InMemoryReplayCache, ReplayCache, SqliteReplayCache
 from renkei_provider.verifier import (
     AcceptedToken,
     HubMetadataError,

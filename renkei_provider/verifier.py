@@ -24,8 +24,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from lxml import etree
 
-from renkei.xmlenc import decrypt_element
-from renkei.xmlsecurity import SAML_NS, XMLSecurityError, parse_xml, verify_signed
+from kernel.xml import (
+    SAML_NS,
+    InMemoryReplayCache,
+    ReplayCache,
+    XMLSecurityError,
+    decrypt_element,
+    parse_xml,
+    read_xs_datetime,
+    verify_signed,
+)
 from renkei_provider.errors import (
     TokenAudienceMismatch,
     TokenExpired,
@@ -36,7 +44,6 @@ from renkei_provider.errors import (
     TokenSignatureInvalid,
     TokenUndecryptable,
 )
-from renkei_provider.replay import InMemoryReplayCache, ReplayCache
 
 MD_NS = "urn:oasis:names:tc:SAML:2.0:metadata"
 DS_NS = "http://www.w3.org/2000/09/xmldsig#"
@@ -354,13 +361,10 @@ def _utc(moment: datetime) -> datetime:
 
 
 def _time(value: str | None) -> datetime:
-    if not value:
-        raise TokenMalformed()
     try:
-        parsed = datetime.fromisoformat(value.strip())
+        return read_xs_datetime(value).replace(tzinfo=UTC)
     except ValueError:
         raise TokenMalformed() from None
-    return _utc(parsed)
 
 
 def _text(element: etree._Element | None) -> str:

@@ -12,8 +12,8 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from renkei.db import dispose_engines
-from renkei.settings import reset_settings
+from kernel.db import dispose_engines
+from kernel.settings import reset_settings
 
 POSTGRES_URL = os.environ.get("RENKEI_TEST_POSTGRES_URL")
 
@@ -67,8 +67,8 @@ class Hub:
     def __init__(self, env: dict[str, str]):
         import uvicorn
 
+        from kernel.settings import get_settings
         from renkei.app import create_app
-        from renkei.settings import get_settings
 
         self.env = env
         self.settings = get_settings()

@@ -12,10 +12,10 @@ from consent import service as consent
 from consent.models import PolicyRuleIn, WhitelistEntryIn
 from discovery import service as location
 from idp import accounts
+from kernel.db import session_scope
+from kernel.jose import sign_client_assertion
+from kernel.keys import keystore
 from pseudonym import service as pseudonyms
-from renkei.db import session_scope
-from renkei.jwt import sign_client_assertion
-from renkei.keys import keystore
 from tests.saml_sp import NS, Browser, TestSP, response_from_page
 from tests.test_idp_sso import register
 

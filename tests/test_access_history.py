@@ -25,8 +25,8 @@ from sqlalchemy.orm import Session
 from access_history import service as ah
 from access_history.errors import ExportInvalid, InvalidLogEntry, LogWriteFailed
 from access_history.models import HUB_OWNER, EntryKind, LogEntry, LogEntryIn, LogHead
-from renkei.db import make_engine, upgrade, utcnow
-from renkei.keys import KeyStore
+from kernel.db import make_engine, upgrade, utcnow
+from kernel.keys import KeyStore
 from tests.conftest import fresh_database_url
 
 CITY_A = "http://127.0.0.1:8101/metadata"  # 転出元
@@ -476,7 +476,7 @@ def test_concurrent_appends_from_two_sessions_keep_one_chain(engine):
     barrier = threading.Barrier(2)
 
     def writer(name: str) -> None:
-        # like renkei.db.session_scope: objects outlive commits, so a head must be re-read
+        # like kernel.db.session_scope: objects outlive commits, so a head must be re-read
         with Session(engine, expire_on_commit=False) as session:
             barrier.wait()
             for i in range(per_thread):

@@ -17,14 +17,13 @@ from urllib.parse import parse_qs, quote_plus, unquote_plus, urlsplit
 import httpx
 import pytest
 import xmlsec
+from agency_demo import AgencyConfig, create_agency_app, sp_metadata
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 from lxml import etree
 from starlette.testclient import TestClient
-
-from agency_demo import AgencyConfig, create_agency_app, sp_metadata
 
 HUB = "http://127.0.0.1:8000"
 IDP_ENTITY_ID = f"{HUB}/idp/metadata"

@@ -1,4 +1,4 @@
-"""Attacks on the assertion consumer (`renkei.assertions`), on real Responses that the running
+"""Attacks on the assertion consumer (`kernel.xml._assertions`), on real Responses that the running
 hub issued over HTTP: wrapping, stripping, key injection, audience, time, replay, recipient,
 DTDs. Every refusal is a typed error; forged content is never returned."""
 from __future__ import annotations
@@ -9,9 +9,10 @@ from datetime import timedelta
 import pytest
 from lxml import etree
 
-from renkei import assertions as A
-from renkei.db import session_scope, utcnow
-from renkei.xmlsecurity import (
+from kernel.db import session_scope, utcnow
+from kernel.replay import DatabaseReplayCache
+from kernel.xml import _assertions as A
+from kernel.xml._dsig import (
     ForbiddenXML,
     SignatureInvalid,
     SignatureMissing,
@@ -40,7 +41,7 @@ def sps(hub, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def idp_key(hub):
-    from renkei.keys import keystore
+    from kernel.keys import keystore
 
     return keystore().ensure_signing_key("idp")
 
@@ -59,7 +60,8 @@ def validate(hub, xml: bytes, sp: TestSP, request_id: str, idp_key, **over):
                 "audience": sp.entity_id, "acs_url": sp.acs_url, "pending_request_ids": {request_id}}
     args.update(over)
     with session_scope() as db:
-        return A.validate_response(xml, db_session=db, **args)
+        cache = DatabaseReplayCache(db_session=db, issuer=hub.settings.idp_entity_id)
+        return A.validate_response(xml, replay_cache=cache, **args)
 
 
 def test_genuine_response_validates_once(hub, sps, idp_key):

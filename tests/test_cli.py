@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
+from kernel.db import DatabaseNotMigrated, session_scope
+from kernel.settings import reset_settings
 from renkei.cli import main
-from renkei.db import DatabaseNotMigrated, session_scope
-from renkei.settings import reset_settings
 from tests.conftest import fresh_database_url
 from tests.saml_sp import TestSP
 
@@ -54,8 +54,8 @@ def test_unmigrated_database_refused_with_a_clear_message(home):
                           env={**os.environ, **home}, timeout=60, check=False)
     assert proc.returncode != 0
     assert "renkei init" in proc.stderr and "revision none" in proc.stderr
+    from kernel.settings import get_settings
     from renkei.app import create_app
-    from renkei.settings import get_settings
 
     with pytest.raises(DatabaseNotMigrated):
         create_app(get_settings())
@@ -71,7 +71,7 @@ def test_init_is_idempotent_and_creates_keys(home):
 
 
 def test_agency_add_list_remove_and_bad_metadata(home, tmp_path):
-    from idp.models import Agency
+    from federation.models import Agency
 
     assert run("init").exit_code == 0
     sp = TestSP("https://x.example.jp/sp", "https://x.example.jp")
@@ -185,7 +185,7 @@ def test_ec_certificates_sign_but_never_receive_tokens(home, tmp_path):
     refused (tokens are RSA-OAEP), so no permitted offering can fail at token time."""
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from idp import agencies
+    from federation import service as agencies
     from tests.saml_sp import make_key_and_cert
 
     assert run("init").exit_code == 0

@@ -22,8 +22,8 @@ from consent.models import (
 )
 from consent.receipts import PiiController, ReceiptIssuer
 from consent.whitelist_io import DEMO_WHITELIST, read_whitelist_file
-from renkei.db import Base, make_engine
-from renkei.keys import KeyStore
+from kernel.db import Base, make_engine
+from kernel.keys import KeyStore
 
 CITY_A = "http://127.0.0.1:8101/metadata"  # 転出元
 CITY_B = "http://127.0.0.1:8102/metadata"  # 転入先

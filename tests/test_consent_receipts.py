@@ -17,8 +17,8 @@ from consent.errors import ReceiptInvalid
 from consent.models import Effect, PolicyRuleIn
 from consent.receipts import PiiController, ReceiptIssuer, verify_receipt
 from consent.whitelist_io import DEMO_WHITELIST, read_whitelist_file
-from renkei.db import Base, make_engine
-from renkei.keys import KeyStore
+from kernel.db import Base, make_engine
+from kernel.keys import KeyStore
 
 PERSON = "person-internal-key-4711"
 PRINCIPAL = "taro@example.jp"

@@ -18,7 +18,7 @@ from consent.whitelist_io import (
     parse_yaml,
     read_whitelist_file,
 )
-from renkei.db import Base, make_engine
+from kernel.db import Base, make_engine
 
 HEADER = "requester,provider,task_code,task_name,info_type_code,info_type_name,consent,legal_basis"
 CITY_A = "http://127.0.0.1:8101/metadata"

@@ -15,7 +15,7 @@ import httpx
 from access_history import service as history
 from access_history.models import LogEntry
 from consent.models import PolicyRuleIn
-from renkei.db import session_scope
+from kernel.db import session_scope
 from tests.conftest import free_port
 from tests.federation import RESIDENT, ask, set_rules
 

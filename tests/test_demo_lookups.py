@@ -20,8 +20,8 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from lxml import etree
 
+from kernel.jose import sign_client_assertion
 from renkei.cli import main
-from renkei.jwt import sign_client_assertion
 from tests.conftest import free_port
 from tests.saml_sp import NS, post_form_fields
 
@@ -97,7 +97,7 @@ def load_federation(city_b: AgencyServer, city_a: AgencyServer, insurer: AgencyS
     from consent.models import PolicyRuleIn, WhitelistEntryIn
     from discovery import service as location
     from idp import accounts
-    from renkei.db import session_scope
+    from kernel.db import session_scope
 
     with session_scope() as db:
         for urn, info in SERVICE_TYPES.items():  # the demo's URNs; another module may have them
@@ -325,6 +325,7 @@ def test_a_record_part_kept_for_another_service_is_never_returned():
 
     from agency_demo.config import AgencyConfig
     from agency_demo.lookups import record_for
+
     from renkei_provider import AcceptedToken
 
     config = AgencyConfig(entity_id="https://a.example/sp", name="A", base_url="https://a.example",

@@ -11,10 +11,10 @@ from sqlalchemy import text
 
 from access_history.models import LogEntry
 from consent.models import PolicyRuleIn
+from kernel.db import get_engine, session_scope
+from kernel.keys import keystore
+from kernel.xml._enc import DecryptionFailed, decrypt_element
 from pseudonym import service as pseudonyms
-from renkei.db import get_engine, session_scope
-from renkei.keys import keystore
-from renkei.xmlenc import DecryptionFailed, decrypt_element
 from tests.federation import ANNEX, MEDICAL, RESIDENT, ask, set_rules, sso_assertion
 from tests.saml_sp import NS
 

@@ -2,7 +2,7 @@
 real HTTP against the running hub: decisions, tokens a provider can use, the same decisions as
 the JSON face, refusals as SOAP faults, and no other agency's pseudonym in anything returned.
 
-Requests are signed with renkei.wssecurity (its own independent checks are in
+Requests are signed with kernel.xml._wss (its own independent checks are in
 test_wssecurity.py) or, for SAML, by python-xmlsec; tokens and responses are checked with
 python-xmlsec against the hub's published key and decrypted with the provider's key.
 """
@@ -25,14 +25,15 @@ from consent import service as consent
 from consent.models import PolicyRuleIn, WhitelistEntryIn
 from discovery import service as location
 from discovery.soap import QUERY_ACTION
-from idp import accounts, agencies
+from federation import service as agencies
+from idp import accounts
+from kernel.db import session_scope
+from kernel.jose import sign_client_assertion
+from kernel.keys import keystore
+from kernel.xml._enc import decrypt_element
+from kernel.xml._wss import sign_envelope, soap_envelope, verify_envelope
 from pseudonym import service as pseudonyms
 from pseudonym.models import Pseudonym
-from renkei.db import session_scope
-from renkei.jwt import sign_client_assertion
-from renkei.keys import keystore
-from renkei.wssecurity import sign_envelope, soap_envelope, verify_envelope
-from renkei.xmlenc import decrypt_element
 from tests.saml_sp import (
     Browser,
     TestSP,
@@ -114,7 +115,7 @@ class World:
 
 
 def with_encryption_key(sp: TestSP, cert) -> bytes:
-    """The SP's metadata plus a KeyDescriptor use="encryption" (what idp.agencies pins for tokens)."""
+    """The SP's metadata plus a KeyDescriptor use="encryption" (what federation.service pins for tokens)."""
     root = etree.fromstring(sp.metadata())
     descriptor = root.find(f"{{{MD}}}SPSSODescriptor")
     kd = etree.Element(f"{{{MD}}}KeyDescriptor", use="encryption")

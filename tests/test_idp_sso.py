@@ -28,7 +28,7 @@ def cli(*args: str, stdin: str | None = None) -> str:
 
 @pytest.fixture(scope="module")
 def idp_cert(hub):
-    from renkei.keys import keystore
+    from kernel.keys import keystore
 
     return keystore().ensure_signing_key("idp").certificate
 
@@ -48,7 +48,7 @@ def people(hub):
     cli("person", "add", "--username", "bob", "--password-stdin", stdin="another good pass\n")
     # a TOTP person, added through the service (the CLI generates its own secret)
     from idp import accounts
-    from renkei.db import session_scope
+    from kernel.db import session_scope
 
     with session_scope() as db:
         accounts.add_person(db_session=db, username="carol", password="carol's password",
@@ -196,7 +196,7 @@ def test_login_page_autocomplete_and_lockout(hub, city_a, people):
     # even the right password waits out the lockout
     assert browser.login(first, "bob", people["bob"]).status_code == 429
     from idp.models import Person
-    from renkei.db import session_scope
+    from kernel.db import session_scope
 
     with session_scope() as db:  # lift the lockout for the other tests
         bob = db.query(Person).filter_by(username="bob").one()
@@ -316,7 +316,7 @@ def test_metadata_publishes_the_two_newest_keys_after_rotation(hub, tmp_path):
     the previous one, so agencies can pin the new one before it signs."""
     import httpx
 
-    from renkei.keys import KeyStore
+    from kernel.keys import KeyStore
 
     keys = KeyStore(tmp_path / "keys")
     for _ in range(3):
@@ -349,7 +349,7 @@ def test_expired_sessions_and_pending_requests_are_swept(hub):
 
     from idp import service
     from idp.models import IdpSession, PendingAuthn
-    from renkei.db import session_scope, utcnow
+    from kernel.db import session_scope, utcnow
 
     with session_scope() as db:
         token = service.start_session(db_session=db, settings=hub.settings, person_key="sweep-me", level=1)

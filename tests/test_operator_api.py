@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from renkei.operator import operator_token
+from renkei.operator_api import operator_token
 
 
 @pytest.fixture(scope="module")

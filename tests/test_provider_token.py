@@ -19,9 +19,9 @@ import pytest
 from click.testing import CliRunner
 from lxml import etree
 
+from kernel.jose import sign_client_assertion
+from kernel.xml._dsig import sign_enveloped
 from renkei.cli import main
-from renkei.jwt import sign_client_assertion
-from renkei.xmlsecurity import sign_enveloped
 from renkei_provider import (
     HubMetadataError,
     InMemoryReplayCache,
@@ -102,7 +102,7 @@ class Federation:
         from consent.models import PolicyRuleIn, WhitelistEntryIn
         from discovery import service as location
         from idp import accounts
-        from renkei.db import session_scope
+        from kernel.db import session_scope
 
         with session_scope() as db:
             location.add_service_type(db_session=db, urn=SERVICE, name="住民票 (test)", info_types=[INFO])

@@ -9,10 +9,10 @@ from collections import Counter
 import pytest
 from sqlalchemy import select
 
+from kernel.db import session_scope, upgrade
+from kernel.keys import KeyStore
 from pseudonym import service as ps
 from pseudonym.models import LocalLink, MasterIdentifier, Pseudonym
-from renkei.db import session_scope, upgrade
-from renkei.keys import KeyStore
 from tests.conftest import fresh_database_url
 
 # SAML V2.0 Subject Identifier Attributes profile §3.3.1, pairwise-id grammar

@@ -1,4 +1,4 @@
-"""renkei.wssecurity against WSS SOAP Message Security 1.1 §8, an independent implementation
+"""kernel.xml._wss against WSS SOAP Message Security 1.1 §8, an independent implementation
 (python-xmlsec, on libxmlsec1) and the attacks of SECURITY.md adapted to detached signatures.
 
 Attack envelopes are built and, where a valid signature is needed, signed by python-xmlsec with
@@ -17,8 +17,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from lxml import etree
 
-from renkei import wssecurity as ws
-from renkei.wssecurity import (
+from kernel.xml import _wss as ws
+from kernel.xml._dsig import (
+    DS_NS,
+    ECDSA_SHA256,
+    ForbiddenXML,
+    SignatureInvalid,
+    SignatureMissing,
+    UnsupportedAlgorithm,
+    XMLSecurityError,
+)
+from kernel.xml._wss import (
     WSSE_NS,
     FailedAuthentication,
     FailedCheck,
@@ -28,15 +37,6 @@ from renkei.wssecurity import (
     sign_envelope,
     soap_envelope,
     verify_envelope,
-)
-from renkei.xmlsecurity import (
-    DS_NS,
-    ECDSA_SHA256,
-    ForbiddenXML,
-    SignatureInvalid,
-    SignatureMissing,
-    UnsupportedAlgorithm,
-    XMLSecurityError,
 )
 from tests.saml_sp import make_key_and_cert
 
@@ -117,7 +117,7 @@ def utc(t: datetime) -> str:
 
 def hand_built(*, created: datetime | None = None, lifetime: timedelta = timedelta(minutes=5),
                ids: bool = True) -> etree._Element:
-    """An envelope with Security/Timestamp and wsu:Ids, built without renkei.wssecurity's signer."""
+    """An envelope with Security/Timestamp and wsu:Ids, built without kernel.xml._wss's signer."""
     env = envelope()
     header = env[0]
     wsa = {"MessageID": "urn:uuid:11111111-2222-3333-4444-555555555555",

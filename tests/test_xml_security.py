@@ -1,4 +1,4 @@
-"""renkei.xmlsecurity against its spec, independent checkers and the attacks in SECURITY.md.
+"""kernel.xml._dsig against its spec, independent checkers and the attacks in SECURITY.md.
 
 Independent checkers: the xmlsec1 binary, python-xmlsec and OneLogin's python3-saml (all on
 libxmlsec1, none used by the module under test). Keys are generated per test session.
@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, Pub
 from lxml import etree
 from onelogin.saml2.utils import OneLogin_Saml2_Utils
 
-from renkei import xmlsecurity as xs
-from renkei.xmlsecurity import (
+from kernel.xml import _dsig as xs
+from kernel.xml._dsig import (
     ForbiddenXML,
     MalformedXML,
     MessageTooLarge,

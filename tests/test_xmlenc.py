@@ -1,4 +1,4 @@
-"""renkei.xmlenc against XML Encryption 1.1, SAML core §6, independent implementations and
+"""kernel.xml._enc against XML Encryption 1.1, SAML core §6, independent implementations and
 the attacks in SECURITY.md (last row: CBC padding oracle, PKCS#1 v1.5 key transport).
 
 Independent implementations: python-xmlsec (libxmlsec1 1.3, which knows the xenc11 RSA-OAEP
@@ -27,8 +27,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from lxml import etree
 
-from renkei import xmlenc
-from renkei.xmlenc import (
+from kernel.xml import _enc as xmlenc
+from kernel.xml._dsig import DIGEST_SHA256, DS_NS, SAML_NS, XMLSecurityError
+from kernel.xml._enc import (
     AES128_GCM,
     AES256_GCM,
     DIGEST_SHA1,
@@ -41,7 +42,6 @@ from renkei.xmlenc import (
     decrypt_element,
     encrypt_element,
 )
-from renkei.xmlsecurity import DIGEST_SHA256, DS_NS, SAML_NS, XMLSecurityError
 from tests import xml_attacks as attacks
 
 NS = {"saml": SAML_NS, "xenc": XENC_NS, "xenc11": XENC11_NS, "ds": DS_NS}

@@ -3,7 +3,7 @@
 Every generator takes a validly signed SAML message (bytes) and returns the attacked variant
 (bytes; `deflate_bomb` returns the Redirect-binding parameter value as str). Where an attack
 needs a valid-looking signature the message is re-signed by this module's own small signer,
-written independently of `renkei.xmlsecurity`, with the attacker's key unless a key is given
+written independently of `kernel.xml._dsig`, with the attacker's key unless a key is given
 (pass the real signer's key to prove that a refusal comes from the rule, not from the key).
 
 Forged content always contains `EVIL_MARKER`, so tests can assert it is never returned.

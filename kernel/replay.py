@@ -11,7 +11,7 @@ from sqlalchemy import DateTime, Integer, String, UniqueConstraint, delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from renkei.db import Base, utcnow
+from kernel.db import Base, utcnow
 
 
 class ReplayDetected(Exception):
@@ -54,3 +54,19 @@ def remember(*, db_session: Session, issuer: str, message_id: str, expires_at: d
         raise ReplayDetected(f"message {message_id!r} from {issuer} was already received")
     if random.random() < 0.01:  # sweep expired IDs now and then, off the common path
         db_session.execute(delete(SeenMessage).where(SeenMessage.expires_at < utcnow()))
+
+
+class DatabaseReplayCache:
+    """The hub's replay cache seen through `kernel.xml.ReplayCache`, for one issuer's IDs."""
+
+    def __init__(self, *, db_session: Session, issuer: str):
+        self.db_session = db_session
+        self.issuer = issuer
+
+    def first_use(self, token_id: str, *, expires_at: datetime, now: datetime) -> bool:
+        try:
+            remember(db_session=self.db_session, issuer=self.issuer, message_id=token_id,
+                     expires_at=expires_at.replace(tzinfo=None))
+        except ReplayDetected:
+            return False
+        return True

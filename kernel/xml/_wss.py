@@ -1,6 +1,6 @@
 """WS-Security for Renkei's SOAP faces: sign and verify the parts of a SOAP 1.1 envelope with one
 detached XML signature (WSS SOAP Message Security 1.1 §8, X.509 Token Profile 1.1, as the ID-WSF 2.0
-Security Mechanisms use them for peer-signed messages), as strict as `renkei.xmlsecurity` and built on its parser.
+Security Mechanisms use them for peer-signed messages), as strict as `kernel.xml._dsig` and built on its parser.
 
 Public API: `soap_envelope`, `sign_envelope`, `verify_envelope` -> `VerifiedEnvelope`, the typed
 errors and `fault_code`. Callers read only the parts `verify_envelope` returns: each is parsed
@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 from lxml import etree
 
-from renkei.xmlsecurity import (  # the layer's shared primitives, private to it  # XMLDSig element names
+from kernel.xml._dsig import (  # the layer's shared primitives, private to the package
     _C14N_METHOD,
     _DIGEST_METHOD,
     _DIGEST_VALUE,
@@ -56,7 +56,8 @@ from renkei.xmlsecurity import (  # the layer's shared primitives, private to it
     _verify_octets,
     parse_xml,
 )
-from renkei.xmlsecurity import _children as _element_children
+from kernel.xml._dsig import _children as _element_children
+from kernel.xml._time import read_xs_datetime, xs_datetime
 
 __all__ = [
     "SBF_NS",
@@ -189,8 +190,6 @@ def soap_envelope(nsmap: Mapping[str, str] | None = None) -> etree._Element:
     return envelope
 
 
-def _utc(t: datetime) -> str:
-    return (t.astimezone(UTC) if t.tzinfo else t).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _new_wsu_id(prefix: str) -> str:
@@ -256,8 +255,8 @@ def sign_envelope(
     issued = now or datetime.now(UTC)
     timestamp = etree.SubElement(security, TIMESTAMP)
     timestamp.set(WSU_ID, _new_wsu_id("TS"))
-    etree.SubElement(timestamp, _CREATED).text = _utc(issued)
-    etree.SubElement(timestamp, _EXPIRES).text = _utc(issued + TIMESTAMP_LIFETIME)
+    etree.SubElement(timestamp, _CREATED).text = xs_datetime(issued)
+    etree.SubElement(timestamp, _EXPIRES).text = xs_datetime(issued + TIMESTAMP_LIFETIME)
     token_id = None
     if certificate is not None:
         token_id = _new_wsu_id("X509")
@@ -521,11 +520,10 @@ def _elements_by_wsu_id(root: etree._Element) -> dict[str, etree._Element]:
 
 
 def _time(text: str, what: str) -> datetime:
-    match = _UTC_TIME.match(text)
-    if not match:
+    if not _UTC_TIME.match(text):
         raise InvalidSecurity(f"{what} must be an xs:dateTime in UTC (…Z)")
     try:
-        return datetime.fromisoformat(match.group(1)).replace(tzinfo=UTC)
+        return read_xs_datetime(text).replace(tzinfo=UTC)
     except ValueError:
         raise InvalidSecurity(f"{what} is not a valid time") from None
 

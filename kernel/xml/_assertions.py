@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from lxml import etree
-from sqlalchemy.orm import Session
 
-from renkei import replay
-from renkei.db import utcnow
-from renkei.xmlsecurity import SAML_NS, SAMLP_NS, XMLSecurityError, parse_xml, verify_signed
+from kernel.xml._dsig import SAML_NS, SAMLP_NS, XMLSecurityError, parse_xml, verify_signed
+from kernel.xml._replay import ReplayCache
+from kernel.xml._time import read_xs_datetime, utcnow
 
 _NS = {"saml": SAML_NS, "samlp": SAMLP_NS}
 BEARER = "urn:oasis:names:tc:SAML:2.0:cm:bearer"
@@ -81,15 +80,10 @@ class ValidatedAssertion:
 
 
 def _time(value: str | None, what: str) -> datetime:
-    if not value:
-        raise AssertionRejected(f"{what} is missing")
     try:
-        parsed = datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise AssertionRejected(f"{what} is not an xs:dateTime") from None
-    if parsed.tzinfo is not None:
-        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
-    return parsed
+        return read_xs_datetime(value)
+    except ValueError as exc:
+        raise AssertionRejected(f"{what}: {exc}") from None
 
 
 def _text(el: etree._Element | None) -> str | None:
@@ -99,7 +93,7 @@ def _text(el: etree._Element | None) -> str | None:
 def validate_response(
     xml: bytes,
     *,
-    db_session: Session,
+    replay_cache: ReplayCache | None,
     idp_entity_id: str,
     idp_keys: Sequence,
     audience: str,
@@ -135,7 +129,7 @@ def validate_response(
         raise NotExactlyOneAssertion(f"expected exactly one Assertion, found {len(everywhere)}")
     return validate_assertion(
         direct[0],
-        db_session=db_session,
+        replay_cache=replay_cache,
         idp_entity_id=idp_entity_id,
         idp_keys=idp_keys,
         audience=audience,
@@ -149,7 +143,7 @@ def validate_response(
 def validate_assertion(
     assertion: etree._Element | bytes,
     *,
-    db_session: Session,
+    replay_cache: ReplayCache | None,
     idp_entity_id: str,
     idp_keys: Sequence,
     audience: str,
@@ -157,7 +151,6 @@ def validate_assertion(
     in_response_to: str | None = None,
     now: datetime | None = None,
     skew: timedelta = timedelta(seconds=60),
-    remember: bool = True,
 ) -> ValidatedAssertion:
     """Verify a signed saml:Assertion and enforce its conditions; return what it says.
 
@@ -192,16 +185,12 @@ def validate_assertion(
     ):
         raise AudienceMismatch("the Assertion is addressed to another audience")
     _check_bearer(subject, recipient=recipient, in_response_to=in_response_to, now=now, skew=skew)
-    if remember:
-        try:
-            replay.remember(
-                db_session=db_session,
-                issuer=idp_entity_id,
-                message_id=a.get("ID"),
-                expires_at=not_on_or_after + skew,
-            )
-        except replay.ReplayDetected:
-            raise ReplayedAssertion("this Assertion was already used") from None
+    # replay_cache=None: the caller reads the assertion as evidence (a staff member's SSO
+    # assertion cited in a query), not as a one-time login
+    if replay_cache is not None and not replay_cache.first_use(
+        a.get("ID"), expires_at=not_on_or_after + skew, now=now
+    ):
+        raise ReplayedAssertion("this Assertion was already used")
     authn = a.find("saml:AuthnStatement", _NS)
     attributes: dict[str, list[str]] = {}
     for attr in a.iterfind("saml:AttributeStatement/saml:Attribute", _NS):

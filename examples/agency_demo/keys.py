@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from renkei.keys import self_signed_certificate
+from kernel.keys import self_signed_certificate
 
 KEY_FILE = "sp.key.pem"
 CERT_FILE = "sp.cert.pem"

@@ -65,7 +65,7 @@ _SESSIONMAKERS: dict[str, sessionmaker[Session]] = {}
 
 def get_engine(url: str | None = None) -> Engine:
     """The process-wide engine for `url` (default: the settings' database)."""
-    from renkei.settings import get_settings
+    from kernel.settings import get_settings
 
     url = url or get_settings().db_url
     if url not in _ENGINES:

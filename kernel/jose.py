@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from sqlalchemy.orm import Session
 
-from renkei import replay
+from kernel import replay
 
 MAX_LIFETIME = 300  # seconds a client assertion may be valid for
 _ALGORITHMS = {"RS256": hashes.SHA256, "PS256": hashes.SHA256, "ES256": hashes.SHA256}

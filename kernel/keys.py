@@ -162,7 +162,7 @@ def _certificates(directory: str, role: str, versions: tuple[int, ...]) -> tuple
 
 def keystore(directory: str | None = None) -> KeyStore:
     """The key store of `directory`, or of the current settings' RENKEI_HOME."""
-    from renkei.settings import get_settings
+    from kernel.settings import get_settings
 
     return _keystore(str(directory or get_settings().keys_dir))
 

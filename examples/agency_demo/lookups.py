@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from agency_demo.config import AgencyConfig, Scenario, provide_name
-from renkei.jwt import sign_client_assertion
-from renkei.xmlsecurity import SAML_NS, SAMLP_NS, XMLSecurityError, parse_xml, verify_signed
+from kernel.jose import sign_client_assertion
+from kernel.xml import SAML_NS, SAMLP_NS, XMLSecurityError, parse_xml, verify_signed
 from renkei_provider import (
     AcceptedToken,
     HubMetadataError,

@@ -1,7 +1,15 @@
-"""Operator API for information location (情報所在管理) and the legal whitelist (別表第２)."""
+"""The operator API: information location (情報所在管理) and the legal whitelist (別表第２).
+
+Its credential is a bearer token from RENKEI_OPERATOR_TOKEN, or one generated into
+RENKEI_HOME/keys/operator-token by `renkei init`.
+"""
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+import hmac
+import os
+import secrets
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Query
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
@@ -9,8 +17,31 @@ from consent import service as consent
 from consent.errors import WhitelistImportError
 from consent.whitelist_io import entries_from_mappings
 from discovery import service as location
-from renkei.operator import require_operator
-from renkei.web import DB
+from kernel.settings import get_settings
+from kernel.web import DB
+
+
+def operator_token() -> str:
+    """The configured operator token, created (0600) if there is none."""
+    configured = os.environ.get("RENKEI_OPERATOR_TOKEN")
+    if configured:
+        return configured
+    path = get_settings().keys_dir / "operator-token"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+def require_operator(authorization: str = Header("", description="Bearer <operator token>")) -> None:
+    """FastAPI dependency: only the operator may manage the federation's registry."""
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), operator_token().encode()):
+        raise HTTPException(status_code=401, detail="operator token required",
+                            headers={"WWW-Authenticate": "Bearer"})
+
 
 router = APIRouter(prefix="/api/operator", tags=["operator"], dependencies=[Depends(require_operator)])
 

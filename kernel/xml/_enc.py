@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from lxml import etree
 
-from renkei.xmlsecurity import (
+from kernel.xml._dsig import (
     DEFAULT_MAX_BYTES,
     DIGEST_SHA256,
     DS_NS,

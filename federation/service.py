@@ -11,9 +11,9 @@ from lxml import etree
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from idp.models import Agency, AgencyCertificate, AgencyEndpoint
-from renkei.cache import TTLCache
-from renkei.xmlsecurity import XMLSecurityError, parse_xml
+from federation.models import Agency, AgencyCertificate, AgencyEndpoint
+from kernel.cache import TTLCache
+from kernel.xml import XMLSecurityError, parse_xml
 
 MD_NS = "urn:oasis:names:tc:SAML:2.0:metadata"
 DS_NS = "http://www.w3.org/2000/09/xmldsig#"
