@@ -272,10 +272,9 @@ def per_call_seconds(fn: Callable[[], object], count: int) -> float:
 def idp_rsa_sign_seconds(count: int) -> float:
     """Seconds per RSA-2048 signature of SIGNED_INFO with the IdP's own key (current settings)."""
     from idp.service import signing_key
-    from kernel.keys import keystore
     from kernel.xml._dsig import RSA_SHA256, _sign_octets
 
-    key = signing_key(str(keystore().directory)).private_key
+    key = signing_key().private_key
     return per_call_seconds(lambda: _sign_octets(key, RSA_SHA256, SIGNED_INFO), count)
 
 

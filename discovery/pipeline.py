@@ -21,11 +21,11 @@ from access_history.models import LogEntryIn
 from consent import service as consent
 from discovery import service as location
 from discovery import tokens
+from discovery.tokens import DISCOVERY_ROLE
 from federation import service as agencies
 from federation.service import RegisteredAgency
-from idp.service import signing_key
 from kernel.db import utcnow
-from kernel.keys import KeyStore, keystore
+from kernel.keys import KeyStore, current_signing_key, keystore
 from kernel.settings import Settings
 from kernel.xml import (
     AssertionRejected,
@@ -35,6 +35,7 @@ from kernel.xml import (
     parse_xml,
     validate_assertion,
 )
+from pseudonym import bootstrap
 from pseudonym import service as pseudonyms
 
 HUB_LOG = "hub"
@@ -145,12 +146,12 @@ def resolve_subject(
     staff = None
     if person.bootstrap_token:
         try:
-            boot = tokens.read_bootstrap(
-                person.bootstrap_token, secret=tokens.bootstrap_secret(keys),
+            boot = bootstrap.read_bootstrap(
+                person.bootstrap_token, secret=bootstrap.bootstrap_secret(keys),
                 audience=discovery_entity_id(settings), requester=requester.entity_id,
                 now=int(now.replace(tzinfo=UTC).timestamp()),
             )
-        except tokens.BootstrapInvalid as exc:
+        except bootstrap.BootstrapInvalid as exc:
             raise DiscoveryRefused("BOOTSTRAP_TOKEN_REJECTED", str(exc), 403) from None
         if person.pseudonym is not None and person.pseudonym != boot.pseudonym:
             raise DiscoveryRefused("PERSON_MISMATCH", "the pseudonym given is not the bootstrap token's", 403)
@@ -267,7 +268,7 @@ def _token_for(db_session: Session, settings: Settings, keys: KeyStore, requeste
         decision_id=d.decision_id,
         local_id=local_id, now=now, skew=timedelta(seconds=settings.clock_skew_seconds),
     )
-    return tokens.provider_token(facts, signer=signing_key(str(keys.directory)), provider_cert=provider.encryption_certs[0])
+    return tokens.provider_token(facts, signer=current_signing_key(DISCOVERY_ROLE), provider_cert=provider.encryption_certs[0])
 
 
 def map_name_id(

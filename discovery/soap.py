@@ -42,14 +42,13 @@ from lxml import etree
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from discovery import pipeline, tokens
+from discovery import pipeline
+from discovery.tokens import DISCOVERY_ROLE
 from federation import service as agencies
 from federation.service import RegisteredAgency
-from idp import saml
-from idp.service import signing_key
 from kernel import replay
 from kernel.db import utcnow
-from kernel.keys import keystore
+from kernel.keys import current_signing_key
 from kernel.settings import Settings, get_settings
 from kernel.web import DB
 from kernel.xml import (
@@ -76,11 +75,14 @@ from kernel.xml import (
     fault_code,
     new_id,
     parse_xml,
+    read_xs_datetime,
+    saml,
     sign_envelope,
     sign_enveloped,
     soap_envelope,
     verify_envelope,
     verify_signed,
+    xs_datetime,
 )
 
 log = logging.getLogger(__name__)
@@ -88,8 +90,8 @@ router = APIRouter(tags=["discovery"])
 
 RK_NS = "urn:renkei:2026"
 LU_NS = "urn:liberty:util:2006-08"
-DISCO_NS = tokens.DISCO_NS
-SEC_NS = tokens.SEC_NS
+DISCO_NS = saml.DISCO_NS
+SEC_NS = saml.SEC_NS
 
 PURPOSE = f"{{{RK_NS}}}Purpose"
 DECISION = f"{{{RK_NS}}}Decision"
@@ -310,8 +312,8 @@ def _person(verified: VerifiedEnvelope) -> pipeline.PersonRef:
         raise SoapFault(CLIENT, "PERSON_NOT_NAMED", "send at most one sec:Token and one staff saml:Assertion")
     token = None
     if boot:
-        if boot[0].get("usage") != tokens.TOKEN_USAGE:
-            raise SoapFault(CLIENT, "PERSON_NOT_NAMED", f"sec:Token usage must be {tokens.TOKEN_USAGE}")
+        if boot[0].get("usage") != saml.TOKEN_USAGE:
+            raise SoapFault(CLIENT, "PERSON_NOT_NAMED", f"sec:Token usage must be {saml.TOKEN_USAGE}")
         token = _single_text(boot[0], "sec:Token")
     pseudonym = None
     target = verified.header(TARGET_IDENTITY)
@@ -355,7 +357,7 @@ def _hub_envelope(settings: Settings) -> etree._Element:
 
 
 def _signed(envelope: etree._Element, *, action: str, relates_to: str | None, status_code: int) -> Response:
-    key = signing_key(str(keystore().directory))
+    key = current_signing_key(DISCOVERY_ROLE)
     sign_envelope(envelope, key.private_key, certificate=key.certificate, action=action,
                   relates_to=relates_to)
     body = etree.tostring(envelope, encoding="UTF-8", xml_declaration=True)
@@ -423,7 +425,7 @@ def _endpoint_reference(settings: Settings, d: pipeline.OfferingDecision) -> etr
     el(endpoint, DISCO_NS, "SecurityMechID", d.security_mechanism)
     security = el(metadata, SEC_NS, "SecurityContext")
     el(security, DISCO_NS, "SecurityMechID", d.security_mechanism)
-    token = el(security, SEC_NS, "Token", usage=tokens.TOKEN_USAGE)
+    token = el(security, SEC_NS, "Token", usage=saml.TOKEN_USAGE)
     token.append(parse_xml(d.token, max_bytes=max(settings.max_message_bytes, len(d.token))))
     return epr
 
@@ -543,9 +545,9 @@ def _authenticated_mapping(db: Session, settings: Settings, request: etree._Elem
 
 def _issue_instant(value: str | None) -> datetime:
     try:
-        return saml.parse_saml_time(value)
-    except saml.SamlStatusError as exc:
-        raise _SamlRefusal(saml.REQUESTER, None, "MALFORMED_REQUEST", exc.message) from None
+        return read_xs_datetime(value)
+    except ValueError as exc:
+        raise _SamlRefusal(saml.REQUESTER, None, "MALFORMED_REQUEST", f"IssueInstant: {exc}") from None
 
 
 def _mapping_facts(requester: RegisteredAgency, signed: etree._Element) -> _Mapping:
@@ -566,7 +568,7 @@ def _mapping_facts(requester: RegisteredAgency, signed: etree._Element) -> _Mapp
         raise refuse("rk:Purpose needs a task and an infoType", reason="PURPOSE_INVALID")
     token = None
     if boot:
-        if boot[0].get("usage") != tokens.TOKEN_USAGE or len(boot[0]) or not (boot[0].text or "").strip():
+        if boot[0].get("usage") != saml.TOKEN_USAGE or len(boot[0]) or not (boot[0].text or "").strip():
             raise refuse("sec:Token must be a SecurityToken holding the bootstrap token", reason="PERSON_NOT_NAMED")
         token = boot[0].text.strip()
     name_ids = signed.findall(SAML_NAME_ID)
@@ -594,7 +596,7 @@ def _nim_response(settings: Settings, in_response_to: str | None, *,
     if in_response_to and len(in_response_to) <= 256:
         response.set("InResponseTo", in_response_to)
     response.set("Version", "2.0")
-    response.set("IssueInstant", saml.saml_time(utcnow()))
+    response.set("IssueInstant", xs_datetime(utcnow()))
     etree.SubElement(response, _q(SAML_NS, "Issuer")).text = settings.idp_entity_id
     status = etree.SubElement(response, _q(SAMLP_NS, "Status"))
     if decision is not None and decision.permitted and encrypted is not None:
@@ -614,7 +616,7 @@ def _nim_response(settings: Settings, in_response_to: str | None, *,
                          decisionId=decision.decision_id, overridden=_bool(decision.overridden))
     if decision is not None and decision.permitted and encrypted is not None:
         response.append(encrypted)
-    key = signing_key(str(keystore().directory))
+    key = current_signing_key(DISCOVERY_ROLE)
     sign_enveloped(response, key.private_key, certificate=key.certificate)
     envelope = etree.Element(ENVELOPE, nsmap={"soap": SOAP11_NS})
     etree.SubElement(envelope, BODY).append(response)

@@ -11,40 +11,40 @@ from datetime import datetime, timedelta
 
 from lxml import etree
 
-from kernel.xml import SAML_NS, SAMLP_NS, new_id, read_xs_datetime, xs_datetime
+from kernel.xml import new_id, read_xs_datetime, xs_datetime
+from kernel.xml.saml import (  # the vocabulary the IdP speaks, re-exported for its callers
+    AC_PASSWORD,
+    AC_PPT,
+    AC_REFEDS_MFA,
+    AC_TIMESYNC,
+    AC_UNSPECIFIED,
+    ATTRNAME_URI,
+    BEARER,
+    BINDING_POST,
+    BINDING_REDIRECT,
+    DISCO_NS,
+    DISCOVERY_EPR,
+    DS_NS,
+    MD_NS,
+    NAMEID_PERSISTENT,
+    NO_AUTHN_CONTEXT,
+    PAIRWISE_ID,
+    REQUESTER,
+    SAML_NS,
+    SAMLP_NS,
+    SBF_NS,
+    SEC_NS,
+    SUCCESS,
+    TLS_BEARER,
+    TOKEN_USAGE,
+    VERSION_MISMATCH,
+    WSA_NS,
+    XS_NS,
+    XSI_NS,
+)
 
-MD_NS = "urn:oasis:names:tc:SAML:2.0:metadata"
-DS_NS = "http://www.w3.org/2000/09/xmldsig#"
-XS_NS = "http://www.w3.org/2001/XMLSchema"
-XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
 _NS = {"saml": SAML_NS, "samlp": SAMLP_NS}
 
-BINDING_REDIRECT = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect"
-BINDING_POST = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST"
-NAMEID_PERSISTENT = "urn:oasis:names:tc:SAML:2.0:nameid-format:persistent"
-NAMEID_UNSPECIFIED = "urn:oasis:names:tc:SAML:1.1:nameid-format:unspecified"
-ATTRNAME_URI = "urn:oasis:names:tc:SAML:2.0:attrname-format:uri"
-PAIRWISE_ID = "urn:oasis:names:tc:SAML:attribute:pairwise-id"  # Subject Identifier Attributes §3.3
-BEARER = "urn:oasis:names:tc:SAML:2.0:cm:bearer"
-
-# Status codes, SAML core §3.2.2.2
-SUCCESS = "urn:oasis:names:tc:SAML:2.0:status:Success"
-REQUESTER = "urn:oasis:names:tc:SAML:2.0:status:Requester"
-RESPONDER = "urn:oasis:names:tc:SAML:2.0:status:Responder"
-VERSION_MISMATCH = "urn:oasis:names:tc:SAML:2.0:status:VersionMismatch"
-NO_AUTHN_CONTEXT = "urn:oasis:names:tc:SAML:2.0:status:NoAuthnContext"
-NO_PASSIVE = "urn:oasis:names:tc:SAML:2.0:status:NoPassive"
-INVALID_NAMEID_POLICY = "urn:oasis:names:tc:SAML:2.0:status:InvalidNameIDPolicy"
-REQUEST_DENIED = "urn:oasis:names:tc:SAML:2.0:status:RequestDenied"
-UNSUPPORTED_BINDING = "urn:oasis:names:tc:SAML:2.0:status:UnsupportedBinding"
-AUTHN_FAILED = "urn:oasis:names:tc:SAML:2.0:status:AuthnFailed"
-
-# Authentication context classes (SAML authn-context §3.4) and how strong each is here.
-AC_UNSPECIFIED = "urn:oasis:names:tc:SAML:2.0:ac:classes:unspecified"
-AC_PASSWORD = "urn:oasis:names:tc:SAML:2.0:ac:classes:Password"
-AC_PPT = "urn:oasis:names:tc:SAML:2.0:ac:classes:PasswordProtectedTransport"
-AC_TIMESYNC = "urn:oasis:names:tc:SAML:2.0:ac:classes:TimeSyncToken"
-AC_REFEDS_MFA = "https://refeds.org/profile/mfa"
 LEVELS = {AC_UNSPECIFIED: 0, AC_PASSWORD: 1, AC_PPT: 1, AC_TIMESYNC: 2, AC_REFEDS_MFA: 2}
 CLASS_FOR_LEVEL = {1: AC_PPT, 2: AC_TIMESYNC}
 
@@ -376,3 +376,25 @@ def idp_metadata(
         {"Name": PAIRWISE_ID, "NameFormat": ATTRNAME_URI, "FriendlyName": "pairwise-id"},
     )
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+
+
+def discovery_epr_attribute(*, soap_url: str, provider_id: str, token: str) -> etree._Element:
+    """The DiscoveryEPR attribute (ID-WSF DS 2.0 §4.4, ID-WSF SAML profile): where and how to
+    ask the discovery service about this person."""
+    attr = etree.Element(
+        f"{{{SAML_NS}}}Attribute",
+        {"Name": DISCOVERY_EPR, "NameFormat": ATTRNAME_URI, "FriendlyName": "DiscoveryEPR"},
+        nsmap={"saml": SAML_NS},
+    )
+    value = etree.SubElement(attr, f"{{{SAML_NS}}}AttributeValue")
+    epr = etree.SubElement(value, f"{{{WSA_NS}}}EndpointReference",
+                           nsmap={"wsa": WSA_NS, "disco": DISCO_NS, "sec": SEC_NS, "sbf": SBF_NS})
+    etree.SubElement(epr, f"{{{WSA_NS}}}Address").text = soap_url
+    md = etree.SubElement(epr, f"{{{WSA_NS}}}Metadata")
+    etree.SubElement(md, f"{{{DISCO_NS}}}Abstract").text = "Renkei discovery service"
+    etree.SubElement(md, f"{{{DISCO_NS}}}ProviderID").text = provider_id
+    etree.SubElement(md, f"{{{DISCO_NS}}}ServiceType").text = DISCO_NS
+    ctx = etree.SubElement(md, f"{{{SEC_NS}}}SecurityContext")
+    etree.SubElement(ctx, f"{{{DISCO_NS}}}SecurityMechID").text = TLS_BEARER
+    etree.SubElement(ctx, f"{{{SEC_NS}}}Token", usage=TOKEN_USAGE).text = token
+    return attr

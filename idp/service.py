@@ -12,21 +12,19 @@ import random
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 from urllib.parse import unquote_plus
 
 from lxml import etree
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
-from discovery import tokens
 from federation import service as agencies
 from federation.service import RegisteredAgency
 from idp import saml
 from idp.models import IdpSession, PendingAuthn
 from kernel import replay
 from kernel.db import utcnow
-from kernel.keys import KeyStore, SigningKey
+from kernel.keys import KeyStore, SigningKey, current_signing_key
 from kernel.settings import Settings
 from kernel.xml import (
     XMLSecurityError,
@@ -38,6 +36,14 @@ from kernel.xml import (
     verify_redirect_query,
     verify_signed,
 )
+from kernel.xml.saml import (
+    INVALID_NAMEID_POLICY,
+    NAMEID_UNSPECIFIED,
+    REQUEST_DENIED,
+    RESPONDER,
+    UNSUPPORTED_BINDING,
+)
+from pseudonym import bootstrap
 from pseudonym import service as pseudonyms
 
 IDP_ROLE = "idp"
@@ -60,10 +66,9 @@ class Answer:
     relay_state: str | None
 
 
-@lru_cache(maxsize=4)
-def signing_key(keys_dir: str) -> SigningKey:
-    """The IdP's newest signing key, loaded once per process."""
-    return KeyStore(keys_dir).ensure_signing_key(IDP_ROLE)
+def signing_key() -> SigningKey:
+    """The IdP's newest signing key."""
+    return current_signing_key(IDP_ROLE)
 
 
 def sso_url(settings: Settings) -> str:
@@ -147,7 +152,7 @@ def _check_bounds(*, db_session: Session, settings: Settings, request: saml.Auth
     """Binding, Destination, time window, NameID policy, authn context, replay."""
     if request.protocol_binding and request.protocol_binding != saml.BINDING_POST:
         raise saml.SamlStatusError(
-            saml.RESPONDER, "this IdP answers only by HTTP-POST", saml.UNSUPPORTED_BINDING
+            RESPONDER, "this IdP answers only by HTTP-POST", UNSUPPORTED_BINDING
         )
     if signed and request.destination is None:
         raise saml.SamlStatusError(saml.REQUESTER, "a signed request must carry Destination")
@@ -157,9 +162,9 @@ def _check_bounds(*, db_session: Session, settings: Settings, request: saml.Auth
     now = utcnow()
     if not (now - timedelta(minutes=5) - skew <= request.issue_instant <= now + skew):
         raise saml.SamlStatusError(saml.REQUESTER, "IssueInstant is outside the accepted window")
-    if request.name_id_format not in (None, saml.NAMEID_PERSISTENT, saml.NAMEID_UNSPECIFIED):
+    if request.name_id_format not in (None, saml.NAMEID_PERSISTENT, NAMEID_UNSPECIFIED):
         raise saml.SamlStatusError(
-            saml.REQUESTER, "only persistent NameIDs are issued", saml.INVALID_NAMEID_POLICY
+            saml.REQUESTER, "only persistent NameIDs are issued", INVALID_NAMEID_POLICY
         )
     if saml.required_level(request.requested_context) is None:
         raise saml.SamlStatusError(
@@ -174,7 +179,7 @@ def _check_bounds(*, db_session: Session, settings: Settings, request: saml.Auth
         )
     except replay.ReplayDetected:
         raise saml.SamlStatusError(
-            saml.REQUESTER, "this AuthnRequest ID was already used", saml.REQUEST_DENIED
+            saml.REQUESTER, "this AuthnRequest ID was already used", REQUEST_DENIED
         ) from None
 
 
@@ -275,7 +280,7 @@ def answer_success(
         agency=agency.entity_id,
         scope=settings.scope,
     )
-    key = signing_key(str(keys.directory))
+    key = signing_key()
     assertion = saml.assertion(
         saml.AssertionFacts(
             idp_entity_id=settings.idp_entity_id,
@@ -314,14 +319,14 @@ def _discovery_epr(
     """ID-WSF's DiscoveryEPR attribute: the bootstrap for cross-agency queries while the person
     is present, valid as long as the IdP session (docs/discovery.md)."""
     base = settings.base_url.rstrip("/")
-    token = tokens.issue_bootstrap(
-        secret=tokens.bootstrap_secret(keys),
+    token = bootstrap.issue_bootstrap(
+        secret=bootstrap.bootstrap_secret(keys),
         audience=base + "/discovery",
         requester=agency.entity_id,
         pseudonym=pseudonym,
         expires=int(session.expires_at.replace(tzinfo=UTC).timestamp()),
     )
-    return tokens.discovery_epr_attribute(
+    return saml.discovery_epr_attribute(
         soap_url=base + "/discovery/soap", provider_id=base + "/discovery", token=token
     )
 
@@ -339,7 +344,7 @@ def answer_error(
         sub_status=error.sub_status,
         message=error.message,
     )
-    key = signing_key(str(keys.directory))
+    key = signing_key()
     sign_enveloped(response, key.private_key, certificate=key.certificate)
     return Answer(request.acs_location, "SAMLResponse", _serialize(response), request.relay_state)
 
@@ -406,7 +411,7 @@ def handle_logout_request(
     out = [("SAMLResponse", encoded)]
     if "RelayState" in params:
         out.append(("RelayState", params["RelayState"]))
-    key = signing_key(str(keys.directory))
+    key = signing_key()
     sep = "&" if "?" in destination else "?"
     return destination + sep + sign_redirect_query(out, key.private_key)
 

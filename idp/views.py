@@ -15,6 +15,7 @@ from kernel.keys import keystore
 from kernel.settings import get_settings
 from kernel.web import DB, Pages, raw_query
 from kernel.xml import XMLSecurityError, inflate_redirect
+from kernel.xml.saml import NO_PASSIVE, RESPONDER
 
 _pages = Pages(Path(__file__).resolve().parent / "templates")
 page, error_page = _pages.page, _pages.error_page
@@ -92,7 +93,7 @@ def _start(request: Request, db: Session, xml: bytes, relay_state: str | None, q
                 )
             )
     if authn.is_passive:
-        error = saml.SamlStatusError(saml.RESPONDER, "the person must log in", saml.NO_PASSIVE)
+        error = saml.SamlStatusError(RESPONDER, "the person must log in", NO_PASSIVE)
         return _post_answer(service.answer_error(settings=settings, keys=keystore(), request=authn, error=error))
     pending = service.save_pending(db_session=db, request=authn)
     response = RedirectResponse(f"{settings.base_url.rstrip('/')}/idp/login?pending={pending}", status_code=303)
@@ -203,7 +204,7 @@ def _finish(db: Session, authn: saml.AuthnRequest, row, person_key: str, level: 
     context = saml.context_for_level(authn.requested_context, level)
     if context is None:
         error = saml.SamlStatusError(
-            saml.RESPONDER, "this account cannot log in as strongly as the service requires",
+            RESPONDER, "this account cannot log in as strongly as the service requires",
             saml.NO_AUTHN_CONTEXT,
         )
         answer = service.answer_error(settings=settings, keys=keystore(), request=authn, error=error)

@@ -160,6 +160,16 @@ def _certificates(directory: str, role: str, versions: tuple[int, ...]) -> tuple
     )
 
 
+def current_signing_key(role: str) -> SigningKey:
+    """The newest signing key of `role` in the settings' key store."""
+    return _current(str(keystore().directory), role)
+
+
+@lru_cache(maxsize=16)
+def _current(directory: str, role: str) -> SigningKey:
+    return KeyStore(Path(directory)).ensure_signing_key(role)
+
+
 def keystore(directory: str | None = None) -> KeyStore:
     """The key store of `directory`, or of the current settings' RENKEI_HOME."""
     from kernel.settings import get_settings

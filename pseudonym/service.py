@@ -133,6 +133,13 @@ def revoke(*, db_session: Session, agency: str, value: str) -> None:
     db_session.flush()
 
 
+def count_live(*, db_session: Session, agency: str) -> int:
+    """How many unrevoked pseudonyms `agency` holds (the size of a rotation)."""
+    return db_session.scalar(
+        select(func.count()).where(Pseudonym.agency == agency, Pseudonym.revoked_at.is_(None))
+    ) or 0
+
+
 def rotate(
     *,
     db_session: Session,

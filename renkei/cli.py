@@ -224,22 +224,17 @@ def pseudonym() -> None:
 @click.argument("agency_id")
 def pseudonym_rotate(agency_id: str) -> None:
     """Re-key one agency's pseudonyms; the old-to-new map is kept for that agency alone."""
-    from sqlalchemy import func, select
-
     from federation import service as agencies
     from kernel.db import session_scope
     from kernel.keys import keystore
     from pseudonym import service as pseudonyms
-    from pseudonym.models import Pseudonym
 
     settings = get_settings()
     with session_scope(_ready_db()) as db:
         if agencies.lookup(db_session=db, entity_id=agency_id) is None:
             raise RenkeiError(f"no agency {agency_id} is registered")
-        live = db.scalar(
-            select(func.count()).where(Pseudonym.agency == agency_id, Pseudonym.revoked_at.is_(None))
-        )
-        with click.progressbar(length=live or 0, label="re-keying", file=sys.stderr) as bar:
+        live = pseudonyms.count_live(db_session=db, agency=agency_id)
+        with click.progressbar(length=live, label="re-keying", file=sys.stderr) as bar:
             count = pseudonyms.rotate(
                 db_session=db, keys=keystore(), agency=agency_id, scope=settings.scope, progress=bar.update
             )

@@ -1,8 +1,8 @@
 """The hub's own keys and secrets: which exist, created only by `renkei init` and `renkei demo`."""
 from __future__ import annotations
 
-from discovery.tokens import BOOTSTRAP_SECRET
 from kernel.keys import keystore
+from pseudonym.bootstrap import BOOTSTRAP_SECRET
 from pseudonym.service import MASTER_ID_SECRET, PAIRWISE_SECRET
 
 
