@@ -44,6 +44,15 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
+def insert_or_ignore(db_session: Session, entity):
+    """`INSERT … ON CONFLICT DO NOTHING` in the session's dialect: the way to create a row that
+    a concurrent request may be creating too (the loser reads the winner's row afterwards)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect = db_session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(entity).on_conflict_do_nothing()
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]

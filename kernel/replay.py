@@ -8,10 +8,9 @@ import random
 from datetime import datetime
 
 from sqlalchemy import DateTime, Integer, String, UniqueConstraint, delete
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from kernel.db import Base, utcnow
+from kernel.db import Base, insert_or_ignore, utcnow
 
 
 class ReplayDetected(Exception):
@@ -42,12 +41,9 @@ def remember_at_once(*, db_session: Session, issuer: str, message_id: str, expir
 
 def remember(*, db_session: Session, issuer: str, message_id: str, expires_at: datetime) -> None:
     """Record a message ID once; raise ReplayDetected if it was already recorded."""
-    dialect = db_session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     stmt = (
-        insert(SeenMessage)
+        insert_or_ignore(db_session, SeenMessage)
         .values(issuer=issuer, message_id=message_id, expires_at=expires_at)
-        .on_conflict_do_nothing(index_elements=["issuer", "message_id"])
         .returning(SeenMessage.id)  # rowcount is not reliable across drivers; a returned row is
     )
     if db_session.execute(stmt).first() is None:

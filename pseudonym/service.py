@@ -18,7 +18,7 @@ from functools import lru_cache
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from kernel.db import utcnow
+from kernel.db import insert_or_ignore, utcnow
 from kernel.keys import KeyStore
 from pseudonym.models import AgencyKeyVersion, LocalLink, MasterIdentifier, Pseudonym, Rotation
 
@@ -73,21 +73,21 @@ def agency_key_version(*, db_session: Session, keys: KeyStore, agency: str) -> i
     row = db_session.get(AgencyKeyVersion, agency)
     if row is not None:
         return row.key_version
-    version = keys.ensure_secret(PAIRWISE_SECRET)
-    db_session.add(AgencyKeyVersion(agency=agency, key_version=version))
-    db_session.flush()
-    return version
+    # a concurrent first use may insert the same row: whoever wins, everyone reads it back
+    db_session.execute(insert_or_ignore(db_session, AgencyKeyVersion).values(
+        agency=agency, key_version=keys.ensure_secret(PAIRWISE_SECRET), updated_at=utcnow()))
+    return db_session.scalar(select(AgencyKeyVersion.key_version).where(AgencyKeyVersion.agency == agency))
+
+
+def _live(person_key: str, agency: str):
+    return select(Pseudonym.value).where(
+        Pseudonym.person_key == person_key, Pseudonym.agency == agency, Pseudonym.revoked_at.is_(None)
+    )
 
 
 def get_or_create(*, db_session: Session, keys: KeyStore, person_key: str, agency: str, scope: str) -> str:
     """The live pseudonym of a person for an agency, created (and stored) on first use."""
-    value = db_session.scalar(
-        select(Pseudonym.value).where(
-            Pseudonym.person_key == person_key,
-            Pseudonym.agency == agency,
-            Pseudonym.revoked_at.is_(None),
-        )
-    )
+    value = db_session.scalar(_live(person_key, agency))
     if value is not None:
         return value
     version = agency_key_version(db_session=db_session, keys=keys, agency=agency)
@@ -105,9 +105,10 @@ def get_or_create(*, db_session: Session, keys: KeyStore, person_key: str, agenc
         scope=scope,
         generation=revoked or 0,
     )
-    db_session.add(Pseudonym(person_key=person_key, agency=agency, value=value, key_version=version))
-    db_session.flush()
-    return value
+    # a concurrent first use derives the same value: one insert wins, the other reads it back
+    db_session.execute(insert_or_ignore(db_session, Pseudonym).values(
+        person_key=person_key, agency=agency, value=value, key_version=version, created_at=utcnow()))
+    return db_session.scalar(_live(person_key, agency))
 
 
 def resolve(*, db_session: Session, agency: str, value: str) -> Resolved:

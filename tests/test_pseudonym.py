@@ -148,3 +148,31 @@ def test_link_import_errors_name_the_line(env):
                          ("L-8,9999-0000-1111\nL-8,9999-0000-2222\n", "line 2: local_id 'L-8' repeats line 1")]:
         with session_scope(url) as db, pytest.raises(ps.PseudonymError, match=needle):
             ps.import_local_links(db_session=db, keys=keys, agency=B, csv_text=text)
+
+
+def test_simultaneous_first_uses_create_one_pseudonym(env):
+    """Hardening: 40 simultaneous first uses of a new agency (the same person, and different
+    people) end with one key-version row and one live pseudonym each, never a unique-key error
+    (PostgreSQL answered some of them with a 500 before)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    agency = f"https://first-use-{secrets.token_hex(4)}.example.jp/sp"
+    people = [f"race-{secrets.token_hex(3)}" for _ in range(8)]
+    work = [people[i % len(people)] for i in range(40)]
+    barrier = __import__("threading").Barrier(len(work))
+
+    def first_use(person_key: str) -> str:
+        barrier.wait(timeout=30)
+        return pseudonym_for(env, person_key, agency)
+
+    with ThreadPoolExecutor(max_workers=len(work)) as pool:
+        values = list(pool.map(first_use, work))
+    by_person: dict[str, set[str]] = {}
+    for person_key, value in zip(work, values, strict=True):
+        by_person.setdefault(person_key, set()).add(value)
+    assert all(len(v) == 1 for v in by_person.values())
+    url, _ = env
+    with session_scope(url) as db:
+        live = db.scalars(select(Pseudonym).where(Pseudonym.agency == agency,
+                                                  Pseudonym.revoked_at.is_(None))).all()
+    assert sorted(p.person_key for p in live) == sorted(people)
