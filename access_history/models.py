@@ -1,7 +1,12 @@
 """Tables and value objects of the access-history room.
 
-Agencies and people live in other rooms, so owners, requesters, providers and person keys are
-plain strings here. An owner is an agency's entity ID, or `hub` for the hub's own decisions.
+Two kinds of rows: the entries themselves (what was decided, disclosed or administered, with
+the salt that commits to them), and one transparency log per log name (`access`,
+`operations`) built over those commitments: a queue of entries waiting to be sequenced, the
+leaves and interior nodes of the RFC 9162 Merkle tree, the tree's state and its signed
+checkpoints. Agencies and people live in other rooms, so parties and person keys are plain
+strings here. Every table but the queue and the state is append-only (triggers refuse UPDATE
+and DELETE on PostgreSQL and SQLite alike).
 """
 from __future__ import annotations
 
@@ -20,173 +25,200 @@ from sqlalchemy import (
     DateTime,
     Index,
     Integer,
+    LargeBinary,
+    SmallInteger,
     String,
     Text,
-    UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from access_history.chain import canonical_json, iso_utc
 from access_history.errors import InvalidLogEntry
 from kernel.db import Base
 
 HUB_OWNER = "hub"  # the owner of the hub's own decisions
+ACCESS_LOG = "access"
+OPERATIONS_LOG = "operations"
+LOG_NAMES = (ACCESS_LOG, OPERATIONS_LOG)
+
 PARTY_MAX = 1024
 PERSON_KEY_MAX = 128
 CODE_MAX = 64
 STAFF_MAX = 256
-HASH_LEN = 64  # hex SHA-256
+TEXT_MAX = 512
 DETAIL_MAX = 4096  # bytes of canonical JSON: the detail is a note, not a payload
+ID_LEN = 32  # hex of 16 random bytes
+SALT_LEN = 32
+HASH_LEN = 32
 
 # SQLite only makes an INTEGER PRIMARY KEY an auto-incrementing rowid; PostgreSQL gets 64 bits.
 BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
-_NO_WHITESPACE = re.compile(r"\S+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class EntryKind(StrEnum):
-    """What an entry records."""
+    """What an access entry records."""
 
     DECISION = "decision"  # the hub decided whether a disclosure may happen (permit or deny)
-    DISCLOSURE = "disclosure"  # a provider answered a query
+    DISCLOSURE = "disclosure"  # a provider reports that it answered a query
     RELAY = "relay"  # the hub forwarded an electronic envelope (電子封筒) to the provider
 
 
-# --- tables -------------------------------------------------------------------------------
+class Channel(StrEnum):
+    """How the data travelled (or would have)."""
+
+    SSO = "sso"  # attributes released in an SSO assertion
+    DISCOVERY = "discovery"  # a discovery token for a provider
+    NAME_MAPPING = "name_mapping"  # a SAML NameIDMappingRequest
+    RELAY = "relay"  # an envelope relayed by the hub
+    REPORT = "report"  # a provider's own report of what it disclosed
 
 
-class LogEntry(Base):
-    """One entry of an owner's hash-chained access log; never updated or deleted once written."""
+# --- entries ------------------------------------------------------------------------------
 
-    __tablename__ = "access_log_entries"
+
+class HistoryEntry(Base):
+    """One entry of the access history (アクセス履歴); never updated or deleted once written."""
+
+    __tablename__ = "history_entries"
     __table_args__ = (
-        UniqueConstraint("owner", "seq"),
         CheckConstraint("kind IN ('decision', 'disclosure', 'relay')", name="kind"),
-        CheckConstraint("seq >= 1", name="seq"),
         CheckConstraint("permitted IS NOT NULL OR kind = 'disclosure'", name="permitted"),
-        # the portal's history page: one person's entries, newest first, by keyset
-        Index("ix_access_log_entries_person_key_id", "person_key", "id"),
+        # one person's timeline, newest first, by keyset (recorded_at, id)
+        Index("ix_history_entries_person_time", "person_key", "recorded_at", "id"),
+        Index("ix_history_entries_recorded_at", "recorded_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(BIG_ID, primary_key=True)
-    owner: Mapped[str] = mapped_column(String(PARTY_MAX))
-    seq: Mapped[int] = mapped_column(BigInteger)
-    recorded_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    entry_id: Mapped[str] = mapped_column(String(ID_LEN), unique=True)
+    recorded_at: Mapped[datetime] = mapped_column(DateTime)
     kind: Mapped[str] = mapped_column(String(16))
-    decision_id: Mapped[str] = mapped_column(String(CODE_MAX), index=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    owner: Mapped[str] = mapped_column(String(PARTY_MAX))  # whose log: an agency, or the hub
+    asked_at: Mapped[datetime | None] = mapped_column(DateTime)
+    provided_at: Mapped[datetime | None] = mapped_column(DateTime)
     requester: Mapped[str] = mapped_column(String(PARTY_MAX))  # 情報照会者
+    staff: Mapped[str | None] = mapped_column(String(STAFF_MAX))  # 職員 who asked
     provider: Mapped[str] = mapped_column(String(PARTY_MAX))  # 情報提供者
     person_key: Mapped[str] = mapped_column(String(PERSON_KEY_MAX))  # hub-internal, never exported
-    staff: Mapped[str | None] = mapped_column(String(STAFF_MAX))  # 職員 who asked
     task_code: Mapped[str] = mapped_column(String(CODE_MAX))  # 事務
+    legal_basis: Mapped[str | None] = mapped_column(String(TEXT_MAX))  # the law the entry cites
+    whitelist_entry: Mapped[str | None] = mapped_column(String(CODE_MAX))
     info_type_code: Mapped[str] = mapped_column(String(CODE_MAX))  # 特定個人情報
     permitted: Mapped[bool | None] = mapped_column(Boolean)
-    reason: Mapped[str] = mapped_column(String(CODE_MAX))
+    outcome: Mapped[str] = mapped_column(String(CODE_MAX))
+    person_rule: Mapped[str | None] = mapped_column(String(CODE_MAX))  # the person's rule that decided
+    overridden: Mapped[bool] = mapped_column(Boolean, default=False)  # the law over a refusal
+    decision_id: Mapped[str] = mapped_column(String(CODE_MAX), index=True)
+    query_id: Mapped[str | None] = mapped_column(String(CODE_MAX))
+    query_group_id: Mapped[str | None] = mapped_column(String(CODE_MAX), index=True)
+    sealed_until: Mapped[datetime | None] = mapped_column(DateTime)
+    sealed_reason: Mapped[str | None] = mapped_column(String(TEXT_MAX))
     detail: Mapped[str] = mapped_column(Text)  # canonical JSON of a small object
-    prev_hash: Mapped[str] = mapped_column(String(HASH_LEN))
-    entry_hash: Mapped[str] = mapped_column(String(HASH_LEN))
-
-    @property
-    def detail_values(self) -> dict[str, Any]:
-        return json.loads(self.detail)
+    salt: Mapped[bytes] = mapped_column(LargeBinary(SALT_LEN))
+    leaf_data: Mapped[bytes] = mapped_column(LargeBinary(HASH_LEN))  # the salted commitment
 
 
-class LogHead(Base):
-    """The newest seq and entry hash of one owner's log; its row lock serializes appends."""
+class OperationEntry(Base):
+    """One entry of the operations log: an administrative change or an authentication event."""
 
-    __tablename__ = "access_log_heads"
-
-    owner: Mapped[str] = mapped_column(String(PARTY_MAX), primary_key=True)
-    seq: Mapped[int] = mapped_column(BigInteger)
-    head_hash: Mapped[str] = mapped_column(String(HASH_LEN))
-
-
-class Checkpoint(Base):
-    """A signed tree head: the RFC 9162 Merkle root over an owner's entries 1..seq."""
-
-    __tablename__ = "access_log_checkpoints"
-    __table_args__ = (
-        UniqueConstraint("owner", "seq"),
-        # entries are numbered 1..n without gaps, so the newest seq covered is the tree size
-        CheckConstraint("tree_size = seq", name="tree_size"),
-    )
+    __tablename__ = "operation_entries"
+    __table_args__ = (Index("ix_operation_entries_recorded_at", "recorded_at", "id"),)
 
     id: Mapped[int] = mapped_column(BIG_ID, primary_key=True)
-    owner: Mapped[str] = mapped_column(String(PARTY_MAX))
-    seq: Mapped[int] = mapped_column(BigInteger)
-    tree_size: Mapped[int] = mapped_column(BigInteger)
-    root_hash: Mapped[str] = mapped_column(String(HASH_LEN))
-    signed_at: Mapped[datetime] = mapped_column(DateTime)
-    signature: Mapped[str] = mapped_column(Text)
-    key_version: Mapped[int] = mapped_column(Integer)
+    entry_id: Mapped[str] = mapped_column(String(ID_LEN), unique=True)
+    recorded_at: Mapped[datetime] = mapped_column(DateTime)
+    actor: Mapped[str] = mapped_column(String(STAFF_MAX))  # a named operator, or who tried
+    channel: Mapped[str] = mapped_column(String(16))  # api | cli | login
+    action: Mapped[str] = mapped_column(String(CODE_MAX))  # e.g. whitelist.import, login.failed
+    target: Mapped[str] = mapped_column(String(PARTY_MAX))
+    outcome: Mapped[str] = mapped_column(String(CODE_MAX))
+    client: Mapped[str | None] = mapped_column(String(CODE_MAX))
+    detail: Mapped[str] = mapped_column(Text)  # canonical JSON: before/after, reason
+    salt: Mapped[bytes] = mapped_column(LargeBinary(SALT_LEN))
+    leaf_data: Mapped[bytes] = mapped_column(LargeBinary(HASH_LEN))
 
-    def as_dict(self) -> dict[str, Any]:
-        """The published form, as `verify_export` reads it."""
-        return {
-            "owner": self.owner,
-            "seq": self.seq,
-            "tree_size": self.tree_size,
-            "root_hash": self.root_hash,
-            "signed_at": iso_utc(self.signed_at),
-            "signature": self.signature,
-            "key_version": self.key_version,
-        }
+
+# --- the transparency log -----------------------------------------------------------------
+
+
+class LogQueue(Base):
+    """Entries committed but not yet sequenced into their log's tree (Tessera's pool)."""
+
+    __tablename__ = "tlog_queue"
+    __table_args__ = (Index("ix_tlog_queue_log_id", "log", "id"),)
+
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True)
+    log: Mapped[str] = mapped_column(String(16))
+    entry_ref: Mapped[int] = mapped_column(BigInteger)
+    leaf_data: Mapped[bytes] = mapped_column(LargeBinary(HASH_LEN))
+
+
+class LogLeaf(Base):
+    """Leaf `leaf_index` of a log: which entry it is and its RFC 9162 leaf hash."""
+
+    __tablename__ = "tlog_leaves"
+    __table_args__ = (Index("ix_tlog_leaves_entry", "log", "entry_ref", unique=True),)
+
+    log: Mapped[str] = mapped_column(String(16), primary_key=True)
+    leaf_index: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    entry_ref: Mapped[int] = mapped_column(BigInteger)
+    leaf_hash: Mapped[bytes] = mapped_column(LargeBinary(HASH_LEN))
+
+
+class LogNode(Base):
+    """The hash of a complete subtree: leaves [index·2^level, (index+1)·2^level), level ≥ 1."""
+
+    __tablename__ = "tlog_nodes"
+
+    log: Mapped[str] = mapped_column(String(16), primary_key=True)
+    level: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
+    node_index: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    hash: Mapped[bytes] = mapped_column(LargeBinary(HASH_LEN))
+
+
+class LogState(Base):
+    """A log's tree as integrated so far: size, root and right edge. Its row lock makes one
+    integrator at a time; appends never touch it, so they run in parallel."""
+
+    __tablename__ = "tlog_state"
+
+    log: Mapped[str] = mapped_column(String(16), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    root_hash: Mapped[bytes] = mapped_column(LargeBinary(HASH_LEN))
+    frontier: Mapped[bytes] = mapped_column(LargeBinary)  # the right edge's subtree roots
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class LogCheckpoint(Base):
+    """A signed checkpoint (C2SP tlog-checkpoint in a signed note) of a log at one size."""
+
+    __tablename__ = "tlog_checkpoints"
+
+    log: Mapped[str] = mapped_column(String(16), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    root_hash: Mapped[bytes] = mapped_column(LargeBinary(HASH_LEN))
+    note: Mapped[str] = mapped_column(Text)
+    signed_at: Mapped[datetime] = mapped_column(DateTime)
 
 
 # --- value objects ------------------------------------------------------------------------
 
 
-def _text(name: str, value: object, limit: int, *, spaces: bool = True) -> None:
+def _text(name: str, value: object, limit: int, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
     if not isinstance(value, str) or not value.strip():
-        raise InvalidLogEntry(f"{name} must be a non-empty text, got {value!r}")
+        raise InvalidLogEntry(f"{name} must be a non-empty text")
     if len(value) > limit:
         raise InvalidLogEntry(f"{name} is longer than {limit} characters")
-    if not spaces and not _NO_WHITESPACE.fullmatch(value):
-        raise InvalidLogEntry(f"{name} must not contain whitespace, got {value!r}")
+    if _CONTROL.search(value):
+        raise InvalidLogEntry(f"{name} must not contain control characters")
 
 
-@dataclass(frozen=True)
-class LogEntryIn:
-    """One decision, disclosure or relay to log; the service adds seq, time and hashes."""
+def normalized_detail(detail: object) -> dict[str, Any]:
+    """`detail` as it reads back from JSON, so the commitment at append equals the export's."""
+    from access_history.record import canonical_json
 
-    owner: str
-    kind: EntryKind
-    decision_id: str
-    requester: str
-    provider: str
-    person_key: str
-    task_code: str
-    info_type_code: str
-    reason: str
-    permitted: bool | None = None
-    staff: str | None = None
-    detail: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "kind", EntryKind(self.kind))
-        except ValueError:
-            raise InvalidLogEntry(
-                f"kind must be one of {', '.join(EntryKind)}, got {self.kind!r}"
-            ) from None
-        _text("owner", self.owner, PARTY_MAX, spaces=False)  # a line of the signed checkpoint
-        _text("decision_id", self.decision_id, CODE_MAX)
-        _text("requester", self.requester, PARTY_MAX)
-        _text("provider", self.provider, PARTY_MAX)
-        _text("person_key", self.person_key, PERSON_KEY_MAX)
-        _text("task_code", self.task_code, CODE_MAX)
-        _text("info_type_code", self.info_type_code, CODE_MAX)
-        _text("reason", self.reason, CODE_MAX)
-        if self.staff is not None:
-            _text("staff", self.staff, STAFF_MAX)
-        if self.permitted is None and self.kind is not EntryKind.DISCLOSURE:
-            raise InvalidLogEntry(f"a {self.kind} entry must say whether it was permitted")
-        if self.permitted is not None and not isinstance(self.permitted, bool):
-            raise InvalidLogEntry(f"permitted must be true, false or null, got {self.permitted!r}")
-        object.__setattr__(self, "detail", _normalized_detail(self.detail))
-
-
-def _normalized_detail(detail: object) -> dict[str, Any]:
-    """`detail` as it reads back from JSON, so the hash at append equals the hash at export."""
     if not isinstance(detail, Mapping) or not all(isinstance(k, str) for k in detail):
         raise InvalidLogEntry("detail must be an object with text keys")
     try:
@@ -196,3 +228,79 @@ def _normalized_detail(detail: object) -> dict[str, Any]:
     if len(encoded) > DETAIL_MAX:
         raise InvalidLogEntry(f"detail is larger than {DETAIL_MAX} bytes")
     return json.loads(encoded)
+
+
+@dataclass(frozen=True)
+class EntryIn:
+    """One decision, disclosure or relay to record; the service adds ids, time and salt."""
+
+    kind: EntryKind
+    channel: Channel
+    requester: str
+    provider: str
+    person_key: str
+    task_code: str
+    info_type_code: str
+    outcome: str
+    decision_id: str
+    owner: str = HUB_OWNER
+    permitted: bool | None = None
+    staff: str | None = None
+    legal_basis: str | None = None
+    whitelist_entry: str | None = None
+    person_rule: str | None = None
+    overridden: bool = False
+    asked_at: datetime | None = None
+    provided_at: datetime | None = None
+    query_id: str | None = None
+    query_group_id: str | None = None
+    sealed_until: datetime | None = None
+    sealed_reason: str | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, enum in (("kind", EntryKind), ("channel", Channel)):
+            try:
+                object.__setattr__(self, name, enum(getattr(self, name)))
+            except ValueError:
+                raise InvalidLogEntry(f"{name} must be one of {', '.join(enum)}") from None
+        _text("owner", self.owner, PARTY_MAX)
+        _text("requester", self.requester, PARTY_MAX)
+        _text("provider", self.provider, PARTY_MAX)
+        _text("person_key", self.person_key, PERSON_KEY_MAX)
+        for name in ("task_code", "info_type_code", "outcome", "decision_id"):
+            _text(name, getattr(self, name), CODE_MAX)
+        for name in ("whitelist_entry", "person_rule", "query_id", "query_group_id"):
+            _text(name, getattr(self, name), CODE_MAX, optional=True)
+        _text("staff", self.staff, STAFF_MAX, optional=True)
+        _text("legal_basis", self.legal_basis, TEXT_MAX, optional=True)
+        _text("sealed_reason", self.sealed_reason, TEXT_MAX, optional=True)
+        if (self.sealed_until is None) != (self.sealed_reason is None):
+            raise InvalidLogEntry("a sealed entry names both its reason and its date")
+        if self.permitted is None and self.kind is not EntryKind.DISCLOSURE:
+            raise InvalidLogEntry(f"a {self.kind} entry must say whether it was permitted")
+        if self.permitted is not None and not isinstance(self.permitted, bool):
+            raise InvalidLogEntry("permitted must be true, false or null")
+        object.__setattr__(self, "detail", normalized_detail(self.detail))
+
+
+@dataclass(frozen=True)
+class OperationIn:
+    """One administrative change or authentication event to record."""
+
+    actor: str
+    channel: str
+    action: str
+    target: str
+    outcome: str = "ok"
+    client: str | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _text("actor", self.actor, STAFF_MAX)
+        _text("channel", self.channel, 16)
+        _text("action", self.action, CODE_MAX)
+        _text("target", self.target, PARTY_MAX)
+        _text("outcome", self.outcome, CODE_MAX)
+        _text("client", self.client, CODE_MAX, optional=True)
+        object.__setattr__(self, "detail", normalized_detail(self.detail))

@@ -1,523 +1,256 @@
-"""Business functions of the access-history room: append, read, checkpoint, export, verify.
+"""The access history (アクセス履歴) and the operations log: append, read, export.
 
-The caller owns the transaction: these functions add and flush, they never commit. A query's
-decision entry is committed before any token leaves the hub (DESIGN.md, Log before disclose).
+The caller owns the transaction: `append`/`append_many`/`record_operation` add and flush, they
+never commit. A query's decision entries are committed before any token leaves the hub
+(DESIGN.md, "Log before disclose"); their integration into the Merkle tree follows within a
+moment (`ledger`). Reads never show the hub's person key outside the hub.
 """
 from __future__ import annotations
 
-import json
-import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from enum import StrEnum
+import base64
+import os
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import rsa
-from sqlalchemy import Select, and_, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from access_history import chain
-from access_history.chain import (
-    EXPORT_FIELDS,
-    GENESIS_HASH,
-    MerkleFrontier,
-    canonical_json,
-    iso_utc,
-    merkle_root,
+from access_history import ledger
+from access_history.errors import LogWriteFailed
+from access_history.models import (
+    ACCESS_LOG,
+    OPERATIONS_LOG,
+    EntryIn,
+    HistoryEntry,
+    LogLeaf,
+    OperationEntry,
+    OperationIn,
 )
-from access_history.errors import ExportInvalid, LogWriteFailed
-from access_history.models import Checkpoint, LogEntry, LogEntryIn, LogHead
+from access_history.record import canonical_json, commitment, iso_utc, person_ref
 from kernel.db import utcnow
 from kernel.keys import KeyStore
 
-KEY_ROLE = "log"
-PAGE_MAX = 1000
-EXPORT_BATCH = 1000
-
-__all__ = [
-    "Coverage",
-    "VerificationReport",
-    "append",
-    "canonical_json",
-    "checkpoint",
-    "entries_for_owner",
-    "entries_for_person",
-    "export",
-    "export_coverage",
-    "latest_checkpoint",
-    "log_public_keys",
-    "merkle_root",
-    "verify_export",
-]
+NOTE_SECRET = "history-note"  # the seed of the Ed25519 key that signs checkpoints
+PAGE_MAX = 200
+EXPORT_BATCH = 2000
 
 
-# --- writing ------------------------------------------------------------------------------
+def _new_id() -> str:
+    return secrets.token_hex(16)
 
 
-def append(*, db_session: Session, entry: LogEntryIn) -> LogEntry:
-    """Add `entry` at the end of its owner's chain and flush; the caller commits."""
-    return append_many(db_session=db_session, entries=[entry])[0]
+# --- appending ------------------------------------------------------------------------------
 
-
-def append_many(*, db_session: Session, entries: Sequence[LogEntryIn]) -> list[LogEntry]:
-    """Add `entries`, in order, at the end of their owners' chains with one lock and one flush
-    per owner (one query's decisions); the caller commits."""
-    rows: list[LogEntry] = []
-    owner = None
-    try:
-        # owners in sorted order, so two transactions never lock two heads crosswise
-        for owner in sorted({e.owner for e in entries}):
-            head = _lock_head(db_session, owner)
-            for entry in (e for e in entries if e.owner == owner):
-                row = _chained_row(entry, head)
-                db_session.add(row)
-                head.seq, head.head_hash = row.seq, row.entry_hash
-                rows.append(row)
-        db_session.flush()
-    except SQLAlchemyError as exc:
-        raise LogWriteFailed(
-            f"the access log of {owner} could not be written ({type(exc).__name__})"
-        ) from exc
-    return rows
-
-
-def _chained_row(entry: LogEntryIn, head: LogHead) -> LogEntry:
-    row = LogEntry(
-        owner=entry.owner,
-        seq=head.seq + 1,
-        recorded_at=utcnow(),  # taken under the lock: times rise with seq on one clock
-        kind=str(entry.kind),
-        decision_id=entry.decision_id,
-        requester=entry.requester,
-        provider=entry.provider,
-        person_key=entry.person_key,
-        staff=entry.staff,
-        task_code=entry.task_code,
-        info_type_code=entry.info_type_code,
-        permitted=entry.permitted,
-        reason=entry.reason,
-        detail=canonical_json(entry.detail).decode("utf-8"),
-        prev_hash=head.head_hash,
-    )
-    row.entry_hash = chain.entry_hash(export_line(row))
-    return row
-
-
-def _lock_head(db_session: Session, owner: str) -> LogHead:
-    """The owner's head row, locked until the caller's transaction ends; created on first use."""
-    dialect = db_session.get_bind().dialect.name
-    if dialect == "sqlite":
-        # pysqlite begins a transaction only at the first write, so a plain read could see a head
-        # another writer is about to move; a no-op write takes SQLite's single write lock first.
-        db_session.execute(
-            update(LogHead).where(LogHead.owner == owner).values(seq=LogHead.seq),
-            execution_options={"synchronize_session": False},
-        )
-    head = _select_head(db_session, owner, lock=True)
-    if head is None:
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        db_session.execute(
-            insert(LogHead)
-            .values(owner=owner, seq=0, head_hash=GENESIS_HASH)
-            .on_conflict_do_nothing(index_elements=["owner"])
-        )
-        head = _select_head(db_session, owner, lock=True)
-    assert head is not None
-    return head
-
-
-def _select_head(db_session: Session, owner: str, *, lock: bool) -> LogHead | None:
-    stmt = select(LogHead).where(LogHead.owner == owner)
-    if lock:
-        stmt = stmt.with_for_update()
-    # the session may hold this head from an earlier transaction: always read the row afresh
-    return db_session.scalar(stmt.execution_options(populate_existing=True))
-
-
-def checkpoint(*, db_session: Session, owner: str, keys: KeyStore) -> Checkpoint:
-    """Sign the owner's current tree head with the hub's `log` key (the same one if unchanged)."""
-    head = _select_head(db_session, owner, lock=False)
-    size, head_hash = (head.seq, head.head_hash) if head else (0, GENESIS_HASH)
-    existing = db_session.scalar(
-        select(Checkpoint).where(Checkpoint.owner == owner, Checkpoint.seq == size)
-    )
-    if existing is not None:
-        return existing
-    # entries 1..size committed no later than the head that names them, so all are visible
-    hashes = db_session.scalars(
-        select(LogEntry.entry_hash)
-        .where(LogEntry.owner == owner, LogEntry.seq <= size)
-        .order_by(LogEntry.seq)
-        .execution_options(yield_per=EXPORT_BATCH)
-    )
-    frontier = MerkleFrontier()
-    last = GENESIS_HASH
-    for last in hashes:
-        frontier.add(bytes.fromhex(last))
-    if frontier.size != size or last != head_hash:
-        raise LogWriteFailed(f"the access log of {owner} does not match its head at seq {size}")
-    signing_key = keys.ensure_signing_key(KEY_ROLE)
-    row = Checkpoint(
-        owner=owner,
-        seq=size,
-        tree_size=size,
-        root_hash=frontier.root().hex(),
-        signed_at=utcnow(),
-        key_version=signing_key.version,
-    )
-    text = chain.checkpoint_text(
-        owner=owner, seq=size, root_hash=row.root_hash, signed_at=iso_utc(row.signed_at)
-    )
-    row.signature = chain.sign_checkpoint(text, private_key=signing_key.private_key)
-    try:
-        db_session.add(row)
-        db_session.flush()
-    except SQLAlchemyError as exc:
-        raise LogWriteFailed(f"the checkpoint of {owner} could not be written") from exc
-    return row
-
-
-# --- reading ------------------------------------------------------------------------------
-
-
-def entries_for_person(
-    *, db_session: Session, person_key: str, limit: int, before_id: int | None = None
-) -> list[LogEntry]:
-    """One page of the person's entries across every owner, newest first (pass the last id on)."""
-    if not 1 <= limit <= PAGE_MAX:
-        raise ValueError(f"limit must be 1..{PAGE_MAX}, got {limit}")
-    stmt = select(LogEntry).where(LogEntry.person_key == person_key)
-    if before_id is not None:
-        stmt = stmt.where(LogEntry.id < before_id)
-    return list(db_session.scalars(stmt.order_by(LogEntry.id.desc()).limit(limit)))
-
-
-def entries_for_owner(
-    *, db_session: Session, owner: str, since_seq: int = 0, until_seq: int | None = None
-) -> list[LogEntry]:
-    """The owner's entries with since_seq < seq <= until_seq, in chain order."""
-    stmt = select(LogEntry).where(LogEntry.owner == owner, LogEntry.seq > since_seq)
-    if until_seq is not None:
-        stmt = stmt.where(LogEntry.seq <= until_seq)
-    return list(db_session.scalars(stmt.order_by(LogEntry.seq)))
-
-
-def latest_checkpoint(*, db_session: Session, owner: str) -> Checkpoint | None:
-    """The owner's newest signed tree head, if any."""
-    return db_session.scalar(
-        select(Checkpoint).where(Checkpoint.owner == owner).order_by(Checkpoint.seq.desc()).limit(1)
-    )
-
-
-def log_public_keys(keys: KeyStore) -> list[rsa.RSAPublicKey]:
-    """Every version of the hub's `log` key, newest first: old checkpoints stay verifiable."""
-    versions = reversed(keys.signing_versions(KEY_ROLE))
-    return [keys.load_signing_key(KEY_ROLE, v).public_key for v in versions]
-
-
-# --- auditor export -------------------------------------------------------------------------
-
-
-class Coverage(StrEnum):
-    """Which rows of each owner's chain an export holds, and so what verification can prove."""
-
-    FULL = "full"  # every row from seq 1: a missing row anywhere but the tail is detected
-    RANGE = "range"  # one unbroken run of seqs per owner (a time window)
-    SELECTION = "selection"  # any subset in order (one person's rows): gaps are expected
-
-
-def export_coverage(
-    *, person_key: str | None = None, start: datetime | None = None, end: datetime | None = None
-) -> Coverage:
-    """The coverage `export` gives for these filters, to pass on to `verify_export`."""
-    if person_key is not None:
-        return Coverage.SELECTION
-    return Coverage.FULL if start is None and end is None else Coverage.RANGE
-
-
-_EXPORT_COLUMNS = (
-    LogEntry.owner,
-    LogEntry.seq,
-    LogEntry.recorded_at,
-    LogEntry.kind,
-    LogEntry.decision_id,
-    LogEntry.requester,
-    LogEntry.provider,
-    LogEntry.person_key,
-    LogEntry.staff,
-    LogEntry.task_code,
-    LogEntry.info_type_code,
-    LogEntry.permitted,
-    LogEntry.reason,
-    LogEntry.detail,
-    LogEntry.prev_hash,
-    LogEntry.entry_hash,
-)
-
-
-def export(
-    *,
-    db_session: Session,
-    owner: str | None = None,
-    person_key: str | None = None,
-    start: datetime | None = None,
-    end: datetime | None = None,
-) -> Iterator[dict[str, Any]]:
-    """Stream rows as JSON-ready dicts by owner and seq, for start <= recorded_at < end.
-
-    Rows carry seq, prev_hash and entry_hash, and a per-owner `person_ref` instead of the
-    person key. Without `person_key`, a time window is widened to whole runs of seqs per owner.
-    """
-    if person_key is not None:
-        stmt = select(*_EXPORT_COLUMNS).where(
-            LogEntry.person_key == person_key, *_window(start, end)
-        )
-    elif start is None and end is None:
-        stmt = select(*_EXPORT_COLUMNS)
-    else:
-        stmt = _seq_runs_in_window(start, end, owner)
-    if owner is not None:
-        stmt = stmt.where(LogEntry.owner == owner)
-    stmt = stmt.order_by(LogEntry.owner, LogEntry.seq).execution_options(yield_per=EXPORT_BATCH)
-    for row in db_session.execute(stmt):
-        yield export_line(row)
-
-
-def _window(start: datetime | None, end: datetime | None) -> list[Any]:
-    conditions = []
-    if start is not None:
-        conditions.append(LogEntry.recorded_at >= _naive_utc(start))
-    if end is not None:
-        conditions.append(LogEntry.recorded_at < _naive_utc(end))
-    return conditions
-
-
-def _seq_runs_in_window(start: datetime | None, end: datetime | None, owner: str | None) -> Select:
-    # from each owner's first to last seq inside the window, so the rows form one unbroken run
-    # even if a clock stepped back; verify_export can then check every link (Coverage.RANGE)
-    bounds = select(
-        LogEntry.owner.label("owner"),
-        func.min(LogEntry.seq).label("low"),
-        func.max(LogEntry.seq).label("high"),
-    ).where(*_window(start, end))
-    if owner is not None:
-        bounds = bounds.where(LogEntry.owner == owner)
-    runs = bounds.group_by(LogEntry.owner).subquery()
-    return select(*_EXPORT_COLUMNS).join(
-        runs, and_(LogEntry.owner == runs.c.owner, LogEntry.seq.between(runs.c.low, runs.c.high))
-    )
-
-
-def _naive_utc(value: datetime) -> datetime:
-    return value if value.tzinfo is None else value.astimezone(UTC).replace(tzinfo=None)
-
-
-def export_line(row: Any) -> dict[str, Any]:
-    """One entry (a LogEntry or an export row) in its exported, hashed form."""
+def access_record(row: HistoryEntry) -> dict[str, Any]:
+    """An entry's record: what its commitment covers and what an export shows."""
     return {
-        "owner": row.owner,
-        "seq": row.seq,
-        "recorded_at": iso_utc(row.recorded_at),
-        "kind": row.kind,
-        "decision_id": row.decision_id,
-        "requester": row.requester,
-        "provider": row.provider,
-        "person_ref": chain.person_ref(row.owner, row.person_key),
-        "staff": row.staff,
-        "task_code": row.task_code,
-        "info_type_code": row.info_type_code,
-        "permitted": row.permitted,
-        "reason": row.reason,
-        "detail": json.loads(row.detail),
-        "prev_hash": row.prev_hash,
-        "entry_hash": row.entry_hash,
+        "entry_id": row.entry_id, "kind": row.kind, "channel": row.channel, "owner": row.owner,
+        "recorded_at": iso_utc(row.recorded_at), "asked_at": iso_utc(row.asked_at),
+        "provided_at": iso_utc(row.provided_at), "requester": row.requester, "staff": row.staff,
+        "provider": row.provider, "person_ref": person_ref(row.owner, row.person_key),
+        "task_code": row.task_code, "legal_basis": row.legal_basis,
+        "whitelist_entry": row.whitelist_entry, "info_type_code": row.info_type_code,
+        "permitted": row.permitted, "outcome": row.outcome, "person_rule": row.person_rule,
+        "overridden": bool(row.overridden), "decision_id": row.decision_id,
+        "query_id": row.query_id, "query_group_id": row.query_group_id,
+        "sealed_until": iso_utc(row.sealed_until), "sealed_reason": row.sealed_reason,
+        "detail": _json_detail(row.detail),
     }
 
 
-# --- verification ---------------------------------------------------------------------------
+def operation_record(row: OperationEntry) -> dict[str, Any]:
+    return {
+        "entry_id": row.entry_id, "recorded_at": iso_utc(row.recorded_at), "actor": row.actor,
+        "channel": row.channel, "action": row.action, "target": row.target,
+        "outcome": row.outcome, "client": row.client, "detail": _json_detail(row.detail),
+    }
+
+
+def _json_detail(text: str) -> dict[str, Any]:
+    import json
+
+    return json.loads(text)
+
+
+def _access_row(entry: EntryIn, now: datetime) -> HistoryEntry:
+    row = HistoryEntry(
+        entry_id=_new_id(), recorded_at=now, kind=str(entry.kind), channel=str(entry.channel),
+        owner=entry.owner, asked_at=entry.asked_at, provided_at=entry.provided_at,
+        requester=entry.requester, staff=entry.staff, provider=entry.provider,
+        person_key=entry.person_key, task_code=entry.task_code, legal_basis=entry.legal_basis,
+        whitelist_entry=entry.whitelist_entry, info_type_code=entry.info_type_code,
+        permitted=entry.permitted, outcome=entry.outcome, person_rule=entry.person_rule,
+        overridden=entry.overridden, decision_id=entry.decision_id, query_id=entry.query_id,
+        query_group_id=entry.query_group_id, sealed_until=entry.sealed_until,
+        sealed_reason=entry.sealed_reason, detail=canonical_json(entry.detail).decode(),
+        salt=os.urandom(32),
+    )
+    row.leaf_data = commitment(ACCESS_LOG, row.salt, access_record(row))
+    return row
+
+
+def append(*, db_session: Session, entry: EntryIn) -> HistoryEntry:
+    """Record one entry and queue it for the tree; flushes, the caller commits."""
+    return append_many(db_session=db_session, entries=[entry])[0]
+
+
+def append_many(*, db_session: Session, entries: Sequence[EntryIn]) -> list[HistoryEntry]:
+    """Record entries (one query's decisions) and queue them; no lock is shared with other
+    appends. Raises LogWriteFailed if the database refuses them."""
+    now = utcnow()
+    rows = [_access_row(entry, now) for entry in entries]
+    try:
+        db_session.add_all(rows)
+        db_session.flush()
+        ledger.enqueue_many(db_session=db_session, log=ACCESS_LOG,
+                            rows=[(row.id, row.leaf_data) for row in rows])
+    except SQLAlchemyError as exc:
+        raise LogWriteFailed("the access history could not be written") from exc
+    return rows
+
+
+def record_operation(*, db_session: Session, operation: OperationIn) -> OperationEntry:
+    """Record an administrative change or authentication event; flushes, the caller commits."""
+    row = OperationEntry(
+        entry_id=_new_id(), recorded_at=utcnow(), actor=operation.actor,
+        channel=operation.channel, action=operation.action, target=operation.target,
+        outcome=operation.outcome, client=operation.client,
+        detail=canonical_json(operation.detail).decode(), salt=os.urandom(32),
+    )
+    row.leaf_data = commitment(OPERATIONS_LOG, row.salt, operation_record(row))
+    try:
+        db_session.add(row)
+        db_session.flush()
+        ledger.enqueue(db_session=db_session, log=OPERATIONS_LOG, entry_ref=row.id,
+                       leaf_data=row.leaf_data)
+        db_session.flush()
+    except SQLAlchemyError as exc:
+        raise LogWriteFailed("the operations log could not be written") from exc
+    return row
+
+
+# --- signing --------------------------------------------------------------------------------
+
+def log_origin(scope: str, log: str) -> str:
+    """The checkpoint origin of one of the hub's logs, e.g. `renkei.example.jp/history/access`."""
+    return f"{scope}/history/{log}"
+
+
+def log_signer(*, keys: KeyStore, scope: str, log: str) -> ledger.LogSigner:
+    """The signer of a log's checkpoints: the newest `history-note` seed as an Ed25519 key."""
+    versions = keys.secret_versions(NOTE_SECRET)
+    if not versions:
+        raise LogWriteFailed(f"no {NOTE_SECRET} key: run `renkei init`")
+    seed = keys.load_secret(NOTE_SECRET, versions[-1])
+    origin = log_origin(scope, log)
+    return ledger.LogSigner(origin, Ed25519PrivateKey.from_private_bytes(seed[:32]), origin)
+
+
+def integrate_all(*, session_scope, keys: KeyStore, scope: str) -> int:
+    """Integrate everything queued in every log now (tests, the CLI before an export)."""
+    integrator = ledger.Integrator(session_scope, lambda log: log_signer(keys=keys, scope=scope, log=log))
+    return integrator.run_once()
+
+
+# --- one person's timeline ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a page of a timeline ended: the last entry's time and id (keyset pagination)."""
+
+    recorded_at: datetime
+    id: int
+
+    def encode(self) -> str:
+        text = f"{self.recorded_at.isoformat(timespec='microseconds')}|{self.id}"
+        return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, token: str) -> Cursor:
+        try:
+            text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+            when, _, ident = text.partition("|")
+            return cls(datetime.fromisoformat(when), int(ident))
+        except (ValueError, UnicodeDecodeError):
+            raise ValueError("not a history cursor") from None
 
 
 @dataclass(frozen=True)
-class VerificationReport:
-    """What `verify_export` found: ok, or the first bad row and why."""
-
-    ok: bool
-    rows: int  # rows read (up to and including the first bad one)
-    heads: Mapping[str, tuple[int, str]] = field(default_factory=dict)  # owner -> seq, hash
-    checkpoint_verified: bool = False
-    owner: str | None = None
-    first_bad_seq: int | None = None
-    problem: str | None = None
-
-    def raise_if_invalid(self) -> None:
-        if not self.ok:
-            raise ExportInvalid(self)
+class TimelineFilter:
+    start: datetime | None = None
+    end: datetime | None = None
+    agency: str | None = None  # as requester or provider
+    task_code: str | None = None
+    info_type_code: str | None = None
+    outcome: str | None = None
 
 
 @dataclass(frozen=True)
-class _Failure:
-    owner: str | None
-    seq: int | None
-    problem: str
+class TimelineEntry:
+    """An entry as its person sees it; a sealed one shows only that it exists until its date."""
+
+    entry: HistoryEntry
+    sealed: bool
 
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+@dataclass(frozen=True)
+class Page:
+    entries: list[TimelineEntry]
+    next_cursor: str | None
 
 
-def verify_export(
-    lines: Iterable[Mapping[str, Any]],
-    *,
-    checkpoint: Mapping[str, Any] | None = None,
-    public_keys: Iterable[rsa.RSAPublicKey] = (),
-    coverage: Coverage = Coverage.FULL,
-) -> VerificationReport:
-    """Recompute every entry hash and chain link, and the checkpoint's root and signature.
+def _filters(f: TimelineFilter) -> list[Any]:
+    conditions = []
+    if f.start is not None:
+        conditions.append(HistoryEntry.recorded_at >= f.start)
+    if f.end is not None:
+        conditions.append(HistoryEntry.recorded_at < f.end)
+    if f.agency is not None:
+        conditions.append(or_(HistoryEntry.requester == f.agency, HistoryEntry.provider == f.agency))
+    if f.task_code is not None:
+        conditions.append(HistoryEntry.task_code == f.task_code)
+    if f.info_type_code is not None:
+        conditions.append(HistoryEntry.info_type_code == f.info_type_code)
+    if f.outcome is not None:
+        conditions.append(HistoryEntry.outcome == f.outcome)
+    return conditions
 
-    Detects a changed, removed, inserted or reordered row and names the first bad seq. A
-    checkpoint needs its owner's rows 1..tree_size, so it fits only FULL exports.
+
+def timeline(*, db_session: Session, person_key: str, limit: int = 50, cursor: str | None = None,
+             filters: TimelineFilter = TimelineFilter(), now: datetime | None = None) -> Page:
+    """One page of a person's entries across the hub and every agency, newest first.
+
+    Keyset-paginated on (recorded_at, id): entries that arrive while the person pages never
+    shift a page, and a page costs one index range scan however long the history.
     """
-    verifier = _Verifier(Coverage(coverage))
-    if checkpoint is not None and (
-        failure := verifier.expect_checkpoint(checkpoint, list(public_keys))
-    ):
-        return verifier.report(failure)
-    for line in lines:
-        if failure := verifier.feed(line):
-            return verifier.report(failure)
-    return verifier.report(verifier.finish())
+    if not 1 <= limit <= PAGE_MAX:
+        raise ValueError(f"limit must be 1..{PAGE_MAX}")
+    stmt = select(HistoryEntry).where(HistoryEntry.person_key == person_key, *_filters(filters))
+    if cursor is not None:
+        c = Cursor.decode(cursor)
+        stmt = stmt.where(or_(HistoryEntry.recorded_at < c.recorded_at,
+                              and_(HistoryEntry.recorded_at == c.recorded_at, HistoryEntry.id < c.id)))
+    rows = list(db_session.scalars(
+        stmt.order_by(HistoryEntry.recorded_at.desc(), HistoryEntry.id.desc()).limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    now = now or utcnow()
+    entries = [TimelineEntry(r, r.sealed_until is not None and r.sealed_until > now) for r in rows]
+    next_cursor = Cursor(rows[-1].recorded_at, rows[-1].id).encode() if more and rows else None
+    return Page(entries, next_cursor)
 
 
-class _Verifier:
-    """Walks export rows once, keeping per owner only the last seq and hash (streams any size)."""
-
-    def __init__(self, coverage: Coverage):
-        self.coverage = coverage
-        self.rows = 0
-        self.heads: dict[str, tuple[int, str]] = {}
-        self.checkpoint: Mapping[str, Any] | None = None
-        self.frontier = MerkleFrontier()
-
-    def report(self, failure: _Failure | None) -> VerificationReport:
-        return VerificationReport(
-            ok=failure is None,
-            rows=self.rows,
-            heads=dict(self.heads),
-            checkpoint_verified=failure is None and self.checkpoint is not None,
-            owner=failure.owner if failure else None,
-            first_bad_seq=failure.seq if failure else None,
-            problem=failure.problem if failure else None,
-        )
-
-    def expect_checkpoint(
-        self, cp: Mapping[str, Any], public_keys: list[rsa.RSAPublicKey]
-    ) -> _Failure | None:
-        owner = cp.get("owner") if isinstance(cp, Mapping) else None
-        if not _checkpoint_well_formed(cp):
-            return _Failure(owner if isinstance(owner, str) else None, None,
-                            "the checkpoint is malformed")
-        text = chain.checkpoint_text(owner=cp["owner"], seq=cp["seq"], root_hash=cp["root_hash"],
-                                     signed_at=cp["signed_at"])
-        if not chain.checkpoint_signature_valid(text, cp["signature"], public_keys=public_keys):
-            return _Failure(cp["owner"], None,
-                            "the checkpoint's signature does not verify with any trusted log key")
-        self.checkpoint = cp
-        return None
-
-    def feed(self, line: object) -> _Failure | None:
-        self.rows += 1
-        if not _row_well_formed(line):
-            owner, seq = _peek(line)
-            return _Failure(owner, seq, "the row is malformed (missing, extra or mistyped fields)")
-        assert isinstance(line, Mapping)
-        owner, seq = line["owner"], line["seq"]
-        if chain.entry_hash(line) != line["entry_hash"]:
-            return _Failure(owner, seq, "entry_hash does not match the row's fields: it was changed")
-        failure = self._link(line) or self._cover(line)
-        self.heads[owner] = (seq, line["entry_hash"])
-        return failure
-
-    def _link(self, line: Mapping[str, Any]) -> _Failure | None:
-        owner, seq, prev_hash = line["owner"], line["seq"], line["prev_hash"]
-        last = self.heads.get(owner)
-        if last is not None and seq <= last[0]:
-            return _Failure(owner, seq, f"seq {seq} follows seq {last[0]}: rows were reordered, "
-                                        "duplicated or inserted")
-        if seq == 1:
-            if prev_hash != GENESIS_HASH:
-                return _Failure(owner, seq, "seq 1 does not start from the genesis hash")
-        elif last is not None and seq == last[0] + 1:
-            if prev_hash != last[1]:
-                return _Failure(owner, seq, f"prev_hash of seq {seq} is not the entry_hash of seq "
-                                            f"{seq - 1}: a row was changed, inserted or removed")
-        elif self.coverage is not Coverage.SELECTION:
-            expected = last[0] + 1 if last is not None else 1
-            if seq > expected and (last is not None or self.coverage is Coverage.FULL):
-                return _Failure(owner, expected, f"seq {expected} is missing: rows were removed")
-        return None
-
-    def _cover(self, line: Mapping[str, Any]) -> _Failure | None:
-        cp = self.checkpoint
-        if cp is None or line["owner"] != cp["owner"] or line["seq"] > cp["tree_size"]:
-            return None
-        expected = self.frontier.size + 1
-        if line["seq"] != expected:
-            return _Failure(cp["owner"], expected,
-                            f"seq {expected} is missing: the checkpoint covers 1..{cp['tree_size']}")
-        self.frontier.add(bytes.fromhex(line["entry_hash"]))
-        return None
-
-    def finish(self) -> _Failure | None:
-        cp = self.checkpoint
-        if cp is None:
-            return None
-        if self.frontier.size < cp["tree_size"]:
-            missing = self.frontier.size + 1
-            return _Failure(cp["owner"], missing, f"the export stops before seq {missing}, but "
-                            f"the checkpoint covers 1..{cp['tree_size']}: rows were removed")
-        if self.frontier.root().hex() != cp["root_hash"]:
-            return _Failure(cp["owner"], None, f"the Merkle root over seq 1..{cp['tree_size']} "
-                                               "differs from the checkpoint's: the log was rewritten")
-        return None
+def entries_for_decision(*, db_session: Session, decision_id: str) -> list[HistoryEntry]:
+    """Every entry of one decision (the hub's and the provider's report), in order."""
+    return list(db_session.scalars(select(HistoryEntry).where(HistoryEntry.decision_id == decision_id)
+                                   .order_by(HistoryEntry.id)))
 
 
-def _peek(line: object) -> tuple[str | None, int | None]:
-    if not isinstance(line, Mapping):
-        return None, None
-    owner, seq = line.get("owner"), line.get("seq")
-    return (owner if isinstance(owner, str) else None,
-            seq if isinstance(seq, int) and not isinstance(seq, bool) else None)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _row_well_formed(line: object) -> bool:
-    if not isinstance(line, Mapping) or set(line) != set(EXPORT_FIELDS):
-        return False
-    texts = ("owner", "recorded_at", "kind", "decision_id", "requester", "provider", "person_ref",
-             "task_code", "info_type_code", "reason")
-    return (
-        all(isinstance(line[name], str) for name in texts)
-        and _is_int(line["seq"])
-        and line["seq"] >= 1
-        and (line["staff"] is None or isinstance(line["staff"], str))
-        and (line["permitted"] is None or isinstance(line["permitted"], bool))
-        and isinstance(line["detail"], Mapping)
-        and all(isinstance(line[h], str) and _HEX64.fullmatch(line[h])
-                for h in ("prev_hash", "entry_hash"))
-    )
-
-
-def _checkpoint_well_formed(cp: object) -> bool:
-    return (
-        isinstance(cp, Mapping)
-        and all(isinstance(cp.get(k), str) for k in ("owner", "root_hash", "signed_at", "signature"))
-        and _is_int(cp.get("seq"))
-        and _is_int(cp.get("tree_size"))
-        and cp["seq"] == cp["tree_size"] >= 0
-        and bool(_HEX64.fullmatch(cp["root_hash"]))
-    )
+def leaf_index_of(*, db_session: Session, log: str, entry_ref: int) -> int | None:
+    """The leaf index an entry was given, once integrated."""
+    return db_session.scalar(select(LogLeaf.leaf_index).where(LogLeaf.log == log, LogLeaf.entry_ref == entry_ref))

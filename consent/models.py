@@ -306,6 +306,7 @@ class Decision:
     policy_version: int | None
     overridden: bool = False  # the person said no and the law overrode it
     rule_id: int | None = None  # the person's rule that decided, if any
+    legal_basis: str | None = None  # the law the whitelist entry cites
 
 
 def naive_utc(value: datetime) -> datetime:

@@ -536,6 +536,7 @@ def _weigh(entry: WhitelistEntry, policy_version: int | None, rules: list[Policy
             policy_version=policy_version,
             overridden=reason is DecisionReason.LAW_OVERRIDES_CONSENT,
             rule_id=rule.id if rule else None,
+            legal_basis=entry.legal_basis[:512] if entry.legal_basis else None,
         )
 
     if deny and override:

@@ -17,7 +17,7 @@ from lxml import etree
 from sqlalchemy.orm import Session
 
 from access_history import service as history
-from access_history.models import LogEntryIn
+from access_history.models import Channel, EntryIn, EntryKind
 from consent import service as consent
 from discovery import service as location
 from discovery import tokens
@@ -38,7 +38,6 @@ from kernel.xml import (
 from pseudonym import bootstrap
 from pseudonym import service as pseudonyms
 
-HUB_LOG = "hub"
 NO_ENCRYPTION_KEY = "PROVIDER_HAS_NO_ENCRYPTION_KEY"
 
 
@@ -129,7 +128,7 @@ def discover(
         db_session=db_session, keys=keys, person_key=subject.person_key,
         agencies=[d.provider for d in decisions if d.permitted], scope=settings.scope,
     )
-    _log(db_session, requester, subject, decisions, task)
+    _log(db_session, requester, subject, decisions, task, channel=Channel.DISCOVERY, asked_at=now)
     db_session.commit()  # log before disclose: the decisions are durable before any token exists
     for d in decisions:
         if d.permitted:
@@ -238,20 +237,27 @@ def _decide_offering(db_session: Session, requester: RegisteredAgency, subject: 
 
 
 def _log(db_session: Session, requester: RegisteredAgency, subject: Subject,
-         decisions: list[OfferingDecision], task: str) -> None:
-    """One hub-log entry per information type decided, each with its own reason and entry."""
+         decisions: list[OfferingDecision], task: str, *, channel: Channel, asked_at: datetime,
+         query_group_id: str | None = None) -> None:
+    """One history entry per information type decided, each with its own reason; the entries
+    of one query share its query ID."""
+    query_id = new_id()
     entries = []
     for d in decisions:
         for code, decided in d.per_info_type:
             # a permit that is not acted on (the provider cannot decrypt) is logged as refused
             permitted = decided.permitted and d.permitted
-            entries.append(LogEntryIn(
-                owner=HUB_LOG, kind="decision", decision_id=d.decision_id, requester=requester.entity_id,
-                provider=d.provider, person_key=subject.person_key, task_code=task, info_type_code=code,
-                reason=str(decided.reason) if permitted or not decided.permitted else d.reason,
-                permitted=permitted, staff=subject.staff,
-                detail={"service_type": d.service_type, "overridden": decided.overridden,
-                        "whitelist_entry": decided.whitelist_entry_id},
+            entries.append(EntryIn(
+                kind=EntryKind.DECISION, channel=channel, decision_id=d.decision_id,
+                requester=requester.entity_id, provider=d.provider, person_key=subject.person_key,
+                task_code=task, info_type_code=code,
+                outcome=str(decided.reason) if permitted or not decided.permitted else d.reason,
+                permitted=permitted, staff=subject.staff, overridden=decided.overridden,
+                whitelist_entry=None if decided.whitelist_entry_id is None else str(decided.whitelist_entry_id),
+                legal_basis=decided.legal_basis,
+                person_rule=None if decided.rule_id is None else str(decided.rule_id),
+                asked_at=asked_at, query_id=query_id, query_group_id=query_group_id,
+                detail={"service_type": d.service_type},
             ))
     history.append_many(db_session=db_session, entries=entries)
 
@@ -299,7 +305,7 @@ def map_name_id(
     if decision.permitted:
         p_target = pseudonyms.get_or_create(db_session=db_session, keys=keys, person_key=subject.person_key,
                                             agency=target, scope=settings.scope)
-    _log(db_session, requester, subject, [decision], task)
+    _log(db_session, requester, subject, [decision], task, channel=Channel.NAME_MAPPING, asked_at=now)
     db_session.commit()  # log before disclose
     if p_target is None:
         return decision, None

@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     max_message_bytes: int = 256 * 1024
     login_max_failures: int = 5
     login_lockout_seconds: int = 300
+    # how often each app process integrates queued history entries into the Merkle tree
+    history_integrate_seconds: float = 0.2
 
     @property
     def db_url(self) -> str:

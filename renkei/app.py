@@ -16,6 +16,33 @@ _pages = Pages(Path(__file__).resolve().parent / "templates")
 page, error_page = _pages.page, _pages.error_page
 
 
+def _history_integrator(settings: Settings):
+    """The app's lifespan: a background integrator sequences the history's queued entries into
+    the Merkle tree and signs checkpoints while the app serves (ledger.Integrator)."""
+    from contextlib import asynccontextmanager
+
+    from access_history import ledger
+    from access_history.service import log_signer
+    from kernel.db import session_scope
+    from kernel.keys import keystore
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        keys = keystore()
+        integrator = ledger.Integrator(
+            lambda: session_scope(settings.db_url),
+            lambda log: log_signer(keys=keys, scope=settings.scope, log=log),
+            interval=settings.history_integrate_seconds,
+        )
+        integrator.start()
+        try:
+            yield
+        finally:
+            integrator.stop()
+
+    return lifespan
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the hub. Refuses an unmigrated database unless the settings say to upgrade it."""
     settings = settings or get_settings()
@@ -24,17 +51,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     else:
         check_migrated(settings.db_url)
 
+    from access_history.api import router as history_api
     from discovery.api import router as discovery_api
     from discovery.soap import router as discovery_soap
     from idp.views import router as idp_router
     from renkei.operator_api import router as operator_api
 
     app = FastAPI(title="Renkei", version=__version__, docs_url="/api/docs", redoc_url=None,
-                  openapi_url="/api/openapi.json")
+                  openapi_url="/api/openapi.json", lifespan=_history_integrator(settings))
     app.include_router(idp_router)
     app.include_router(discovery_api)
     app.include_router(operator_api)
     app.include_router(discovery_soap)
+    app.include_router(history_api)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def home() -> HTMLResponse:

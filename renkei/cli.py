@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from kernel.settings import get_settings, reset_settings
+from renkei.audit_cli import audit
 
 
 class RenkeiError(click.ClickException):
@@ -517,6 +518,8 @@ def demo(config_file: Path | None, no_serve: bool, run_scenarios: bool) -> None:
     reset_settings()
     demo_mod.run(config_file=config_file, serve=not no_serve, run_scenarios=run_scenarios)
 
+
+main.add_command(audit)
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,7 @@
 """The hub's own keys and secrets: which exist, created only by `renkei init` and `renkei demo`."""
 from __future__ import annotations
 
+from access_history.service import NOTE_SECRET
 from kernel.keys import keystore
 from pseudonym.bootstrap import BOOTSTRAP_SECRET
 from pseudonym.service import MASTER_ID_SECRET, PAIRWISE_SECRET
@@ -9,7 +10,7 @@ from pseudonym.service import MASTER_ID_SECRET, PAIRWISE_SECRET
 def ensure_hub_keys() -> None:
     """Create whatever hub key or secret does not exist yet (never replaces one)."""
     keys = keystore()
-    for role in ("idp", "consent", "log"):
+    for role in ("idp", "consent"):
         keys.ensure_signing_key(role)
-    for secret in (PAIRWISE_SECRET, MASTER_ID_SECRET, BOOTSTRAP_SECRET):
+    for secret in (PAIRWISE_SECRET, MASTER_ID_SECRET, BOOTSTRAP_SECRET, NOTE_SECRET):
         keys.ensure_secret(secret)

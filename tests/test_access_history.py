@@ -1,30 +1,25 @@
-"""Access history: one hash chain per owner, signed RFC 9162 tree heads, auditor export whose
-verification catches any changed, removed, inserted or reordered row; concurrent appends."""
+"""Access history as a transparency log: durable parallel appends, batched integration into an
+RFC 9162 tree, C2SP checkpoints and proofs, one timeline per person, and an auditor's export
+whose offline verification names any altered, missing, reordered, extra or rewritten entry."""
 from __future__ import annotations
 
 import base64
-import copy
-import hashlib
-import itertools
 import json
-import re
+import secrets
 import threading
-import time
-import uuid
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, timedelta, timezone
+from contextlib import contextmanager
+from datetime import timedelta
 
 import pytest
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from access_history import service as ah
-from access_history.errors import ExportInvalid, InvalidLogEntry, LogWriteFailed
-from access_history.models import HUB_OWNER, EntryKind, LogEntry, LogEntryIn, LogHead
+from access_history import audit, ledger, service, tlog
+from access_history.errors import InvalidLogEntry
+from access_history.models import Channel, EntryIn, EntryKind, HistoryEntry, LogLeaf, OperationIn
+from access_history.record import commitment
 from kernel.db import make_engine, upgrade, utcnow
 from kernel.keys import KeyStore
 from tests.conftest import fresh_database_url
@@ -32,464 +27,333 @@ from tests.conftest import fresh_database_url
 CITY_A = "http://127.0.0.1:8101/metadata"  # 転出元
 CITY_B = "http://127.0.0.1:8102/metadata"  # 転入先
 INSURER = "http://127.0.0.1:8103/metadata"
-GENESIS = "0" * 64
-ISO_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+SCOPE = "renkei.test"
 
 
-# --- fixtures and helpers -------------------------------------------------------------------
+class Log:
+    """A fresh database with the history's schema (from the migrations) and its keys."""
 
+    def __init__(self, tmp, name: str, keys: KeyStore):
+        self.url = fresh_database_url(tmp, name)
+        upgrade(self.url)
+        self.engine = make_engine(self.url)
+        self.keys = keys
 
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("access_history")
-    url = fresh_database_url(tmp, "access_history")
-    upgrade(url)  # the schema comes from the migration, not from create_all
-    engine = make_engine(url)
-    yield engine
-    engine.dispose()
+    @contextmanager
+    def session(self):
+        with Session(self.engine, expire_on_commit=False) as db:
+            yield db
+            db.commit()
 
+    def append(self, entries: list[EntryIn]) -> list[HistoryEntry]:
+        with self.session() as db:
+            return service.append_many(db_session=db, entries=entries)
 
-@pytest.fixture()
-def db(engine) -> Iterator[Session]:
-    with Session(engine) as session:
-        yield session
+    def integrate(self) -> int:
+        return service.integrate_all(session_scope=self.session, keys=self.keys, scope=SCOPE)
+
+    def signer(self, log: str = "access") -> ledger.LogSigner:
+        return service.log_signer(keys=self.keys, scope=SCOPE, log=log)
+
+    def export(self, filters: audit.ExportFilter | None = None, since_size: int | None = None,
+               log: str = "access") -> list[str]:
+        filters = filters or audit.ExportFilter()
+        self.integrate()
+        with self.session() as db:
+            return [json.dumps(line, ensure_ascii=False) for line in audit.export(
+                db_session=db, log=log, verifier_key=self.signer(log).verifier_key, filters=filters,
+                since_size=since_size)]
+
+    def verify(self, lines: list[str], saved: str | None = None) -> audit.Report:
+        return audit.verify(lines, verifier_key=self.signer().verifier_key, saved_checkpoint=saved)
+
+    def checkpoint(self, log: str = "access") -> str:
+        self.integrate()
+        with self.session() as db:
+            return ledger.latest_checkpoint(db_session=db, log=log).note
 
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory) -> KeyStore:
-    return KeyStore(tmp_path_factory.mktemp("keys"))
+    keys = KeyStore(tmp_path_factory.mktemp("keys"))
+    keys.create_secret(service.NOTE_SECRET)
+    return keys
 
 
-def new_owner() -> str:
-    """A fresh agency entity ID, so tests sharing the database never share a chain."""
-    return f"https://{uuid.uuid4().hex[:12]}.example.jp/sp"
+@pytest.fixture()
+def log(tmp_path, keys) -> Log:
+    return Log(tmp_path, f"history_{secrets.token_hex(3)}", keys)
 
 
-def entry(owner: str, person_key: str = "person-7f3a", **changes) -> LogEntryIn:
-    values = {
-        "owner": owner,
-        "kind": EntryKind.DECISION,
-        "decision_id": uuid.uuid4().hex,
-        "requester": CITY_B,
-        "provider": CITY_A,
-        "person_key": person_key,
-        "task_code": "JUKI-TENNYU",
-        "info_type_code": "JUMINHYO",
-        "reason": "PERMITTED_BY_CONSENT",
-        "permitted": True,
-        "staff": "staff-0042",
-        "detail": {"policy_version": 3, "note": "転入届"},
-    }
-    values.update(changes)
-    return LogEntryIn(**values)
+def decision(person: str = "person-1", *, requester: str = CITY_B, provider: str = CITY_A,
+             outcome: str = "PERMITTED_BY_CONSENT", permitted: bool = True, **more) -> EntryIn:
+    return EntryIn(kind=EntryKind.DECISION, channel=Channel.DISCOVERY, requester=requester,
+                   provider=provider, person_key=person, task_code="JUKI", info_type_code="RESIDENT",
+                   outcome=outcome, permitted=permitted, decision_id=secrets.token_hex(8), **more)
 
 
-def log(db: Session, owner: str, count: int, **changes) -> list[LogEntry]:
-    rows = [ah.append(db_session=db, entry=entry(owner, **changes)) for _ in range(count)]
-    db.commit()
-    return rows
+# --- appending and integrating --------------------------------------------------------------
 
-
-def independent_entry_hash(line: dict) -> str:
-    """RFC 9162 leaf hash of the row without its own entry_hash, written out by hand."""
-    payload = {k: v for k, v in line.items() if k != "entry_hash"}
-    data = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(b"\x00" + data.encode("utf-8")).hexdigest()
-
-
-def reference_mth(leaves: list[bytes]) -> bytes:
-    """RFC 9162 §2.1.1 read literally: split at the largest power of two smaller than n."""
-    n = len(leaves)
-    if n == 0:
-        return hashlib.sha256(b"").digest()
-    if n == 1:
-        return leaves[0]
-    k = 1
-    while k * 2 < n:
-        k *= 2
-    return hashlib.sha256(b"\x01" + reference_mth(leaves[:k]) + reference_mth(leaves[k:])).digest()
-
-
-def rehash(line: dict) -> dict:
-    line["entry_hash"] = independent_entry_hash(line)
-    return line
-
-
-# --- the Merkle tree hash -------------------------------------------------------------------
-
-# Certificate Transparency's reference test data (merkle_tree_test.cc): the leaf inputs and the
-# root of the tree over the first 1..8 of them.
-CT_LEAVES = ["", "00", "10", "2021", "3031", "40414243", "5051525354555657",
-             "606162636465666768696a6b6c6d6e6f"]
-CT_ROOTS = [
-    "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
-    "fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125",
-    "aeb6bcfe274b70a14fb067a5e5578264db0fa9b51af5e0ba159158f329e06e77",
-    "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
-    "4e3bbb1f7b478dcfe71fb631631519a3bca12c9aefca1612bfce4c13a86264d4",
-    "76e67dadbcdf1e10e1b74ddc608abd2f98dfb16fbce75277b5232a127f2087ef",
-    "ddb89be403809e325750d3d263cd78929c2942b7942a34b77e122c9594a74c8c",
-    "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328",
-]
-
-
-@pytest.mark.parametrize("size", range(1, 9))
-def test_merkle_root_matches_certificate_transparency_vectors(size):
-    leaves = [hashlib.sha256(b"\x00" + bytes.fromhex(d)).digest() for d in CT_LEAVES[:size]]
-    assert ah.merkle_root(leaves).hex() == CT_ROOTS[size - 1]
-    assert reference_mth(leaves).hex() == CT_ROOTS[size - 1]
-
-
-def test_merkle_root_matches_the_rfc_definition_for_every_size():
-    leaves = [hashlib.sha256(b"\x00" + i.to_bytes(4, "big")).digest() for i in range(70)]
-    for n in range(71):
-        assert ah.merkle_root(leaves[:n]) == reference_mth(leaves[:n]), n
-    assert ah.merkle_root([]) == hashlib.sha256(b"").digest()
-
-
-# --- appending ------------------------------------------------------------------------------
-
-
-def test_each_owner_grows_its_own_chain(db):
-    a, b = new_owner(), new_owner()
-    for owner in (a, b, a, a, HUB_OWNER, b, a):
-        ah.append(db_session=db, entry=entry(owner))
-    db.commit()
-    for owner, count in ((a, 4), (b, 2)):
-        rows = ah.entries_for_owner(db_session=db, owner=owner)
-        assert [r.seq for r in rows] == list(range(1, count + 1))
-        assert rows[0].prev_hash == GENESIS
-        assert all(r.prev_hash == p.entry_hash for p, r in itertools.pairwise(rows))
-        head = db.get(LogHead, owner)
-        assert (head.seq, head.head_hash) == (count, rows[-1].entry_hash)
-    # the hub's own log is an owner like any other
-    hub_rows = ah.entries_for_owner(db_session=db, owner=HUB_OWNER)
-    assert hub_rows[-1].seq == db.get(LogHead, HUB_OWNER).seq
-    assert [r.seq for r in ah.entries_for_owner(db_session=db, owner=a, since_seq=1,
-                                                 until_seq=3)] == [2, 3]
-
-
-def test_entry_hashes_recompute_from_the_exported_fields(db):
-    owner = new_owner()
-    log(db, owner, 3, person_key="person-secret-key")
-    log(db, owner, 1, kind="disclosure", permitted=None, reason="DISCLOSED", staff=None)
-    lines = list(ah.export(db_session=db, owner=owner))
-    assert [line["seq"] for line in lines] == [1, 2, 3, 4]
-    for line in lines:
-        assert line["entry_hash"] == independent_entry_hash(line)
-        assert ISO_Z.fullmatch(line["recorded_at"])
-        assert "person_key" not in line and "person-secret-key" not in json.dumps(line)
-    assert lines[-1]["permitted"] is None and lines[-1]["kind"] == "disclosure"
-    # the same person is a different reference in another owner's export (unlinkable)
-    other = new_owner()
-    log(db, other, 1, person_key="person-secret-key")
-    assert next(ah.export(db_session=db, owner=other))["person_ref"] != lines[0]["person_ref"]
-    assert ah.verify_export(lines).ok
-
-
-def test_a_rolled_back_append_leaves_no_trace(db):
-    owner = new_owner()
-    log(db, owner, 2)
-    ah.append(db_session=db, entry=entry(owner))
-    db.rollback()
-    assert db.get(LogHead, owner).seq == 2
-    assert log(db, owner, 1)[0].seq == 3
-    assert ah.verify_export(ah.export(db_session=db, owner=owner)).ok
-
-
-def test_a_session_holding_an_old_head_still_appends_after_the_newest(engine):
-    owner = new_owner()
-    with (Session(engine, expire_on_commit=False) as first,
-          Session(engine, expire_on_commit=False) as second):
-        log(first, owner, 1)
-        held = first.get(LogHead, owner)  # kept in first's identity map across commits
-        log(second, owner, 1)
-        assert log(first, owner, 1)[0].seq == 3 and held.seq == 3
-        assert ah.verify_export(ah.export(db_session=first, owner=owner)).ok
-
-
-def test_a_failed_write_raises_log_write_failed(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'no_tables.sqlite3'}")  # never migrated
-    with Session(engine) as session, pytest.raises(LogWriteFailed):
-        ah.append(db_session=session, entry=entry(new_owner()))
-    engine.dispose()
-
-
-@pytest.mark.parametrize("changes", [
-    {"kind": "lookup"},
-    {"kind": "decision", "permitted": None},
-    {"kind": "relay", "permitted": None},
-    {"owner": "city a"},
-    {"owner": ""},
-    {"person_key": ""},
-    {"task_code": "X" * 65},
-    {"permitted": "yes"},
-    {"detail": {"blob": "x" * 5000}},
-    {"detail": {1: "not a text key"}},
-    {"detail": {"nan": float("nan")}},
-])
-def test_malformed_entries_are_refused(changes):
+def test_entries_are_refused_when_malformed():
     with pytest.raises(InvalidLogEntry):
-        entry(**{"owner": new_owner(), **changes})
+        decision(person="x\x00y")
+    with pytest.raises(InvalidLogEntry):
+        decision(requester="r" * 2000)
+    with pytest.raises(InvalidLogEntry):
+        EntryIn(kind="decision", channel="carrier-pigeon", requester=CITY_B, provider=CITY_A,
+                person_key="p", task_code="T", info_type_code="I", outcome="O", permitted=True,
+                decision_id="d")
+    with pytest.raises(InvalidLogEntry):
+        decision(sealed_until=utcnow())  # a seal names its reason too
 
 
-def test_entries_cannot_be_changed_or_deleted_in_the_database(db):
-    owner = new_owner()
-    log(db, owner, 1)
-    for statement in ("UPDATE access_log_entries SET reason = 'X' WHERE owner = :o",
-                      "DELETE FROM access_log_entries WHERE owner = :o"):
-        with pytest.raises(DBAPIError, match="append-only"):
-            db.execute(text(statement), {"o": owner})
-        db.rollback()
-    assert len(ah.entries_for_owner(db_session=db, owner=owner)) == 1
+def test_integration_builds_the_rfc9162_tree_and_signs_a_c2sp_checkpoint(log):
+    rows = log.append([decision(f"p{i}") for i in range(11)])
+    assert log.integrate() == 11
+    with log.session() as db:
+        leaves = db.execute(select(LogLeaf.leaf_index, LogLeaf.entry_ref, LogLeaf.leaf_hash)
+                            .where(LogLeaf.log == "access").order_by(LogLeaf.leaf_index)).all()
+        latest = ledger.latest_checkpoint(db_session=db, log="access")
+    assert [i for i, _, _ in leaves] == list(range(11))
+    data = {row.id: row.leaf_data for row in rows}
+    expected_root = tlog.root_of([tlog.leaf_hash(data[ref]) for _, ref, _ in leaves])
+    verifier = tlog.parse_verifier_key(log.signer().verifier_key)
+    checkpoint = tlog.open_checkpoint(latest.note, verifier, f"{SCOPE}/history/access")
+    assert (checkpoint.size, checkpoint.root) == (11, expected_root)
+    assert log.integrate() == 0  # nothing queued, nothing signed again
 
 
-# --- checkpoints ----------------------------------------------------------------------------
+def test_proofs_from_the_database_verify(log):
+    log.append([decision(f"p{i}") for i in range(13)])
+    log.integrate()
+    log.append([decision(f"q{i}") for i in range(6)])
+    log.integrate()
+    with log.session() as db:
+        first = ledger.checkpoint_at(db_session=db, log="access", size=13)
+        second = ledger.checkpoint_at(db_session=db, log="access", size=19)
+        leaves = db.execute(select(LogLeaf.leaf_hash).where(LogLeaf.log == "access")
+                            .order_by(LogLeaf.leaf_index)).scalars().all()
+        for index in (0, 7, 12):
+            proof = ledger.inclusion_proof(db_session=db, log="access", index=index, size=13)
+            tlog.verify_inclusion(leaves[index], index, 13, proof, first.root_hash)
+        proof = ledger.consistency_proof(db_session=db, log="access", old_size=13, new_size=19)
+    tlog.verify_consistency(13, 19, proof, first.root_hash, second.root_hash)
 
 
-def test_checkpoint_signature_verifies_and_root_recomputes(db, keys):
-    owner = new_owner()
-    rows = log(db, owner, 11)
-    cp = ah.checkpoint(db_session=db, owner=owner, keys=keys)
-    db.commit()
-    assert (cp.owner, cp.seq, cp.tree_size) == (owner, 11, 11)
-    leaves = [bytes.fromhex(r.entry_hash) for r in rows]
-    assert cp.root_hash == reference_mth(leaves).hex()
-    published = cp.as_dict()
-    signed = (f"renkei-access-log-checkpoint/v1\n{owner}\n11\n{cp.root_hash}\n"
-              f"{published['signed_at']}").encode()
-    public_key = keys.ensure_signing_key("log").public_key
-    public_key.verify(base64.b64decode(published["signature"]), signed, padding.PKCS1v15(),
-                      hashes.SHA256())  # raises InvalidSignature if it does not verify
-    assert published["key_version"] == keys.ensure_signing_key("log").version
-    # an unchanged log keeps its tree head; a grown one gets a new one
-    assert ah.checkpoint(db_session=db, owner=owner, keys=keys).id == cp.id
-    log(db, owner, 1)
-    newer = ah.checkpoint(db_session=db, owner=owner, keys=keys)
-    db.commit()
-    assert newer.tree_size == 12 and newer.root_hash != cp.root_hash
-    assert ah.latest_checkpoint(db_session=db, owner=owner).id == newer.id
-    report = ah.verify_export(ah.export(db_session=db, owner=owner), checkpoint=newer.as_dict(),
-                              public_keys=ah.log_public_keys(keys))
-    assert report.ok and report.checkpoint_verified
+def test_parallel_appends_are_integrated_exactly_once(log):
+    """Appends share no lock: 8 threads append at once, integrators run meanwhile, and every
+    entry ends in exactly one leaf."""
+    barrier = threading.Barrier(9)
+    errors: list[BaseException] = []
+
+    def appender(n: int) -> None:
+        barrier.wait(timeout=30)
+        try:
+            for i in range(15):
+                log.append([decision(f"t{n}-{i}")])
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=appender, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    barrier.wait(timeout=30)
+    while any(t.is_alive() for t in threads):
+        log.integrate()
+    for t in threads:
+        t.join()
+    log.integrate()
+    assert not errors
+    with log.session() as db:
+        refs = db.scalars(select(LogLeaf.entry_ref).where(LogLeaf.log == "access")).all()
+        entries = db.scalars(select(HistoryEntry.id)).all()
+    assert sorted(refs) == sorted(entries) and len(refs) == 120
+    assert log.verify(log.export()).ok
 
 
-def test_checkpoint_of_an_empty_log(db, keys):
-    owner = new_owner()
-    cp = ah.checkpoint(db_session=db, owner=owner, keys=keys)
-    db.commit()
-    assert cp.tree_size == 0 and cp.root_hash == hashlib.sha256(b"").hexdigest()
-    assert ah.verify_export([], checkpoint=cp.as_dict(),
-                            public_keys=ah.log_public_keys(keys)).ok
+def test_entries_and_tree_are_append_only_in_the_database(log):
+    log.append([decision()])
+    log.integrate()
+    for statement in ("UPDATE history_entries SET outcome = 'DENIED_BY_PERSON'",
+                      "DELETE FROM history_entries", "UPDATE tlog_leaves SET leaf_index = leaf_index + 1",
+                      "DELETE FROM tlog_checkpoints"):
+        with log.engine.connect() as conn, pytest.raises(DBAPIError):
+            conn.execute(text(statement))
 
 
-# --- auditor export: tampering is detected ---------------------------------------------------
+# --- export and verification ----------------------------------------------------------------
+
+@pytest.fixture()
+def exported(log):
+    log.append([decision(f"p{i}", outcome=o, permitted=o != "DENIED_BY_PERSON")
+                for i, o in enumerate(["PERMITTED_BY_CONSENT", "DENIED_BY_PERSON"] * 6)])
+    lines = log.export()
+    assert log.verify(lines).ok, log.verify(lines).summary()
+    return log, lines
 
 
-@pytest.fixture(scope="module")
-def audited(engine, keys):
-    """An owner's export of 8 rows, its checkpoint and the trusted keys."""
-    owner = new_owner()
-    with Session(engine) as db:
-        log(db, owner, 8)
-        cp = ah.checkpoint(db_session=db, owner=owner, keys=keys).as_dict()
-        db.commit()
-        lines = list(ah.export(db_session=db, owner=owner))
-    return lines, cp, ah.log_public_keys(keys)
+def _entry_positions(lines: list[str]) -> list[int]:
+    return [i for i, line in enumerate(lines) if json.loads(line)["type"] == "entry"]
 
 
-def verify(lines, audited, checkpoint=True, **kwargs):
-    _, cp, public_keys = audited
-    return ah.verify_export(lines, checkpoint=cp if checkpoint else None,
-                            public_keys=public_keys, **kwargs)
+def test_a_changed_byte_in_an_entry_is_named(exported):
+    log, lines = exported
+    at = _entry_positions(lines)[4]
+    lines[at] = lines[at].replace("DENIED_BY_PERSON", "PERMITTED_BY_LAW").replace(
+        "PERMITTED_BY_CONSENT", "PERMITTED_BY_LAw")
+    report = log.verify(lines)
+    assert not report.ok and report.index == 4 and "altered" in report.problem
 
 
-def test_an_untouched_export_verifies(audited):
-    lines = audited[0]
-    report = verify(copy.deepcopy(lines), audited)
-    assert report.ok and report.checkpoint_verified and report.rows == 8
-    assert report.heads[lines[0]["owner"]] == (8, lines[-1]["entry_hash"])
-    report.raise_if_invalid()
+def test_a_removed_entry_is_named(exported):
+    log, lines = exported
+    del lines[_entry_positions(lines)[5]]
+    report = log.verify(lines)
+    assert not report.ok and "leaf 5 was expected" in report.problem and "missing" in report.problem
 
 
-@pytest.mark.parametrize("field,value", [
-    ("permitted", False), ("reason", "PERMITTED_BY_LAW"), ("requester", INSURER),
-    ("staff", None), ("detail", {"policy_version": 4, "note": "転入届"}),
-    ("recorded_at", "2020-01-01T00:00:00.000000Z"), ("person_ref", "0" * 64),
-])
-def test_a_changed_field_is_detected_at_its_seq(audited, field, value):
-    lines = copy.deepcopy(audited[0])
-    lines[2][field] = value
-    report = verify(lines, audited, checkpoint=False)
-    assert not report.ok and report.first_bad_seq == 3
-    with pytest.raises(ExportInvalid, match="seq 3"):
-        report.raise_if_invalid()
+def test_a_swapped_pair_is_named(exported):
+    log, lines = exported
+    a, b = _entry_positions(lines)[2:4]
+    lines[a], lines[b] = lines[b], lines[a]
+    report = log.verify(lines)
+    assert not report.ok and "leaf 2 was expected" in report.problem
 
 
-def test_a_changed_and_rehashed_row_breaks_the_next_link(audited):
-    lines = copy.deepcopy(audited[0])
-    lines[2]["permitted"] = False
-    rehash(lines[2])
-    report = verify(lines, audited, checkpoint=False)
-    assert not report.ok and report.first_bad_seq == 4 and "prev_hash" in report.problem
+def test_a_cut_tail_is_named(exported):
+    log, lines = exported
+    assert not log.verify(lines[:-3]).ok
+    assert "cut" in log.verify(lines[:-1]).problem
 
 
-def test_a_rewritten_chain_is_caught_only_by_the_checkpoint(audited):
-    lines = copy.deepcopy(audited[0])
-    lines[2]["permitted"] = False
-    for previous, line in itertools.pairwise(lines[2:]):
-        rehash(previous)
-        line["prev_hash"] = previous["entry_hash"]
-    rehash(lines[-1])
-    assert verify(lines, audited, checkpoint=False).ok  # a hash chain alone is self-consistent
-    report = verify(lines, audited)
-    assert not report.ok and "Merkle root" in report.problem
+def test_an_extra_entry_is_named(exported):
+    log, lines = exported
+    at = _entry_positions(lines)[6]
+    lines.insert(at, lines[at])
+    report = log.verify(lines)
+    assert not report.ok and "repeated or reordered" in report.problem
 
 
-@pytest.mark.parametrize("index", [0, 3, 6])
-def test_a_removed_row_is_detected(audited, index):
-    lines = copy.deepcopy(audited[0])
-    del lines[index]
-    report = verify(lines, audited, checkpoint=False)
-    assert not report.ok and report.first_bad_seq == index + 1
+def test_a_replaced_leaf_with_consistent_fields_breaks_the_root(exported):
+    """An attacker who rewrites an entry and its commitment (salt and leaf data redone) still
+    cannot match the signed root."""
+    log, lines = exported
+    at = _entry_positions(lines)[3]
+    line = json.loads(lines[at])
+    line["outcome"] = "PERMITTED_BY_LAW"
+    salt = base64.b64decode(line["salt"])
+    line["leaf_data"] = base64.b64encode(commitment("access", salt, line)).decode()
+    lines[at] = json.dumps(line, ensure_ascii=False)
+    report = log.verify(lines)
+    assert not report.ok and "root" in report.problem
 
 
-def test_an_inserted_row_is_detected(audited):
-    lines = copy.deepcopy(audited[0])
-    forged = copy.deepcopy(lines[4])  # a plausible seq 6, chained to the real seq 5
-    forged.update(seq=6, reason="PERMITTED_BY_LAW", prev_hash=lines[4]["entry_hash"])
-    lines.insert(5, rehash(forged))
-    report = verify(lines, audited, checkpoint=False)
-    assert not report.ok and report.first_bad_seq == 6 and "inserted" in report.problem
-    unnumbered = copy.deepcopy(audited[0])
-    unnumbered.insert(5, copy.deepcopy(unnumbered[1]))  # a copy of seq 2 slipped in
-    assert verify(unnumbered, audited, checkpoint=False).first_bad_seq == 2
+def test_a_forged_checkpoint_signature_is_refused(exported):
+    log, lines = exported
+    header = json.loads(lines[0])
+    forger = Ed25519PrivateKey.generate()  # a key the auditor never trusted
+    body = tlog.note_text(header["checkpoint"])
+    header["checkpoint"] = tlog.sign_note(body, f"{SCOPE}/history/access", forger)
+    lines[0] = json.dumps(header)
+    report = log.verify(lines)
+    assert not report.ok and "does not verify" in report.problem
 
 
-def test_two_swapped_rows_are_detected(audited):
-    lines = copy.deepcopy(audited[0])
-    lines[4], lines[5] = lines[5], lines[4]
-    report = verify(lines, audited, checkpoint=False)
-    assert not report.ok and report.first_bad_seq == 5
-    # swapping contents but keeping the seq numbers in order breaks the hashes instead
-    swapped = copy.deepcopy(audited[0])
-    swapped[4]["seq"], swapped[5]["seq"] = 6, 5
-    swapped[4], swapped[5] = swapped[5], swapped[4]
-    assert verify(swapped, audited, checkpoint=False).first_bad_seq == 5
-    # and reordering is caught even where gaps are expected (a person's selection)
-    selection = verify(lines, audited, checkpoint=False, coverage=ah.Coverage.SELECTION)
-    assert not selection.ok and selection.first_bad_seq == 5
+def test_a_history_rewritten_after_a_saved_checkpoint_is_caught(tmp_path, keys, exported):
+    """The operator, with superuser rights and even the signing key, rebuilds the log with one
+    early entry changed and every hash redone; the auditor's saved checkpoint catches it."""
+    log, _ = exported
+    saved = log.checkpoint()
+    honest = log.export(since_size=12)
+    assert log.verify(honest, saved=saved).ok
+    forged = Log(tmp_path, f"forged_{secrets.token_hex(3)}", keys)
+    with log.session() as db:
+        originals = db.scalars(select(HistoryEntry).order_by(HistoryEntry.id)).all()
+    forged.append([decision(r.person_key, outcome="PERMITTED_BY_CONSENT" if i == 1 else r.outcome,
+                            permitted=True if i == 1 else r.permitted)
+                   for i, r in enumerate(originals)] + [decision("later")])
+    report = forged.verify(forged.export(since_size=12), saved=saved)
+    assert not report.ok and "rewritten" in report.problem
+    report = forged.verify(forged.export(), saved=saved)  # no proof embedded: the prefix is recomputed
+    assert not report.ok and "rewritten" in report.problem
 
 
-def test_a_truncated_tail_is_caught_by_the_checkpoint(audited):
-    lines = copy.deepcopy(audited[0])[:6]
-    assert verify(lines, audited, checkpoint=False).ok  # nothing else can know the tail
-    report = verify(lines, audited)
-    assert not report.ok and report.first_bad_seq == 7 and not report.checkpoint_verified
+def test_a_filtered_export_keeps_other_entries_as_leaf_hashes(exported):
+    log, _ = exported
+    lines = log.export(audit.ExportFilter(outcome="DENIED_BY_PERSON"))
+    kinds = [json.loads(line)["type"] for line in lines]
+    assert kinds.count("entry") == 6 and kinds.count("leaf") == 6
+    assert all(json.loads(line).get("outcome") == "DENIED_BY_PERSON"
+               for line in lines if json.loads(line)["type"] == "entry")
+    assert log.verify(lines).ok
 
 
-def test_a_forged_checkpoint_is_refused(audited, tmp_path):
-    lines, cp, public_keys = audited
-    intruder = KeyStore(tmp_path / "intruder").ensure_signing_key("log")
-    forged = dict(cp, root_hash=hashlib.sha256(b"other").hexdigest())
-    signed = (f"renkei-access-log-checkpoint/v1\n{cp['owner']}\n{cp['seq']}\n"
-              f"{forged['root_hash']}\n{cp['signed_at']}").encode()
-    forged["signature"] = base64.b64encode(
-        intruder.private_key.sign(signed, padding.PKCS1v15(), hashes.SHA256())).decode()
-    for bad in (forged,
-                dict(cp, root_hash=forged["root_hash"]),  # the hub's signature, another root
-                dict(cp, seq=6, tree_size=6),  # the hub's signature, a shorter tree
-                dict(cp, signed_at="2030-01-01T00:00:00.000000Z"),
-                dict(cp, signature="not base64!")):
-        report = ah.verify_export(copy.deepcopy(lines), checkpoint=bad, public_keys=public_keys)
-        assert not report.ok and "signature" in report.problem, bad
-    assert not ah.verify_export(lines, checkpoint=cp, public_keys=[intruder.public_key]).ok
+def test_a_time_window_export_covers_its_range_and_verifies(log):
+    log.append([decision("early")])
+    log.integrate()
+    middle = utcnow()
+    log.append([decision(f"late{i}") for i in range(5)])
+    lines = log.export(audit.ExportFilter(start=middle))
+    header = json.loads(lines[0])
+    assert (header["start_index"], header["end_index"]) == (1, 6)
+    assert log.verify(lines).ok
 
 
-def test_malformed_rows_fail_verification(audited):
-    lines = copy.deepcopy(audited[0])
-    lines[3]["extra"] = "x"
-    assert verify(lines, audited, checkpoint=False).first_bad_seq == 4
-    lines = copy.deepcopy(audited[0])
-    lines[3]["seq"] = "4"
-    assert not verify(lines, audited, checkpoint=False).ok
-    assert not verify([*copy.deepcopy(audited[0]), "not a row"], audited, checkpoint=False).ok
+def test_unreadable_exports_are_reported_not_raised(log):
+    log.append([decision()])
+    report = log.verify(["{not json"])
+    assert not report.ok and "JSON" in report.problem
+    assert not log.verify([]).ok
 
 
-# --- export filters -------------------------------------------------------------------------
+def test_the_operations_log_uses_the_same_machinery(log):
+    with log.session() as db:
+        service.record_operation(db_session=db, operation=OperationIn(
+            actor="operator:sato", channel="api", action="whitelist.import", target="whitelist",
+            detail={"before": 3, "after": 4}))
+    lines = log.export(log="operations")
+    assert [json.loads(x)["type"] for x in lines] == ["header", "entry", "end"]
+    assert log.verify(lines).ok is False  # checked against the access log's key name
+    assert audit.verify(lines, verifier_key=log.signer("operations").verifier_key).ok
 
 
-def test_exports_by_person_and_by_time_window_verify_with_their_coverage(db):
-    owner, person = new_owner(), f"person-{uuid.uuid4().hex}"
-    log(db, owner, 3)
-    time.sleep(0.01)
-    start = utcnow()
-    log(db, owner, 2, person_key=person)
-    log(db, owner, 2)
-    end = utcnow()
-    time.sleep(0.01)
-    log(db, owner, 2)
-    mine = list(ah.export(db_session=db, person_key=person))
-    assert [(line["owner"], line["seq"]) for line in mine] == [(owner, 4), (owner, 5)]
-    assert ah.export_coverage(person_key=person) is ah.Coverage.SELECTION
-    assert ah.verify_export(mine, coverage=ah.Coverage.SELECTION).ok
-    assert ah.verify_export(mine).first_bad_seq == 1  # not the whole log
-    window = list(ah.export(db_session=db, owner=owner, start=start, end=end))
-    assert [line["seq"] for line in window] == [4, 5, 6, 7]
-    in_tokyo = timezone(timedelta(hours=9))  # an aware window means the same instants
-    assert window == list(ah.export(db_session=db, owner=owner, start=start.replace(
-        tzinfo=UTC).astimezone(in_tokyo), end=end.replace(tzinfo=UTC).astimezone(in_tokyo)))
-    assert ah.export_coverage(start=start, end=end) is ah.Coverage.RANGE
-    assert ah.verify_export(window, coverage=ah.Coverage.RANGE).ok
-    del window[1]
-    assert ah.verify_export(window, coverage=ah.Coverage.RANGE).first_bad_seq == 5
+# --- one person's timeline ------------------------------------------------------------------
+
+def test_timeline_pages_stay_stable_while_entries_arrive(log):
+    log.append([decision("alice") for _ in range(7)] + [decision("bob")])
+    with log.session() as db:
+        first = service.timeline(db_session=db, person_key="alice", limit=3)
+    log.append([decision("alice") for _ in range(4)])  # arrive while alice reads
+    seen = [e.entry.id for e in first.entries]
+    cursor = first.next_cursor
+    with log.session() as db:
+        while cursor:
+            page = service.timeline(db_session=db, person_key="alice", limit=3, cursor=cursor)
+            seen += [e.entry.id for e in page.entries]
+            cursor = page.next_cursor
+    assert len(seen) == len(set(seen)) == 7  # the old entries, each once; newer ones start a new read
+    assert seen == sorted(seen, reverse=True)
 
 
-def test_history_page_paginates_newest_first(db):
-    person = f"person-{uuid.uuid4().hex}"
-    a, b = new_owner(), new_owner()
-    for i in range(25):
-        ah.append(db_session=db, entry=entry(a if i % 2 else b, person_key=person,
-                                              decision_id=f"d-{i:02d}"))
-        ah.append(db_session=db, entry=entry(a))  # someone else's entry in between
-    db.commit()
-    pages, before = [], None
-    while True:
-        page = ah.entries_for_person(db_session=db, person_key=person, limit=10,
-                                     before_id=before)
-        if not page:
-            break
-        pages.append(page)
-        before = page[-1].id
-    assert [len(p) for p in pages] == [10, 10, 5]
-    seen = [row.decision_id for p in pages for row in p]
-    assert seen == [f"d-{i:02d}" for i in reversed(range(25))]
+def test_timeline_filters(log):
+    log.append([decision("carol", outcome="DENIED_BY_PERSON", permitted=False),
+                decision("carol", requester=INSURER), decision("carol")])
+    with log.session() as db:
+        denied = service.timeline(db_session=db, person_key="carol",
+                                  filters=service.TimelineFilter(outcome="DENIED_BY_PERSON"))
+        insurer = service.timeline(db_session=db, person_key="carol",
+                                   filters=service.TimelineFilter(agency=INSURER))
+    assert [e.entry.outcome for e in denied.entries] == ["DENIED_BY_PERSON"]
+    assert [e.entry.requester for e in insurer.entries] == [INSURER]
     with pytest.raises(ValueError):
-        ah.entries_for_person(db_session=db, person_key=person, limit=0)
+        service.Cursor.decode("not-a-cursor")
 
 
-# --- concurrency ----------------------------------------------------------------------------
-
-
-def test_concurrent_appends_from_two_sessions_keep_one_chain(engine):
-    owner, per_thread = new_owner(), 40
-    barrier = threading.Barrier(2)
-
-    def writer(name: str) -> None:
-        # like kernel.db.session_scope: objects outlive commits, so a head must be re-read
-        with Session(engine, expire_on_commit=False) as session:
-            barrier.wait()
-            for i in range(per_thread):
-                ah.append(db_session=session, entry=entry(owner, decision_id=f"{name}-{i}"))
-                session.commit()
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = [pool.submit(writer, name) for name in ("left", "right")]
-        for future in futures:
-            future.result(timeout=120)  # re-raises a writer's error here
-    with Session(engine) as db:
-        rows = ah.entries_for_owner(db_session=db, owner=owner)
-        assert [r.seq for r in rows] == list(range(1, 2 * per_thread + 1))
-        assert {r.decision_id.split("-")[0] for r in rows} == {"left", "right"}
-        assert ah.verify_export(ah.export(db_session=db, owner=owner)).ok
-        assert db.scalar(select(LogHead.seq).where(LogHead.owner == owner)) == 2 * per_thread
+def test_sealed_entries_open_on_their_date(log):
+    until = utcnow() + timedelta(days=30)
+    log.append([decision("dave", sealed_until=until, sealed_reason="criminal investigation")])
+    with log.session() as db:
+        before = service.timeline(db_session=db, person_key="dave").entries[0]
+        after = service.timeline(db_session=db, person_key="dave",
+                                 now=until + timedelta(seconds=1)).entries[0]
+    assert before.sealed and not after.sealed

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import httpx
 
-from access_history import service as history
-from access_history.models import LogEntry
+from access_history.models import HistoryEntry
 from consent.models import PolicyRuleIn
 from kernel.db import session_scope
 from tests.conftest import free_port
 from tests.federation import RESIDENT, ask, set_rules
+from tests.history_helpers import verify_history
 
 
 def serve(env: dict, port: int) -> subprocess.Popen:
@@ -67,10 +67,10 @@ def test_kill_mid_request_loses_no_log_entry_and_breaks_no_chain(hub, hub_env, f
     assert received, "some queries completed before the kill"
     assert failures, "some queries were cut off by the kill"
     with session_scope() as db:
-        logged = {row.decision_id for row in db.query(LogEntry).filter(LogEntry.decision_id.in_(received))}
+        logged = {row.decision_id for row in db.query(HistoryEntry).filter(HistoryEntry.decision_id.in_(received))}
         assert set(received) <= logged, "every token that got out has its decision in the log"
-        report = history.verify_export(list(history.export(db_session=db, owner="hub")))
-    assert report.ok, report.problem
+    report = verify_history(hub)
+    assert report.ok, report.summary()
     restarted = serve(hub_env, port)
     try:
         r = ask(hub, fed["r"], body, base=f"http://127.0.0.1:{port}")

@@ -9,7 +9,7 @@ import pytest
 from lxml import etree
 from sqlalchemy import text
 
-from access_history.models import LogEntry
+from access_history.models import HistoryEntry
 from consent.models import PolicyRuleIn
 from kernel.db import get_engine, session_scope
 from kernel.keys import keystore
@@ -78,8 +78,8 @@ def test_every_decision_is_in_the_hub_log(hub, fed, bootstrap):
     got = query(hub, fed, bootstrap, RESIDENT, "JUKI")
     with session_scope() as db:
         for offering in got.values():
-            row = db.query(LogEntry).filter_by(decision_id=offering["decision_id"]).one()
-            assert row.permitted == offering["permitted"] and row.reason == offering["reason"]
+            row = db.query(HistoryEntry).filter_by(decision_id=offering["decision_id"]).one()
+            assert row.permitted == offering["permitted"] and row.outcome == offering["reason"]
             assert row.person_key == fed["person_key"] and row.requester == fed["r"].entity_id
 
 
@@ -89,14 +89,14 @@ def _fail_log_writes(on: bool) -> None:
         if engine.dialect.name == "sqlite":
             conn.execute(text("DROP TRIGGER IF EXISTS log_down"))
             if on:
-                conn.execute(text("CREATE TRIGGER log_down BEFORE INSERT ON access_log_entries "
+                conn.execute(text("CREATE TRIGGER log_down BEFORE INSERT ON history_entries "
                                   "BEGIN SELECT RAISE(ABORT, 'log storage down'); END"))
         else:
-            conn.execute(text("DROP TRIGGER IF EXISTS log_down ON access_log_entries"))
+            conn.execute(text("DROP TRIGGER IF EXISTS log_down ON history_entries"))
             if on:
                 conn.execute(text("CREATE OR REPLACE FUNCTION log_down() RETURNS trigger AS $$ "
                                   "BEGIN RAISE EXCEPTION 'log storage down'; END $$ LANGUAGE plpgsql"))
-                conn.execute(text("CREATE TRIGGER log_down BEFORE INSERT ON access_log_entries "
+                conn.execute(text("CREATE TRIGGER log_down BEFORE INSERT ON history_entries "
                                   "FOR EACH ROW EXECUTE FUNCTION log_down()"))
 
 
@@ -164,7 +164,7 @@ def test_back_office_staff_assertion_path(hub, fed):
     assert r.status_code == 200 and r.json()["offerings"]
     decision = r.json()["offerings"][0]["decision_id"]
     with session_scope() as db:
-        assert db.query(LogEntry).filter_by(decision_id=decision).first().staff == p_r
+        assert db.query(HistoryEntry).filter_by(decision_id=decision).first().staff == p_r
     # the same assertion presented by another agency is for the wrong audience
     with session_scope() as db:
         p_a = pseudonyms.get_or_create(db_session=db, keys=keystore(), person_key=fed["person_key"],

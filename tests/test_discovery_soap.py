@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from lxml import etree
 from sqlalchemy import select
 
-from access_history.models import LogEntry
+from access_history.models import HistoryEntry
 from consent import service as consent
 from consent.models import PolicyRuleIn, WhitelistEntryIn
 from discovery import service as location
@@ -380,7 +380,7 @@ def test_permitted_query_returns_endpoints_with_tokens_the_provider_can_use(worl
     # every decision, permit or refusal, was logged under its decision ID before the answer
     ids = [d.get("decisionId") for d in answer.body.iterfind("disco:QueryResponse/rk:Decision", NS)]
     with session_scope() as db:
-        logged = {e.decision_id: e for e in db.scalars(select(LogEntry).where(LogEntry.decision_id.in_(ids)))}
+        logged = {e.decision_id: e for e in db.scalars(select(HistoryEntry).where(HistoryEntry.decision_id.in_(ids)))}
     assert set(logged) == set(ids)
 
 
@@ -404,7 +404,7 @@ def test_back_office_query_with_pseudonym_and_staff_assertion(world):
     assert soap_decisions(answer) == {world.provider(n): e for n, e in EXPECTED.items()}
     ids = [d.get("decisionId") for d in answer.body.iterfind("disco:QueryResponse/rk:Decision", NS)]
     with session_scope() as db:
-        staff = set(db.scalars(select(LogEntry.staff).where(LogEntry.decision_id.in_(ids))))
+        staff = set(db.scalars(select(HistoryEntry.staff).where(HistoryEntry.decision_id.in_(ids))))
     assert staff == {world.staff_name_id}
 
 

@@ -1,0 +1,363 @@
+"""The auditor's export of a log and its offline verification (監査).
+
+An export is JSON lines: a header with the signed checkpoint, the leaf range it covers and
+the proof hashes that tie that range to the checkpoint's root; one line per leaf of the range
+(an entry's readable fields with its salt and leaf data, or, where a filter leaves an entry
+out, only its leaf hash); and an end line. Verification streams the file once in constant
+memory: it recomputes every shown entry's commitment, checks the leaf indices run without a
+gap, recomputes the root from the leaves and the range proof, and checks the checkpoint's
+signature; with an auditor's saved checkpoint it also proves the exported tree extends it, so
+a history rewritten after that checkpoint was saved is caught even if every hash was redone.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import io
+import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from access_history import ledger, tlog
+from access_history.models import ACCESS_LOG, OPERATIONS_LOG, HistoryEntry, LogLeaf, OperationEntry
+from access_history.record import FIELDS, commitment
+from access_history.service import access_record, operation_record
+
+FORMAT = "renkei-history-export/v1"
+CSV_COLUMNS = ("index", *FIELDS[ACCESS_LOG])
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@dataclass(frozen=True)
+class ExportFilter:
+    start: datetime | None = None
+    end: datetime | None = None
+    agency: str | None = None
+    outcome: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"from": self.start.isoformat() if self.start else None,
+                "to": self.end.isoformat() if self.end else None,
+                "agency": self.agency, "outcome": self.outcome}
+
+    def is_full(self) -> bool:
+        return self.agency is None and self.outcome is None
+
+    def keeps(self, record: dict[str, Any], recorded_at: datetime) -> bool:
+        if self.start is not None and recorded_at < self.start:
+            return False
+        if self.end is not None and recorded_at >= self.end:
+            return False
+        if self.agency is not None and self.agency not in (
+                record.get("requester"), record.get("provider"), record.get("owner"),
+                record.get("actor"), record.get("target")):
+            return False
+        return self.outcome is None or record.get("outcome") == self.outcome
+
+
+def _entry_table(log: str):
+    return HistoryEntry if log == ACCESS_LOG else OperationEntry
+
+
+def _leaf_range(db_session: Session, log: str, f: ExportFilter, size: int) -> tuple[int, int]:
+    """The leaves [start, end) whose entries fall in the time window (all of them without one)."""
+    if f.start is None and f.end is None:
+        return 0, size
+    table = _entry_table(log)
+    stmt = (select(func.min(LogLeaf.leaf_index), func.max(LogLeaf.leaf_index))
+            .join(table, table.id == LogLeaf.entry_ref)
+            .where(LogLeaf.log == log, LogLeaf.leaf_index < size))
+    if f.start is not None:
+        stmt = stmt.where(table.recorded_at >= f.start)
+    if f.end is not None:
+        stmt = stmt.where(table.recorded_at < f.end)
+    lo, hi = db_session.execute(stmt).one()
+    return (0, 0) if lo is None else (lo, hi + 1)
+
+
+def export(*, db_session: Session, log: str, verifier_key: str, filters: ExportFilter = ExportFilter(),
+           since_size: int | None = None,
+           progress: Callable[[int], None] | None = None) -> Iterator[dict[str, Any]]:
+    """The export's lines as JSON-ready dicts: header, one per leaf of the range, end.
+
+    Reads the log at its newest checkpoint; integrate first to include what is still queued.
+    With `since_size` (an auditor's saved checkpoint), the header carries a consistency proof
+    from that size to the exported one.
+    """
+    checkpoint = ledger.latest_checkpoint(db_session=db_session, log=log)
+    size = checkpoint.size if checkpoint else 0
+    start, end = _leaf_range(db_session, log, filters, size)
+    header: dict[str, Any] = {
+        "type": "header", "format": FORMAT, "log": log, "tree_size": size,
+        "checkpoint": checkpoint.note if checkpoint else None, "verifier_key": verifier_key,
+        "start_index": start, "end_index": end, "filters": filters.describe(),
+        "complete": filters.is_full(),
+        "range_proof": [_b64(h) for h in ledger.range_proof(
+            db_session=db_session, log=log, start=start, end=end, size=size)] if end > start else [],
+    }
+    if since_size is not None and 0 < since_size <= size:
+        header["consistency"] = {"from_size": since_size, "proof": [_b64(h) for h in ledger.consistency_proof(
+            db_session=db_session, log=log, old_size=since_size, new_size=size)]}
+    yield header
+    table = _entry_table(log)
+    to_record = access_record if log == ACCESS_LOG else operation_record
+    stmt = (select(LogLeaf.leaf_index, LogLeaf.leaf_hash, table)
+            .join(table, table.id == LogLeaf.entry_ref)
+            .where(LogLeaf.log == log, LogLeaf.leaf_index >= start, LogLeaf.leaf_index < end)
+            .order_by(LogLeaf.leaf_index).execution_options(yield_per=2000))
+    count = 0
+    for index, leaf_hash, row in db_session.execute(stmt):
+        record = to_record(row)
+        if filters.keeps(record, row.recorded_at):
+            yield {"type": "entry", "index": index, "leaf_data": _b64(row.leaf_data),
+                   "salt": _b64(row.salt), **record}
+        else:
+            yield {"type": "leaf", "index": index, "leaf_hash": _b64(leaf_hash)}
+        count += 1
+        if progress is not None and count % 1000 == 0:
+            progress(1000)
+        db_session.expunge(row)
+    if progress is not None:
+        progress(count % 1000)
+    yield {"type": "end", "leaves": count}
+
+
+def export_jsonl(lines: Iterable[dict[str, Any]], out: io.TextIOBase) -> int:
+    """Write export lines as JSON lines; returns how many entries were written."""
+    entries = 0
+    for line in lines:
+        out.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
+        entries += line.get("type") == "entry"
+    return entries
+
+
+def export_csv(lines: Iterable[dict[str, Any]], out: io.TextIOBase) -> int:
+    """The readable fields of the shown entries as CSV (no proofs: verify the JSONL)."""
+    writer = csv.writer(out)
+    writer.writerow(CSV_COLUMNS)
+    entries = 0
+    for line in lines:
+        if line.get("type") == "entry":
+            writer.writerow([_csv_cell(line.get(name)) for name in CSV_COLUMNS])
+            entries += 1
+    return entries
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False, sort_keys=True)
+    return str(value)
+
+
+# --- verification -------------------------------------------------------------------------
+
+@dataclass
+class Report:
+    """What verification found: `ok`, or the first problem and where."""
+
+    ok: bool = True
+    problem: str | None = None
+    line: int | None = None
+    index: int | None = None
+    entries: int = 0
+    leaves: int = 0
+    tree_size: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def fail(self, problem: str, *, line: int | None = None, index: int | None = None) -> Report:
+        self.ok, self.problem, self.line, self.index = False, problem, line, index
+        return self
+
+    def summary(self) -> str:
+        if self.ok:
+            return (f"sound: {self.entries} entries and {self.leaves - self.entries} other leaves "
+                    f"verify against the checkpoint of size {self.tree_size}")
+        where = "".join(f" {k} {v}" for k, v in (("line", self.line), ("index", self.index)) if v is not None)
+        return f"NOT sound:{where}: {self.problem}"
+
+
+class _Unsound(Exception):
+    def __init__(self, problem: str, line: int | None = None, index: int | None = None):
+        super().__init__(problem)
+        self.problem, self.line, self.index = problem, line, index
+
+
+def _unb64(value: Any, what: str, line: int, length: int | None = None) -> bytes:
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, TypeError, ValueError):
+        raise _Unsound(f"{what} is not base64", line) from None
+    if length is not None and len(raw) != length:
+        raise _Unsound(f"{what} has {len(raw)} bytes, not {length}", line)
+    return raw
+
+
+def verify(lines: Iterable[str], *, verifier_key: str | None = None,
+           saved_checkpoint: str | None = None) -> Report:
+    """Verify an export (its text lines) offline; the first problem found is reported.
+
+    `verifier_key` is the hub's note verifier key (`GET /history/checkpoint.vkey`); without it
+    the export's own is used and the report says so. `saved_checkpoint` is a signed
+    checkpoint the auditor kept earlier: the export must extend it.
+    """
+    report = Report()
+    numbered = enumerate(lines, start=1)
+    try:
+        header = _header(numbered)
+        key_text = verifier_key or header.get("verifier_key")
+        if verifier_key is None:
+            report.notes.append("the hub's key was taken from the export itself; pass --key to pin it")
+        try:
+            verifier = tlog.parse_verifier_key(str(key_text))
+        except tlog.ProofInvalid as exc:
+            raise _Unsound(f"the verifier key: {exc}", 1) from None
+        log, size = header.get("log"), header.get("tree_size")
+        if log not in (ACCESS_LOG, OPERATIONS_LOG) or not isinstance(size, int) or size < 0:
+            raise _Unsound("the header names no log or tree size", 1)
+        report.tree_size = size
+        checkpoint = _open_checkpoint(header.get("checkpoint"), verifier, size, 1)
+        start, end = header.get("start_index"), header.get("end_index")
+        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end <= size):
+            raise _Unsound("the header's leaf range does not fit the tree", 1)
+        proof = [_unb64(h, "a range-proof hash", 1, 32) for h in header.get("range_proof") or []]
+        saved = None
+        if saved_checkpoint is not None:
+            saved = _open_checkpoint(saved_checkpoint, verifier, None, None, what="the saved checkpoint")
+            if saved.origin != checkpoint.origin:
+                raise _Unsound("the saved checkpoint is of another log")
+            if saved.size > size:
+                raise _Unsound(f"the export's tree ({size}) is smaller than the saved checkpoint's "
+                               f"({saved.size}): entries were removed")
+        prefix: dict[str, bytes] = {}
+        stream = _leaf_stream(numbered, log, start, end, report, saved.size if saved and start == 0 else None,
+                              prefix)
+        if end > start:
+            root = tlog.root_from_range_stream(start, end, size, stream, proof)
+        else:
+            for _ in stream:
+                pass
+            root = tlog.EMPTY_ROOT if size == 0 else checkpoint.root
+            if size and proof:
+                raise _Unsound("an empty range carries proof hashes", 1)
+        if root != checkpoint.root:
+            raise _Unsound("the leaves and the range proof do not hash to the checkpoint's root: "
+                           "an entry was replaced, removed or inserted")
+        if saved is not None:
+            _check_extends(header, saved, checkpoint, prefix)
+    except _Unsound as exc:
+        return report.fail(exc.problem, line=exc.line, index=exc.index)
+    return report
+
+
+def _header(numbered: Iterator[tuple[int, str]]) -> dict[str, Any]:
+    try:
+        _, text = next(numbered)
+    except StopIteration:
+        raise _Unsound("the export is empty") from None
+    header = _json(text, 1)
+    if header.get("type") != "header" or header.get("format") != FORMAT:
+        raise _Unsound(f"not a {FORMAT} export", 1)
+    return header
+
+
+def _json(text: str, line: int) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        raise _Unsound("not a JSON line", line) from None
+    if not isinstance(value, dict):
+        raise _Unsound("not a JSON object", line)
+    return value
+
+
+def _open_checkpoint(note: Any, verifier: tlog.NoteVerifier, size: int | None, line: int | None,
+                     what: str = "the checkpoint") -> tlog.Checkpoint:
+    if not isinstance(note, str):
+        raise _Unsound(f"{what} is missing", line)
+    try:
+        checkpoint = tlog.open_checkpoint(note, verifier)
+    except tlog.ProofInvalid as exc:
+        raise _Unsound(f"{what} does not verify: {exc}", line) from None
+    if size is not None and checkpoint.size != size:
+        raise _Unsound(f"{what} is of size {checkpoint.size}, the header says {size}", line)
+    return checkpoint
+
+
+def _leaf_stream(numbered: Iterator[tuple[int, str]], log: str, start: int, end: int, report: Report,
+                 prefix_size: int | None, prefix: dict[str, bytes]) -> Iterator[bytes]:
+    """Each leaf hash of the range in order, checking each line; then the end line."""
+    expected = start
+    frontier = tlog.Frontier()
+    for number, text in numbered:
+        line = _json(text, number)
+        kind = line.get("type")
+        if kind == "end":
+            if expected != end:
+                raise _Unsound(f"the export ends at index {expected}, the header promised {end}: "
+                               "entries are missing at the end", number)
+            if line.get("leaves") != end - start:
+                raise _Unsound("the end line's count does not match the leaves", number)
+            if next(numbered, None) is not None:
+                raise _Unsound("lines follow the end line", number + 1)
+            return
+        index = line.get("index")
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise _Unsound("a line without a leaf index", number)
+        if index != expected:
+            what = "missing" if index > expected else "repeated or reordered"
+            raise _Unsound(f"leaf {expected} was expected, found {index}: an entry is {what}",
+                           number, index)
+        if index >= end:
+            raise _Unsound("an extra entry beyond the header's range", number, index)
+        if kind == "entry":
+            leaf_data = _unb64(line.get("leaf_data"), "leaf_data", number, 32)
+            salt = _unb64(line.get("salt"), "salt", number, 32)
+            if commitment(log, salt, line) != leaf_data:
+                raise _Unsound(f"entry {line.get('entry_id')!r}: its fields do not match its leaf "
+                               "data (the entry was altered)", number, index)
+            leaf = tlog.leaf_hash(leaf_data)
+            report.entries += 1
+        elif kind == "leaf":
+            leaf = _unb64(line.get("leaf_hash"), "leaf_hash", number, 32)
+        else:
+            raise _Unsound(f"an unknown line type {kind!r}", number, index)
+        report.leaves += 1
+        expected += 1
+        if prefix_size is not None:
+            frontier.add(leaf)
+            if frontier.size == prefix_size:
+                prefix["root"] = frontier.root()
+        yield leaf
+    raise _Unsound(f"the export is cut after index {expected - 1}: its end line is missing")
+
+
+def _check_extends(header: dict[str, Any], saved: tlog.Checkpoint, checkpoint: tlog.Checkpoint,
+                   prefix: dict[str, bytes]) -> None:
+    """The exported tree must contain the saved one as its prefix."""
+    consistency = header.get("consistency")
+    if isinstance(consistency, dict) and consistency.get("from_size") == saved.size:
+        proof = [_unb64(h, "a consistency-proof hash", 1, 32) for h in consistency.get("proof") or []]
+        try:
+            tlog.verify_consistency(saved.size, checkpoint.size, proof, saved.root, checkpoint.root)
+        except tlog.ProofInvalid:
+            raise _Unsound("the export's tree does not extend the saved checkpoint: the history "
+                           "was rewritten after it was saved") from None
+        return
+    if "root" in prefix or saved.size == 0:
+        if saved.size and prefix["root"] != saved.root:
+            raise _Unsound("the first leaves differ from the saved checkpoint: the history was "
+                           "rewritten after it was saved")
+        return
+    raise _Unsound("the export cannot be checked against the saved checkpoint: export again "
+                   "with --since, or from the first entry")
