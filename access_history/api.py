@@ -3,17 +3,19 @@
 Nothing here holds personal data (leaves are salted commitments), so it is served to anyone:
 `GET /history/checkpoint` (a C2SP tlog-checkpoint signed note), `/history/checkpoint.vkey`
 (its note verifier key) and RFC 9162 inclusion and consistency proofs as `{"hashes": [...]}`.
+Agencies report what they disclosed to `POST /history/disclosures` (reports.py).
 """
 from __future__ import annotations
 
 import base64
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy.orm import Session
 
-from access_history import ledger, service
+from access_history import ledger, reports, service
 from access_history.models import ACCESS_LOG, LOG_NAMES
+from federation import service as agencies
 from kernel.keys import keystore
 from kernel.settings import get_settings
 from kernel.web import DB
@@ -81,3 +83,32 @@ def consistency(db_session: Session = DB, from_size: int = Query(..., alias="fro
         return _problem(404, "the log is not that large yet")
     return _hashes(ledger.consistency_proof(db_session=db_session, log=log, old_size=from_size,
                                             new_size=to_size))
+
+
+def disclosures_url(base_url: str) -> str:
+    return base_url.rstrip("/") + "/history/disclosures"
+
+
+@router.post("/disclosures")
+async def disclosures(request: Request, db_session: Session = DB):
+    """An agency's signed batch of disclosure records (`renkei_provider.DisclosureReporter`)."""
+    if int(request.headers.get("content-length") or 0) > reports.MAX_BATCH_BYTES:
+        return _problem(413, "the batch is too large")
+    body = await request.body()
+    if len(body) > reports.MAX_BATCH_BYTES:
+        return _problem(413, "the batch is too large")
+    try:
+        token = body.decode("ascii").strip()
+        issuer = reports.unverified_issuer(token)
+    except (UnicodeDecodeError, reports.ReportRefused) as exc:
+        return _problem(400, str(exc) if isinstance(exc, reports.ReportRefused) else "not a compact JWS")
+    agency = agencies.lookup(db_session=db_session, entity_id=issuer)
+    if agency is None or not agency.signing_keys:
+        return JSONResponse({"error": "invalid_client", "message": "unknown reporting agency"}, 401)
+    try:
+        result = reports.receive_batch(db_session=db_session, token=token, agency=agency.entity_id,
+                                       agency_keys=agency.signing_keys,
+                                       audience=disclosures_url(get_settings().base_url))
+    except reports.ReportRefused as exc:
+        return JSONResponse({"error": "invalid_request", "message": str(exc)}, 400)
+    return result.as_dict()

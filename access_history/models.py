@@ -138,6 +138,17 @@ class OperationEntry(Base):
     leaf_data: Mapped[bytes] = mapped_column(LargeBinary(HASH_LEN))
 
 
+class DisclosureReport(Base):
+    """Which disclosures an agency has reported, once each: a resent batch records nothing twice."""
+
+    __tablename__ = "disclosure_reports"
+
+    decision_id: Mapped[str] = mapped_column(String(CODE_MAX), primary_key=True)
+    info_type_code: Mapped[str] = mapped_column(String(CODE_MAX), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(PARTY_MAX), primary_key=True)
+    reported_at: Mapped[datetime] = mapped_column(DateTime)
+
+
 # --- the transparency log -----------------------------------------------------------------
 
 

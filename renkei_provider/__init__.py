@@ -13,9 +13,10 @@
     except TokenRejected as exc:
         ...                                        # exc.code, exc.status, str(exc): safe to return
     record = my_records[accepted.local_id]
+    reporter.record(Disclosure.of(accepted))     # tell the hub what was disclosed (reporter.py)
 
-Depends only on `kernel.xml._dsig` and `kernel.xml._enc` (lxml and cryptography), not on the
-hub's database or web code.
+Depends only on the hub's XML layer (`kernel.xml`: lxml and cryptography) and joserfc, not on
+the hub's database, settings or web code.
 """
 
 from kernel.xml import InMemoryReplayCache, ReplayCache, SqliteReplayCache
@@ -30,6 +31,7 @@ from renkei_provider.errors import (
     TokenSignatureInvalid,
     TokenUndecryptable,
 )
+from renkei_provider.reporter import Disclosure, DisclosureReporter, ReportResult
 from renkei_provider.verifier import (
     AcceptedToken,
     HubMetadataError,
@@ -39,9 +41,12 @@ from renkei_provider.verifier import (
 
 __all__ = [
     "AcceptedToken",
+    "Disclosure",
+    "DisclosureReporter",
     "HubMetadataError",
     "InMemoryReplayCache",
     "ReplayCache",
+    "ReportResult",
     "SqliteReplayCache",
     "TokenAudienceMismatch",
     "TokenExpired",

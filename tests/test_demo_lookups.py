@@ -208,6 +208,26 @@ def test_permitted_lookup_returns_the_providers_record(signed_in, agencies):
     assert result["record"] == CITY_A_RECORDS[CITY_A_LOCAL]["resident-record"]
 
 
+def test_the_providing_agency_reports_its_disclosure_to_the_hub(signed_in, agencies):
+    """転出元 answered the token; it reports the disclosure on its own, signed with its key, and
+    the hub matches it to its decision (a permitted disclosure, no anomaly)."""
+    from sqlalchemy import select
+
+    from access_history.models import HistoryEntry
+    from kernel.db import session_scope
+
+    decision_id = run(signed_in, agencies, 0).json()[0]["decision_id"]
+    deadline = time.monotonic() + 20
+    while True:
+        with session_scope() as db:
+            reported = db.scalars(select(HistoryEntry).where(HistoryEntry.decision_id == decision_id,
+                                                             HistoryEntry.kind == "disclosure")).all()
+        if reported or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert [(e.owner, e.outcome) for e in reported] == [(agencies["city_a"].entity_id, "DISCLOSED")]
+
+
 def test_lookup_permitted_by_law_reaches_the_insurer(signed_in, agencies):
     results = run(signed_in, agencies, 3).json()
     assert [(r["provider"], r["permitted"], r["reason"]) for r in results] == [

@@ -16,6 +16,7 @@ the integration example, built on OneLogin's python3-saml. Routes:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from fastapi import FastAPI
+from fastapi import BackgroundTasks, FastAPI
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from onelogin.saml2.auth import OneLogin_Saml2_Auth
 from onelogin.saml2.utils import OneLogin_Saml2_Error
@@ -57,7 +58,7 @@ from agency_demo.saml import (
     toolkit_request,
 )
 from agency_demo.sessions import SeenAssertions, SessionStore
-from renkei_provider import HubMetadataError, TokenRejected
+from renkei_provider import Disclosure, DisclosureReporter, HubMetadataError, TokenRejected
 
 __all__ = ["AgencyConfig", "create_agency_app"]
 
@@ -80,6 +81,13 @@ TEMPLATES = Path(__file__).parent / "templates"
 # means "reject this message", so it becomes a 400 with the reason, never a 500.
 
 
+async def _report(reporter: DisclosureReporter) -> None:
+    """Send what waits, after the answer left; a failed send stays queued for the next one."""
+    result = await asyncio.to_thread(reporter.flush)
+    if not result.accepted:
+        log.warning("disclosure report not accepted (%s): %s", result.status, result.body)
+
+
 def create_agency_app(config: AgencyConfig) -> FastAPI:
     """Build the agency's web app; creates its SP key pair on first run."""
     keypair = sp_keys(config)
@@ -88,6 +96,9 @@ def create_agency_app(config: AgencyConfig) -> FastAPI:
     idp = IdpMetadata(config, sp_part)
     sp_key = load_private_key(keypair.private_key_pem)
     provider_tokens = ProviderTokens(config, sp_key)
+    # what this agency discloses under a token it reports back to the hub (アクセス履歴)
+    disclosures = DisclosureReporter(report_url=f"{config.hub_base_url.rstrip('/')}/history/disclosures",
+                                     agency_entity_id=config.entity_id, signing_key=sp_key)
 
     async def hub_token_metadata() -> str | bytes:
         """Whose signing keys provider tokens must carry: the hub's (IdP) metadata."""
@@ -290,7 +301,7 @@ def create_agency_app(config: AgencyConfig) -> FastAPI:
         )
 
     @app.post("/provide/{name}")
-    async def provide(name: str, request: Request) -> Response:
+    async def provide(name: str, request: Request, background: BackgroundTasks) -> Response:
         """Answer a provider token: hub-signed, for us and this endpoint, in time, once."""
 
         def answer(status: int, code: str, message: str) -> Response:
@@ -321,11 +332,12 @@ def create_agency_app(config: AgencyConfig) -> FastAPI:
         if accepted.service_type != provider_tokens.by_name[name]:
             return answer(403, "SERVICE_TYPE_MISMATCH", "the token is for another service type")
         record = record_for(config, accepted, name)
-        # This agency's own access history would record the disclosure here (DESIGN.md flow 4).
         log.info("disclosure %s to %s for task %s: %s", accepted.decision_id, accepted.requester,
                  accepted.task, "record" if record is not None else "no record")
         if record is None:
             return answer(404, "NO_RECORD", "this agency holds no record for the person")
+        disclosures.record(Disclosure.of(accepted))
+        background.add_task(_report, disclosures)
         return JSONResponse(
             {"provider": config.entity_id, "provider_name": config.name,
              "service_type": accepted.service_type, "decision_id": accepted.decision_id,

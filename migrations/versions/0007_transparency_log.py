@@ -95,6 +95,13 @@ def upgrade() -> None:
     sa.UniqueConstraint('entry_id', name=op.f('uq_operation_entries_entry_id'))
     )
     op.create_index('ix_operation_entries_recorded_at', 'operation_entries', ['recorded_at', 'id'], unique=False)
+    op.create_table('disclosure_reports',
+    sa.Column('decision_id', sa.String(length=64), nullable=False),
+    sa.Column('info_type_code', sa.String(length=64), nullable=False),
+    sa.Column('owner', sa.String(length=1024), nullable=False),
+    sa.Column('reported_at', sa.DateTime(), nullable=False),
+    sa.PrimaryKeyConstraint('decision_id', 'info_type_code', 'owner', name=op.f('pk_disclosure_reports'))
+    )
     op.create_table('tlog_checkpoints',
     sa.Column('log', sa.String(length=16), nullable=False),
     sa.Column('size', sa.BigInteger(), autoincrement=False, nullable=False),
@@ -218,7 +225,7 @@ def downgrade() -> None:
         else:
             op.execute(f"DROP TRIGGER {table}_no_delete")
             op.execute(f"DROP TRIGGER {table}_no_update")
-    for table in ("tlog_state", "tlog_queue", "tlog_nodes", "tlog_leaves", "tlog_checkpoints",
+    for table in ("disclosure_reports", "tlog_state", "tlog_queue", "tlog_nodes", "tlog_leaves", "tlog_checkpoints",
                   "operation_entries", "history_entries"):
         op.drop_table(table)
     importlib.import_module("migrations.versions.0003_access_history").upgrade()
