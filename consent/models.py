@@ -101,6 +101,8 @@ class WhitelistEntry(Base):
     consent: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+    # set when an agency it names is retired: kept for history, never decides again
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
     @property
     def consent_mode(self) -> ConsentMode:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session, joinedload
 
 from consent import receipts
@@ -30,6 +30,7 @@ from consent.models import (
     WhitelistEntryIn,
     naive_utc,
 )
+from federation import service as agencies
 from kernel.db import utcnow
 from kernel.keys import KeyStore
 
@@ -52,9 +53,12 @@ class ImportSummary:
     removed: int
 
 
-def list_whitelist(*, db_session: Session) -> list[WhitelistEntry]:
-    """Every whitelist entry, oldest first."""
-    return list(db_session.scalars(select(WhitelistEntry).order_by(WhitelistEntry.id)))
+def list_whitelist(*, db_session: Session, include_retired: bool = False) -> list[WhitelistEntry]:
+    """Every active whitelist entry (with `include_retired`, retired ones too), oldest first."""
+    query = select(WhitelistEntry).order_by(WhitelistEntry.id)
+    if not include_retired:
+        query = query.where(WhitelistEntry.retired_at.is_(None))
+    return list(db_session.scalars(query))
 
 
 def get_whitelist_entry(*, db_session: Session, entry_id: int) -> WhitelistEntry | None:
@@ -64,6 +68,7 @@ def get_whitelist_entry(*, db_session: Session, entry_id: int) -> WhitelistEntry
 
 def create_whitelist_entry(*, db_session: Session, entry: WhitelistEntryIn) -> WhitelistEntry:
     """Add one entry; refuses a second entry for the same requester, provider, task and info."""
+    _refuse_retired_parties(db_session, [entry])
     if _entry_by_key(db_session, entry.key) is not None:
         raise DuplicateWhitelistEntry(
             f"a whitelist entry for {entry.requester} <- {entry.provider}, task "
@@ -90,7 +95,9 @@ def import_whitelist(
 ) -> ImportSummary:
     """Upsert `entries` by (requester, provider, task, info); with `replace`, drop the rest."""
     _refuse_duplicates(entries)  # checked before any write: all or nothing
-    existing = {_row_key(row): row for row in list_whitelist(db_session=db_session)}
+    _refuse_retired_parties(db_session, entries)
+    # retired entries are matched too (the key is unique), but stay retired and are never removed
+    existing = {_row_key(row): row for row in list_whitelist(db_session=db_session, include_retired=True)}
     created = updated = unchanged = 0
     for entry in entries:
         row = existing.pop(entry.key, None)
@@ -105,7 +112,7 @@ def import_whitelist(
             unchanged += 1
     removed = 0
     if replace and existing:
-        ids = [row.id for row in existing.values()]
+        ids = [row.id for row in existing.values() if row.retired_at is None]
         db_session.execute(delete(WhitelistEntry).where(WhitelistEntry.id.in_(ids)))
         removed = len(ids)
     db_session.flush()
@@ -113,7 +120,7 @@ def import_whitelist(
 
 
 def export_whitelist(*, db_session: Session) -> list[WhitelistEntryIn]:
-    """The whole whitelist as value objects, ready for `whitelist_io.dump_yaml` / `dump_csv`."""
+    """The active whitelist as value objects, ready for `whitelist_io.dump_yaml` / `dump_csv`."""
     return [WhitelistEntryIn.from_row(row) for row in list_whitelist(db_session=db_session)]
 
 
@@ -152,10 +159,36 @@ def _best_entry(
             WhitelistEntry.info_type_code == info_type_code,
             WhitelistEntry.requester.in_(requesters),
             WhitelistEntry.provider.in_(providers),
+            WhitelistEntry.retired_at.is_(None),
         )
         .execution_options(populate_existing=True)
     ).all()
     return min(candidates, key=_specificity, default=None)
+
+
+def retire_agency(*, db_session: Session, agency: str, at: datetime | None = None) -> int:
+    """Retire every entry naming the agency as requester or provider; returns how many.
+
+    The entries stay (history cites them by ID) but no longer decide or list by default.
+    """
+    result = db_session.execute(
+        update(WhitelistEntry)
+        .where(
+            or_(WhitelistEntry.requester == agency, WhitelistEntry.provider == agency),
+            WhitelistEntry.retired_at.is_(None),
+        )
+        .values(retired_at=at or utcnow())
+        .execution_options(synchronize_session="fetch")
+    )
+    db_session.flush()
+    return result.rowcount or 0
+
+
+def _refuse_retired_parties(db_session: Session, entries: Sequence[WhitelistEntryIn]) -> None:
+    parties = {p for e in entries for p in (e.requester, e.provider) if not p.startswith(CLASS_PREFIX)}
+    retired = sorted(p for p in parties if agencies.is_retired(db_session=db_session, entity_id=p))
+    if retired:
+        raise WhitelistImportError([f"agency {p} is retired and cannot be whitelisted" for p in retired])
 
 
 def task_names(*, db_session: Session) -> dict[str, str]:

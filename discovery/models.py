@@ -43,5 +43,7 @@ class Offering(Base):
     endpoint: Mapped[str] = mapped_column(String(1024))
     security_mechanism: Mapped[str] = mapped_column(String(300))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # set when the provider is retired: kept for history, never listed or decided by default
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
     service_type: Mapped[ServiceType] = relationship(back_populates="offerings")

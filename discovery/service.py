@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from discovery.models import Offering, ServiceType
+from federation import service as agencies
 from kernel.cache import TTLCache
+from kernel.db import utcnow
 
 # ID-WSF security mechanism: TLS to the provider, the hub's SAML assertion as bearer token
 BEARER_SAML = "urn:liberty:security:2005-02:TLS:SAMLV2"
@@ -77,6 +80,8 @@ def add_offering(
     """Register a provider's endpoint for a service type."""
     if db_session.get(ServiceType, service_type) is None:
         raise LocationError(f"no service type {service_type}")
+    if agencies.is_retired(db_session=db_session, entity_id=provider):
+        raise LocationError(f"agency {provider} is retired and cannot offer services")
     if not endpoint.startswith(("https://", "http://")):
         raise LocationError(f"endpoint must be an http(s) URL, got {endpoint!r}")
     exists = db_session.scalar(
@@ -92,9 +97,13 @@ def add_offering(
     return row
 
 
-def list_offerings(*, db_session: Session, service_type: str | None = None) -> list[Offering]:
-    """Offerings, optionally of one service type."""
+def list_offerings(
+    *, db_session: Session, service_type: str | None = None, include_retired: bool = False
+) -> list[Offering]:
+    """Active offerings (with `include_retired`, retired ones too), optionally of one service type."""
     query = select(Offering).order_by(Offering.service_type_urn, Offering.provider)
+    if not include_retired:
+        query = query.where(Offering.retired_at.is_(None))
     if service_type:
         query = query.where(Offering.service_type_urn == service_type)
     return list(db_session.scalars(query))
@@ -112,12 +121,26 @@ def remove_offering(*, db_session: Session, provider: str, service_type: str) ->
     _location_cache.clear()
 
 
+def retire_provider(*, db_session: Session, provider: str, at: datetime | None = None) -> int:
+    """Retire every offering of a retired agency; returns how many. Kept for history, never
+    listed or decided again, so no token is ever issued to it."""
+    result = db_session.execute(
+        update(Offering)
+        .where(Offering.provider == provider, Offering.retired_at.is_(None))
+        .values(retired_at=at or utcnow())
+        .execution_options(synchronize_session="fetch")
+    )
+    db_session.flush()
+    _location_cache.clear()
+    return result.rowcount or 0
+
+
 # Service types and offerings change rarely (operator actions): cached a few seconds.
 _location_cache: TTLCache[tuple[ServiceTypeView, tuple[OfferingView, ...]] | None] = TTLCache(seconds=5.0)
 
 
 def service_location(*, db_session: Session, urn: str) -> tuple[ServiceTypeView, tuple[OfferingView, ...]] | None:
-    """A service type and all its offerings (cached a few seconds), or None if there is no such type."""
+    """A service type and its active offerings (cached a few seconds), or None if there is no such type."""
 
     def load():
         st = db_session.get(ServiceType, urn)
@@ -125,7 +148,9 @@ def service_location(*, db_session: Session, urn: str) -> tuple[ServiceTypeView,
             return None
         view = ServiceTypeView(st.urn, st.name, tuple(st.info_type_codes))
         rows = db_session.scalars(
-            select(Offering).where(Offering.service_type_urn == urn).order_by(Offering.provider)
+            select(Offering)
+            .where(Offering.service_type_urn == urn, Offering.retired_at.is_(None))
+            .order_by(Offering.provider)
         )
         return view, tuple(
             OfferingView(o.provider, urn, o.endpoint, o.security_mechanism, view.info_types) for o in rows

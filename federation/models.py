@@ -22,6 +22,9 @@ class Agency(Base):
     want_assertions_signed: Mapped[bool] = mapped_column(Boolean, default=True)
     metadata_xml: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # set once the agency is retired: the row, metadata and keys stay so history naming it
+    # stays readable and verifiable, but it takes part in nothing new
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
     endpoints: Mapped[list[AgencyEndpoint]] = relationship(
         back_populates="agency", cascade="all, delete-orphan", lazy="selectin"

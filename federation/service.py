@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -13,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from federation.models import Agency, AgencyCertificate, AgencyEndpoint
 from kernel.cache import TTLCache
+from kernel.db import utcnow
 from kernel.xml import XMLSecurityError, parse_xml
 
 MD_NS = "urn:oasis:names:tc:SAML:2.0:metadata"
@@ -164,6 +166,13 @@ def register(
     """Register (or, with replace, update) an agency from its metadata."""
     parsed = parse_sp_metadata(metadata)
     existing = db_session.scalar(select(Agency).where(Agency.entity_id == parsed.entity_id))
+    if existing is not None and existing.retired_at is not None:
+        # history names the retired agency by this entity ID and checks it against these
+        # keys: a newcomer must not take them over, so a retired entity ID is never reused
+        raise MetadataError(
+            f"agency {parsed.entity_id} was retired on {existing.retired_at:%Y-%m-%d}; "
+            "a retired entity ID cannot be registered again"
+        )
     if existing is not None and not replace:
         raise MetadataError(f"agency {parsed.entity_id} is already registered")
     agency = existing or Agency(entity_id=parsed.entity_id)
@@ -190,18 +199,31 @@ def register(
     return agency
 
 
-def remove(*, db_session: Session, entity_id: str) -> None:
-    """Remove a registered agency."""
+def retire(*, db_session: Session, entity_id: str, at: datetime | None = None) -> Agency:
+    """Mark an agency retired: no new SSO, tokens or lookups; its row and keys stay for history.
+
+    Only the registry's part: the roof retires the agency in every other room in the same
+    transaction (renkei.retirement).
+    """
     agency = db_session.scalar(select(Agency).where(Agency.entity_id == entity_id))
     if agency is None:
         raise MetadataError(f"no agency {entity_id} is registered")
-    db_session.delete(agency)
+    if agency.retired_at is not None:
+        raise MetadataError(f"agency {entity_id} was already retired on {agency.retired_at:%Y-%m-%d}")
+    agency.retired_at = at or utcnow()
     db_session.flush()
     _cache.clear()
+    return agency
+
+
+def is_retired(*, db_session: Session, entity_id: str) -> bool:
+    """Whether this entity ID names a retired agency (for a clear refusal; `lookup` says None)."""
+    retired_at = db_session.scalar(select(Agency.retired_at).where(Agency.entity_id == entity_id))
+    return retired_at is not None
 
 
 def list_all(*, db_session: Session) -> list[Agency]:
-    """Every registered agency, by entity ID."""
+    """Every registered agency, retired ones included (see `retired_at`), by entity ID."""
     return list(db_session.scalars(select(Agency).order_by(Agency.entity_id)))
 
 
@@ -210,10 +232,13 @@ _cache: TTLCache[RegisteredAgency | None] = TTLCache(seconds=5.0)
 
 
 def lookup(*, db_session: Session, entity_id: str) -> RegisteredAgency | None:
-    """The registered agency for an entity ID (cached for a few seconds), or None."""
+    """The live agency for an entity ID (cached for a few seconds), or None when it is unknown
+    or retired: every live use (SSO, discovery, tokens, links) refuses a retired agency alike."""
 
     def load() -> RegisteredAgency | None:
-        agency = db_session.scalar(select(Agency).where(Agency.entity_id == entity_id))
+        agency = db_session.scalar(
+            select(Agency).where(Agency.entity_id == entity_id, Agency.retired_at.is_(None))
+        )
         return _view(agency) if agency is not None else None
 
     return _cache.get(entity_id, load)

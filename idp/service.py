@@ -111,6 +111,7 @@ def check_authn_request(
     issuer = saml.issuer_of(root)
     agency = agencies.lookup(db_session=db_session, entity_id=issuer) if issuer else None
     if agency is None:
+        _refuse_retired(db_session, issuer)
         raise BadRequest(f"the service provider {issuer!r} is not registered with this IdP")
     must_sign = agency.authn_requests_signed or settings.require_signed_requests
     try:
@@ -181,6 +182,12 @@ def _check_bounds(*, db_session: Session, settings: Settings, request: saml.Auth
         raise saml.SamlStatusError(
             saml.REQUESTER, "this AuthnRequest ID was already used", REQUEST_DENIED
         ) from None
+
+
+def _refuse_retired(db_session: Session, issuer: str | None) -> None:
+    """A retired agency gets a plain 4xx saying so: nothing is ever sent to its endpoints."""
+    if issuer and agencies.is_retired(db_session=db_session, entity_id=issuer):
+        raise BadRequest(f"the service provider {issuer!r} has been retired from this federation")
 
 
 def _query_has_signature(raw_query: str) -> bool:
@@ -368,6 +375,7 @@ def handle_logout_request(
     issuer = saml.issuer_of(root)
     agency = agencies.lookup(db_session=db_session, entity_id=issuer) if issuer else None
     if agency is None:
+        _refuse_retired(db_session, issuer)
         raise BadRequest(f"the service provider {issuer!r} is not registered with this IdP")
     endpoint = agency.slo_redirect()
     if endpoint is None:

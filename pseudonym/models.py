@@ -85,3 +85,13 @@ class LocalLink(Base):
     local_id: Mapped[str] = mapped_column(String(256))
     person_key: Mapped[str] = mapped_column(String(64), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class RetiredAgency(Base):
+    """An agency retired from the federation: its pseudonyms and links stay (they are
+    history), but no new ones are made for it."""
+
+    __tablename__ = "pseudonym_retired_agencies"
+
+    agency: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    retired_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

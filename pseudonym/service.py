@@ -13,6 +13,7 @@ import hmac
 import io
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 
 from sqlalchemy import func, select, update
@@ -20,7 +21,14 @@ from sqlalchemy.orm import Session
 
 from kernel.db import insert_or_ignore, utcnow
 from kernel.keys import KeyStore
-from pseudonym.models import AgencyKeyVersion, LocalLink, MasterIdentifier, Pseudonym, Rotation
+from pseudonym.models import (
+    AgencyKeyVersion,
+    LocalLink,
+    MasterIdentifier,
+    Pseudonym,
+    RetiredAgency,
+    Rotation,
+)
 
 PAIRWISE_SECRET = "pseudonym"
 MASTER_ID_SECRET = "master-id"
@@ -90,6 +98,7 @@ def get_or_create(*, db_session: Session, keys: KeyStore, person_key: str, agenc
     value = db_session.scalar(_live(person_key, agency))
     if value is not None:
         return value
+    _refuse_retired(db_session, agency)  # only on the rare path that would create one
     version = agency_key_version(db_session=db_session, keys=keys, agency=agency)
     revoked = db_session.scalar(
         select(func.count()).where(
@@ -153,6 +162,7 @@ def rotate(
 
     Returns how many pseudonyms were re-keyed. Other agencies keep their version and values.
     """
+    _refuse_retired(db_session, agency)
     old_version = agency_key_version(db_session=db_session, keys=keys, agency=agency)
     new_version = keys.create_secret(PAIRWISE_SECRET)
     secret = _secret(str(keys.directory), new_version)
@@ -229,6 +239,7 @@ def import_local_links(
 
     All or nothing: every line is checked before anything is written; an error names the line.
     """
+    _refuse_retired(db_session, agency)
     rows = list(_csv_rows(csv_text, source))
     links: list[tuple[int, str, str]] = []
     seen: dict[str, int] = {}
@@ -273,6 +284,19 @@ def import_local_links(
             progress(1)
     db_session.flush()
     return written
+
+
+def retire_agency(*, db_session: Session, agency: str, at: datetime | None = None) -> None:
+    """Stop making pseudonyms and links for a retired agency; those it has stay (they are history)."""
+    if db_session.get(RetiredAgency, agency) is None:
+        db_session.add(RetiredAgency(agency=agency, retired_at=at or utcnow()))
+        db_session.flush()
+
+
+def _refuse_retired(db_session: Session, agency: str) -> None:
+    # this room cannot ask the registry (federation is on its level), so it keeps its own mark
+    if db_session.get(RetiredAgency, agency) is not None:
+        raise PseudonymError(f"agency {agency} is retired: no new pseudonyms or links are made for it")
 
 
 def _csv_rows(text: str, source: str) -> Iterable[tuple[int, str, str]]:

@@ -130,7 +130,8 @@ def agency() -> None:
               help="The agency's SAML metadata file (md:EntityDescriptor with an SPSSODescriptor).")
 @click.option("--class", "agency_class", default="", help="Agency class, e.g. municipality.")
 @click.option("--name", default=None, help="Display name (default: from the metadata).")
-@click.option("--replace", is_flag=True, help="Update an agency that is already registered.")
+@click.option("--replace", is_flag=True,
+              help="Update an agency that is already registered (a retired one cannot be).")
 def agency_add(metadata_file: Path, agency_class: str, name: str | None, replace: bool) -> None:
     """Register an agency from its metadata; its ACS URLs and keys are pinned from it."""
     from federation import service as agencies
@@ -152,14 +153,18 @@ def agency_add(metadata_file: Path, agency_class: str, name: str | None, replace
 
 @agency.command("list")
 def agency_list() -> None:
-    """List registered agencies: entity ID, class, name."""
+    """List registered agencies: entity ID, class, name; retired ones are marked so."""
     from federation import service as agencies
     from kernel.db import session_scope
 
     with session_scope(_ready_db()) as db:
-        rows = [(a.entity_id, a.agency_class or "-", a.name) for a in agencies.list_all(db_session=db)]
-    for entity_id, cls, name in rows:
-        click.echo(f"{entity_id}\t{cls}\t{name}")
+        rows = [
+            (a.entity_id, a.agency_class or "-", a.name,
+             f"\tretired {a.retired_at:%Y-%m-%d %H:%M:%S}" if a.retired_at else "")
+            for a in agencies.list_all(db_session=db)
+        ]
+    for entity_id, cls, name, retired in rows:
+        click.echo(f"{entity_id}\t{cls}\t{name}{retired}")
     if not rows:
         click.echo("no agencies registered", err=True)
 
@@ -167,16 +172,20 @@ def agency_list() -> None:
 @agency.command("remove")
 @click.argument("entity_id")
 def agency_remove(entity_id: str) -> None:
-    """Remove a registered agency."""
+    """Retire an agency: no new SSO, tokens or lookups for it; its offerings and whitelist
+    entries become inactive; its keys, pseudonyms and history are kept. Its entity ID cannot
+    be registered again."""
     from federation import service as agencies
     from kernel.db import session_scope
+    from renkei.retirement import retire_agency
 
     try:
         with session_scope(_ready_db()) as db:
-            agencies.remove(db_session=db, entity_id=entity_id)
+            done = retire_agency(db_session=db, entity_id=entity_id)
     except agencies.MetadataError as exc:
         raise RenkeiError(str(exc)) from None
-    click.echo(f"removed {entity_id}")
+    click.echo(f"retired {entity_id}: {done.offerings} offerings and {done.whitelist_entries} "
+               "whitelist entries made inactive; its pseudonyms, links and history are kept")
 
 
 # --- local links and pseudonyms ---------------------------------------------------------------
@@ -318,14 +327,17 @@ def offering_add(provider: str, service_type: str, endpoint: str) -> None:
 
 @offering.command("list")
 @click.option("--service-type", default=None, help="Only this service type.")
-def offering_list(service_type: str | None) -> None:
+@click.option("--include-retired", is_flag=True, help="Also list offerings of retired agencies (marked).")
+def offering_list(service_type: str | None, include_retired: bool) -> None:
     """List offerings: service type, provider, endpoint."""
     from discovery import service as location
     from kernel.db import session_scope
 
     with session_scope(_ready_db()) as db:
-        for o in location.list_offerings(db_session=db, service_type=service_type):
-            click.echo(f"{o.service_type_urn}\t{o.provider}\t{o.endpoint}")
+        for o in location.list_offerings(db_session=db, service_type=service_type,
+                                         include_retired=include_retired):
+            retired = f"\tretired {o.retired_at:%Y-%m-%d}" if o.retired_at else ""
+            click.echo(f"{o.service_type_urn}\t{o.provider}\t{o.endpoint}{retired}")
 
 
 @offering.command("remove")

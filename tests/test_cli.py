@@ -91,10 +91,19 @@ def test_agency_add_list_remove_and_bad_metadata(home, tmp_path):
     result = run("agency", "add", "--metadata", str(no_acs), "--replace")
     assert result.exit_code != 0 and "AssertionConsumerService" in result.output
     assert run("agency", "add", "--metadata", str(tmp_path / "missing.xml")).exit_code != 0
-    assert run("agency", "remove", "https://x.example.jp/sp").exit_code == 0
-    assert run("agency", "remove", "https://x.example.jp/sp").exit_code != 0
+    retired = run("agency", "remove", "https://x.example.jp/sp")
+    assert retired.exit_code == 0 and "retired https://x.example.jp/sp" in retired.output
+    twice = run("agency", "remove", "https://x.example.jp/sp")
+    assert twice.exit_code != 0 and "already retired" in twice.output
+    assert run("agency", "remove", "https://nobody.example.jp/sp").exit_code != 0
+    # retired, not deleted: the row and its keys stay for history, listed as retired
     with session_scope() as db:
-        assert db.scalar(select(func.count()).select_from(Agency)) == 0
+        assert db.scalar(select(func.count()).select_from(Agency).where(Agency.retired_at.is_not(None))) == 1
+    assert "https://x.example.jp/sp\tmunicipality" in (listed := run("agency", "list").output)
+    assert "\tretired " in listed
+    for flags in ((), ("--replace",)):  # a retired entity ID is never taken over
+        again = run("agency", "add", "--metadata", str(md), *flags)
+        assert again.exit_code != 0 and "retired" in again.output and "cannot be registered again" in again.output
 
 
 def test_person_add_and_link_import(home, tmp_path):
