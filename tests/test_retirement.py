@@ -6,6 +6,7 @@ token and no new pseudonym, while its history still verifies.
 """
 from __future__ import annotations
 
+import json
 import uuid
 from types import SimpleNamespace
 
@@ -15,7 +16,6 @@ from click.testing import CliRunner
 from lxml import etree
 from sqlalchemy import func, select
 
-from access_history import service as history
 from consent import service as consent
 from consent.errors import WhitelistImportError
 from consent.models import WhitelistEntryIn
@@ -28,6 +28,7 @@ from pseudonym import service as pseudonyms
 from pseudonym.models import LocalLink, Pseudonym
 from renkei.cli import main
 from tests.federation import ask, bootstrap_of
+from tests.history_helpers import export_lines, verify_history
 from tests.saml_sp import NS, Browser, TestSP, response_from_page
 from tests.test_discovery_soap import (
     fault_of,
@@ -112,11 +113,11 @@ def name_id_mapping(world, target: str) -> tuple[list[str], str | None, etree._E
     return codes, message, response
 
 
-def hub_lines_naming(agency: str) -> list[dict]:
-    with session_scope() as db:
-        lines = list(history.export(db_session=db, owner="hub"))
-    assert history.verify_export(lines).ok
-    return [line for line in lines if agency in (line["requester"], line["provider"])]
+def hub_lines_naming(hub, agency: str) -> list[dict]:
+    lines = export_lines(hub)
+    assert verify_history(hub).ok
+    entries = [json.loads(line) for line in lines]
+    return [e for e in entries if e["type"] == "entry" and agency in (e["requester"], e["provider"])]
 
 
 def test_retirement_is_heard_by_every_room(world):
@@ -131,7 +132,7 @@ def test_retirement_is_heard_by_every_room(world):
     _, pending_request = gone.authn_request(f"{hub.base_url}/idp/sso")
     pending = browser.start(gone, etree.tostring(pending_request))  # logged in after retirement
     assert pending.status_code == 303
-    naming_gone = hub_lines_naming(gone.entity_id)
+    naming_gone = hub_lines_naming(hub, gone.entity_id)
     assert naming_gone
     with session_scope() as db:
         kept_pseudonyms = db.scalar(select(func.count()).select_from(Pseudonym)
@@ -161,7 +162,7 @@ def test_retirement_is_heard_by_every_room(world):
     codes, message, response = name_id_mapping(world, gone.entity_id)  # nor its name for the person
     assert codes[0] == "Requester" and message.split(":")[0] == "UNKNOWN_TARGET"
     assert response.find("saml:EncryptedID", NS) is None
-    assert len(hub_lines_naming(gone.entity_id)) == len(naming_gone)  # nothing new decided about it
+    assert len(hub_lines_naming(hub, gone.entity_id)) == len(naming_gone)  # nothing new decided about it
 
     with session_scope() as db:
         # its offerings and whitelist entries are inactive, kept for history, listed on request
@@ -205,7 +206,7 @@ def test_retirement_is_heard_by_every_room(world):
         db.rollback()
 
     # the history naming it is still readable and verifies
-    assert len(hub_lines_naming(gone.entity_id)) == len(naming_gone)
+    assert len(hub_lines_naming(hub, gone.entity_id)) == len(naming_gone)
 
     # the registry: listed as retired, never registered again, not retired twice
     listed = next(line for line in cli("agency", "list").splitlines() if line.startswith(gone.entity_id))
