@@ -8,7 +8,7 @@ from alembic import context
 from kernel import replay  # noqa: F401  (the kernel's replay-cache table)
 from kernel.db import Base, make_engine
 
-for room in ("federation", "idp", "pseudonym", "consent", "discovery", "access_history"):
+for room in ("federation", "idp", "pseudonym", "consent", "discovery", "access_history", "portal"):
     try:
         importlib.import_module(f"{room}.models")
     except ModuleNotFoundError as exc:  # a room without tables yet

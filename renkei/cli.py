@@ -52,9 +52,10 @@ def init() -> None:
     except Exception as exc:  # noqa: BLE001 - any driver or migration error, said plainly
         raise RenkeiError(f"cannot migrate the database: {exc}") from None
     from renkei.operator_api import operator_token
-    from renkei.provisioning import ensure_hub_keys
+    from renkei.provisioning import ensure_hub_keys, register_portal
 
     ensure_hub_keys()
+    register_portal(settings.db_url)
 
     operator_token()
     click.echo(f"database ready: {settings.db_url.split('@')[-1]}")

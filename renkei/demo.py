@@ -34,7 +34,7 @@ from kernel.keys import keystore
 from kernel.settings import get_settings
 from pseudonym import service as pseudonyms
 from renkei.app import create_app
-from renkei.provisioning import ensure_hub_keys
+from renkei.provisioning import ensure_hub_keys, register_portal
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
 
@@ -96,6 +96,7 @@ def setup(config: dict, config_dir: Path = DEFAULT_CONFIG.parent) -> tuple[list[
     settings = get_settings()
     upgrade(settings.db_url)
     ensure_hub_keys()
+    register_portal(settings.db_url)
     keys = keystore()
     host = config["hub"].get("host", "127.0.0.1")
     demo_agencies = [

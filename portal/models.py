@@ -1,0 +1,36 @@
+"""Tables of the portal room: the person's portal sessions and the logins they started."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import DateTime, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from kernel.db import Base
+
+
+class PortalSession(Base):
+    """A person logged into the portal; the cookie holds a token, the table its SHA-256."""
+
+    __tablename__ = "portal_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    person_key: Mapped[str] = mapped_column(String(64), index=True)
+    name_id: Mapped[str] = mapped_column(String(256))  # the portal's own pairwise pseudonym
+    session_index: Mapped[str | None] = mapped_column(String(256))
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime)
+    expires_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+
+
+class PortalPending(Base):
+    """A login or logout the portal asked the IdP for, bound to the browser that asked."""
+
+    __tablename__ = "portal_pending"
+
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    browser: Mapped[str] = mapped_column(String(64), index=True)  # SHA-256 of the browser cookie
+    kind: Mapped[str] = mapped_column(String(8))  # login | logout
+    next_path: Mapped[str] = mapped_column(String(256))
+    expires_at: Mapped[datetime] = mapped_column(DateTime, index=True)

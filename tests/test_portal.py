@@ -1,0 +1,105 @@
+"""The portal logs people in as a SAML SP of the hub's own IdP (signed AuthnRequest over
+HTTP-Redirect, POST-binding Response read through the ground's assertion consumer), shows only
+the logged-in person's own data, and logs out by Single Logout."""
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+
+from consent.models import PolicyRuleIn
+from tests.federation import RESIDENT, set_rules
+from tests.saml_sp import post_form_fields
+from tests.test_discovery_api import query
+
+
+def portal_login(hub, username: str, password: str, next_path: str = "/portal/") -> httpx.Client:
+    """A browser logging into the portal: portal → IdP login → POST binding → portal ACS."""
+    client = httpx.Client(base_url=hub.base_url, follow_redirects=False, timeout=20)
+    r = client.get(next_path)
+    assert r.status_code == 303 and r.headers["location"].startswith("/portal/login"), r.text[:300]
+    r = client.get(r.headers["location"])
+    assert r.status_code == 303 and "/idp/sso?SAMLRequest=" in r.headers["location"]
+    assert "Signature=" in r.headers["location"]  # the portal signs its AuthnRequests
+    r = client.get(r.headers["location"].removeprefix(hub.base_url))
+    if r.status_code == 303:  # not logged in at the IdP yet: its login page
+        page = client.get(r.headers["location"].removeprefix(hub.base_url))
+        pending = re.search(r'name="pending" value="([^"]+)"', page.text).group(1)
+        r = client.post("/idp/login", data={"pending": pending, "username": username, "password": password})
+    assert r.status_code == 200, r.text[:500]
+    action, fields = post_form_fields(r.text)
+    assert action == f"{hub.base_url}/portal/acs"
+    r = client.post("/portal/acs", data=fields)
+    assert r.status_code == 303, r.text[:500]
+    assert r.headers["location"] == next_path
+    return client
+
+
+def test_login_shows_my_history_and_data(hub, fed, bootstrap):
+    set_rules(fed, PolicyRuleIn(effect="allow"))
+    decided = query(hub, fed, bootstrap, RESIDENT, "JUKI")
+    client = portal_login(hub, "disco-person", "disco password", "/portal/history")
+    page = client.get("/portal/history")
+    assert page.status_code == 200 and "やりとり履歴" in page.text
+    assert "PERMITTED_BY_CONSENT" in page.text
+    assert page.headers["cache-control"] == "no-store"
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert "portal_session" in page.request.headers["cookie"]
+    data = client.get("/portal/data")
+    assert data.status_code == 200
+    rows = re.findall(r"<tr><td>", data.text)
+    assert len(rows) == 3  # A, M and N hold data about this person
+    overview = client.get("/portal/")
+    assert overview.status_code == 200 and "今月のやりとり" in overview.text
+    assert any(o["decision_id"] for o in decided.values())
+
+
+def test_pages_need_a_login_and_the_acs_refuses_foreign_answers(hub):
+    client = httpx.Client(base_url=hub.base_url, follow_redirects=False, timeout=20)
+    for path in ("/portal/", "/portal/history", "/portal/data", "/portal/logout"):
+        r = client.get(path)
+        assert r.status_code == 303 and r.headers["location"].startswith("/portal/login")
+    r = client.post("/portal/acs", data={"SAMLResponse": "PHNhbWxwOlJlc3BvbnNlLz4="})
+    assert r.status_code == 400 and "portal_session" not in r.headers.get("set-cookie", "")
+    r = client.get("/portal/login", params={"next": "https://evil.example/"})
+    assert r.status_code == 303  # never an open redirect: the next path is dropped
+    assert "evil" not in r.headers["location"]
+
+
+def test_an_answer_for_another_browser_is_refused(hub):
+    """The Response answers a request another browser started: its cookie binds it."""
+    first = httpx.Client(base_url=hub.base_url, follow_redirects=False, timeout=20)
+    r = first.get("/portal/login")
+    r = first.get(r.headers["location"].removeprefix(hub.base_url))
+    page = first.get(r.headers["location"].removeprefix(hub.base_url))
+    pending = re.search(r'name="pending" value="([^"]+)"', page.text).group(1)
+    r = first.post("/idp/login", data={"pending": pending, "username": "disco-person", "password": "disco password"})
+    _, fields = post_form_fields(r.text)
+    other = httpx.Client(base_url=hub.base_url, follow_redirects=False, timeout=20)
+    other.get("/portal/login")  # a browser cookie of its own, with a pending request of its own
+    stolen = other.post("/portal/acs", data=fields)
+    assert stolen.status_code == 400
+
+
+def test_logout_is_single_logout_and_needs_the_form_token(hub):
+    client = portal_login(hub, "disco-person", "disco password")
+    r = client.post("/portal/logout", data={"csrf_token": "forged"})
+    assert r.status_code == 403
+    form = client.get("/portal/logout")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', form.text).group(1)
+    r = client.post("/portal/logout", data={"csrf_token": token})
+    assert r.status_code == 303 and "/idp/slo?SAMLRequest=" in r.headers["location"]
+    r = client.get(r.headers["location"].removeprefix(hub.base_url))
+    assert r.status_code in (302, 303) and "/portal/slo?SAMLResponse=" in r.headers["location"]
+    done = client.get(r.headers["location"].removeprefix(hub.base_url))
+    assert done.status_code == 200 and "ログアウトしました" in done.text
+    assert client.get("/portal/history").status_code == 303  # the portal session is gone
+    again = client.get("/portal/login")
+    assert client.get(again.headers["location"].removeprefix(hub.base_url)).status_code == 303  # IdP asks again
+
+
+@pytest.mark.parametrize("cursor", ["%%%", "x" * 150])
+def test_bad_cursors_are_a_clear_400(hub, cursor):
+    client = portal_login(hub, "disco-person", "disco password")
+    assert client.get("/portal/history", params={"cursor": cursor}).status_code == 400
