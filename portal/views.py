@@ -13,10 +13,12 @@ from access_history import service as history
 from kernel.db import utcnow
 from kernel.settings import Settings, get_settings
 from kernel.web import DB, Pages, raw_query
-from portal import service
+from portal import i18n, service
 from portal.models import PortalSession
+from portal.wording import OUTCOMES, outcome_text
 
 _pages = Pages(Path(__file__).resolve().parent / "templates")
+i18n.install(_pages.env)
 router = APIRouter(prefix="/portal", tags=["portal"], include_in_schema=False)
 
 SESSION_COOKIE = "portal_session"
@@ -29,8 +31,14 @@ def _cookie(response: Response, name: str, value: str, settings: Settings, max_a
                         secure=settings.base_url.startswith("https://"))
 
 
-def _page(name: str, session: PortalSession | None = None, status_code: int = 200, **context) -> Response:
-    return _pages.page(name, status_code=status_code, session=session, **context)
+def _page(request: Request, name: str, session: PortalSession | None = None, status_code: int = 200,
+          **context) -> Response:
+    """Render in the person's language (the cookie; Japanese by default)."""
+    i18n.set_language(request.cookies.get(i18n.COOKIE))
+    response = _pages.page(name, status_code=status_code, session=session, request_path=request.url.path,
+                           outcome_text=outcome_text, **context)
+    response.headers["Content-Language"] = i18n.current()
+    return response
 
 
 def _safe_next(value: str | None) -> str:
@@ -58,6 +66,15 @@ PERSON = Depends(current_session)
 
 def login_redirect_handler(_request: Request, exc: LoginRequired) -> Response:
     return RedirectResponse(f"/portal/login?next={exc.next_path}", status_code=303)
+
+
+@router.get("/lang")
+def switch_language(to: str = Query(..., max_length=8), next: str | None = Query(None, max_length=256)) -> Response:
+    """Switch the portal's language; the choice persists in a cookie (works without JavaScript)."""
+    response = RedirectResponse(_safe_next(next), status_code=303)
+    response.set_cookie(i18n.COOKIE, i18n.choose(to), max_age=365 * 24 * 3600, httponly=True, samesite="lax",
+                        path="/portal", secure=get_settings().base_url.startswith("https://"))
+    return response
 
 
 @router.get("/metadata")
@@ -91,16 +108,16 @@ def acs(request: Request, db_session: Session = DB, SAMLResponse: str = Form(...
                                        browser=request.cookies.get(BROWSER_COOKIE) or "",
                                        saml_response=SAMLResponse)
     except service.LoginFailed as exc:
-        return _page("message.html", status_code=400, title="ログインできませんでした / Login failed",
-                     message=str(exc), retry=True)
+        return _page(request, "message.html", status_code=400, title="ログインできませんでした",
+                     message="ログインの応答を受け付けられませんでした。", detail=str(exc), retry=True)
     response = RedirectResponse(started.next_path, status_code=303)
     _cookie(response, SESSION_COOKIE, started.token, settings)
     return response
 
 
 @router.get("/logout")
-def logout_form(session: PortalSession = PERSON) -> Response:
-    return _page("logout.html", session, title="ログアウト / Log out")
+def logout_form(request: Request, session: PortalSession = PERSON) -> Response:
+    return _page(request, "logout.html", session, title="ログアウト")
 
 
 @router.post("/logout")
@@ -108,8 +125,8 @@ def logout(request: Request, db_session: Session = DB, session: PortalSession = 
            csrf_token: str = Form(..., max_length=64)) -> Response:
     """End the portal session and the single sign-on (Single Logout through the IdP)."""
     if not secrets.compare_digest(csrf_token, session.csrf_token):
-        return _page("message.html", session, status_code=403, title="Forbidden",
-                     message="フォームの有効期限が切れました。The form expired; please try again.")
+        return _page(request, "message.html", session, status_code=403, title="要求を処理できません",
+                     message="フォームの有効期限が切れました。もう一度お試しください。")
     url = service.start_logout(db_session=db_session, settings=get_settings(), session=session,
                                browser=request.cookies.get(BROWSER_COOKIE) or "")
     response = RedirectResponse(url, status_code=303)
@@ -121,16 +138,15 @@ def logout(request: Request, db_session: Session = DB, session: PortalSession = 
 def slo(request: Request, db_session: Session = DB) -> Response:
     """The IdP's LogoutResponse (HTTP-Redirect binding)."""
     ok = service.finish_logout(db_session=db_session, settings=get_settings(), raw_query=raw_query(request))
-    message = ("ログアウトしました。You have been logged out." if ok else
-               "ログアウトを確認できませんでした。The logout could not be confirmed; close the browser.")
-    response = _page("message.html", title="ログアウト / Logged out", message=message, retry=False,
+    message = "ログアウトしました。" if ok else "ログアウトを確認できませんでした。ブラウザを閉じてください。"
+    response = _page(request, "message.html", title="ログアウト", message=message, retry=False,
                      status_code=200 if ok else 400)
     response.delete_cookie(SESSION_COOKIE, path="/portal")
     return response
 
 
 @router.get("/")
-def overview(db_session: Session = DB, session: PortalSession = PERSON) -> Response:
+def overview(request: Request, db_session: Session = DB, session: PortalSession = PERSON) -> Response:
     """Overview: this month's exchanges, refusals, law over refusal, and the latest entries."""
     now = utcnow()
     month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
@@ -145,15 +161,15 @@ def overview(db_session: Session = DB, session: PortalSession = PERSON) -> Respo
     }
     latest = service.history_page(db_session=db_session, person_key=session.person_key, cursor=None,
                                   filters=history.TimelineFilter(), limit=5)
-    return _page("overview.html", session, title="概要 / Overview", counts=counts, latest=latest.entries,
+    return _page(request, "overview.html", session, title="概要", counts=counts, latest=latest.entries,
                  names=service.agency_names(db_session=db_session), more=page.next_cursor is not None)
 
 
 @router.get("/data")
-def where_my_data_is(db_session: Session = DB, session: PortalSession = PERSON) -> Response:
+def where_my_data_is(request: Request, db_session: Session = DB, session: PortalSession = PERSON) -> Response:
     """情報の所在: the agencies that hold data about me, for which services."""
     holdings = service.where_my_data_is(db_session=db_session, person_key=session.person_key)
-    return _page("data.html", session, title="情報の所在 / Where my data is", holdings=holdings)
+    return _page(request, "data.html", session, title="情報の所在", holdings=holdings)
 
 
 def _when(value: str | None) -> datetime | None:
@@ -166,7 +182,7 @@ def _when(value: str | None) -> datetime | None:
 
 
 @router.get("/history")
-def history_page(db_session: Session = DB, session: PortalSession = PERSON,
+def history_page(request: Request, db_session: Session = DB, session: PortalSession = PERSON,
                  cursor: str | None = Query(None, max_length=200), start: str | None = Query(None, max_length=32),
                  end: str | None = Query(None, max_length=32), agency: str | None = Query(None, max_length=1024),
                  outcome: str | None = Query(None, max_length=64)) -> Response:
@@ -177,8 +193,8 @@ def history_page(db_session: Session = DB, session: PortalSession = PERSON,
         page = service.history_page(db_session=db_session, person_key=session.person_key, cursor=cursor,
                                     filters=filters)
     except ValueError:
-        return _page("message.html", session, status_code=400, title="Bad request",
-                     message="ページの指定が不正です。The page reference is not valid.")
-    return _page("history.html", session, title="やりとり履歴 / History", page=page,
+        return _page(request, "message.html", session, status_code=400, title="要求を処理できません",
+                     message="ページの指定が正しくありません。")
+    return _page(request, "history.html", session, title="やりとり履歴", page=page, outcomes=OUTCOMES.items(),
                  names=service.agency_names(db_session=db_session),
                  filters={"start": start or "", "end": end or "", "agency": agency or "", "outcome": outcome or ""})

@@ -103,3 +103,30 @@ def test_logout_is_single_logout_and_needs_the_form_token(hub):
 def test_bad_cursors_are_a_clear_400(hub, cursor):
     client = portal_login(hub, "disco-person", "disco password")
     assert client.get("/portal/history", params={"cursor": cursor}).status_code == 400
+
+
+JAPANESE = __import__("re").compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
+
+
+def visible_text(html: str) -> str:
+    import re as _re
+
+    html = _re.sub(r"<(script|style)[^>]*>.*?</\1>", " ", html, flags=_re.DOTALL)
+    html = _re.sub(r'<[^>]*lang="ja"[^>]*>[^<]*</a>', " ", html)  # the switch back to 日本語
+    return _re.sub(r"<[^>]+>", " ", html)
+
+
+def test_english_switch_persists_and_every_page_is_translated(hub, fed, bootstrap):
+    client = portal_login(hub, "disco-person", "disco password")
+    page = client.get("/portal/history")
+    assert '<html lang="ja">' in page.text and page.headers["content-language"] == "ja"
+    r = client.get("/portal/lang", params={"to": "en", "next": "/portal/history"})
+    assert r.status_code == 303 and r.headers["location"] == "/portal/history"
+    for path in ("/portal/", "/portal/data", "/portal/history", "/portal/logout"):
+        page = client.get(path)
+        assert page.status_code == 200 and '<html lang="en">' in page.text
+        # this federation's data (agency names, codes) is ASCII: any Japanese left is untranslated
+        leftover = JAPANESE.findall(visible_text(page.text))
+        assert not leftover, (path, "".join(leftover)[:80])
+    client.get("/portal/lang", params={"to": "ja", "next": "/portal/"})
+    assert '<html lang="ja">' in client.get("/portal/").text

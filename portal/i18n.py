@@ -1,0 +1,83 @@
+"""The portal's languages: Japanese by default, English on a switch that persists (a cookie).
+
+Templates mark text with `{{ _("…") }}`; the message IDs are the Japanese text itself, so
+Japanese needs no catalog and English comes from `portal/locale/en/LC_MESSAGES/messages.po`
+(gettext, read through Babel when the process starts). Dates are written in the language's
+own format by Babel. The language of one request lives in a context variable, so one template
+environment serves every language.
+"""
+from __future__ import annotations
+
+import contextvars
+from datetime import datetime
+from functools import cache
+from io import BytesIO
+from pathlib import Path
+
+from babel.core import Locale
+from babel.dates import format_date, format_datetime
+from babel.messages.mofile import write_mo
+from babel.messages.pofile import read_po
+from babel.support import Translations
+
+LANGUAGES = ("ja", "en")
+DEFAULT = "ja"
+COOKIE = "portal_lang"
+_LOCALE_DIR = Path(__file__).resolve().parent / "locale"
+_current: contextvars.ContextVar[str] = contextvars.ContextVar("portal_lang", default=DEFAULT)
+
+
+def choose(value: str | None) -> str:
+    return value if value in LANGUAGES else DEFAULT
+
+
+def set_language(lang: str) -> None:
+    _current.set(choose(lang))
+
+
+def current() -> str:
+    return _current.get()
+
+
+@cache
+def catalog(lang: str) -> Translations | None:
+    """The compiled catalog of `lang` (None for Japanese: the message IDs are Japanese)."""
+    po = _LOCALE_DIR / lang / "LC_MESSAGES" / "messages.po"
+    if lang == DEFAULT or not po.is_file():
+        return None
+    with po.open("rb") as fh:
+        messages = read_po(fh, locale=lang)
+    buffer = BytesIO()
+    write_mo(buffer, messages)
+    buffer.seek(0)
+    return Translations(fp=buffer)
+
+
+def gettext(message: str) -> str:
+    translations = catalog(current())
+    return translations.gettext(message) if translations else message
+
+
+def ngettext(singular: str, plural: str, n: int) -> str:
+    translations = catalog(current())
+    if translations:
+        return translations.ngettext(singular, plural, n)
+    return singular if n == 1 else plural
+
+
+def when(value: datetime | None, *, date_only: bool = False) -> str:
+    """A time in the current language's format (times are stored and shown in UTC here)."""
+    if value is None:
+        return ""
+    locale = Locale.parse("ja_JP" if current() == "ja" else "en_GB")
+    if date_only:
+        return format_date(value, format="medium", locale=locale)
+    return format_datetime(value, format="medium", locale=locale)
+
+
+def install(env) -> None:
+    """Give a Jinja environment `_()`, `ngettext()`, `when` and the current `lang`."""
+    env.add_extension("jinja2.ext.i18n")
+    env.install_gettext_callables(gettext, ngettext, newstyle=True)
+    env.globals["when"] = when
+    env.globals["current_lang"] = current
