@@ -16,7 +16,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from joserfc import jws
-from joserfc.errors import JoseError
+from joserfc.errors import JoseError, MissingAlgorithmError
 from joserfc.jwk import ECKey, OctKey, RSAKey
 from joserfc.jws import CompactSignature, JWSRegistry
 from joserfc.jwt import JWTClaimsRegistry
@@ -87,12 +87,17 @@ def _extract(token: object, *, registry: JWSRegistry, max_chars: int) -> Compact
     try:
         signed = jws.extract_compact(token.encode("ascii"), registry=registry)
         header = signed.headers()
-        if not isinstance(header.get("alg"), str) or _REFUSED_HEADERS & header.keys():
-            raise JwsInvalid("the JWS header is not accepted")
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in registry.allowed:
+            raise JwsInvalid(f"the JWS algorithm must be {' or '.join(registry.allowed)}, got {alg!r}")
+        if _REFUSED_HEADERS & header.keys():
+            raise JwsInvalid(f"the JWS header may not carry {', '.join(sorted(_REFUSED_HEADERS & header.keys()))}")
         registry.check_header(header)
-        registry.get_alg(header["alg"])
+        registry.get_alg(alg)
     except JwsInvalid:
         raise
+    except MissingAlgorithmError:
+        raise JwsInvalid(f"the JWS algorithm must be {' or '.join(registry.allowed)}, got None") from None
     except (JoseError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
         # joserfc reports bad JSON, types and algorithms in several ways; all are one answer
         raise JwsInvalid(f"the JWS header is not accepted ({type(exc).__name__})") from None

@@ -79,7 +79,7 @@ def test_hmac_keyed_with_the_registered_public_key_is_refused(hub, fed, bootstra
                                                         serialization.PublicFormat.SubjectPublicKeyInfo)
     # joserfc itself refuses to import a public key as an HMAC secret, so build the key raw
     forged = sign_jws(_claims(hub, fed), key=OctKey(public_pem, public_pem), alg="HS256")
-    assert "not accepted" in _refused(_post(hub, bootstrap, forged))
+    assert "algorithm must be" in _refused(_post(hub, bootstrap, forged))
 
 
 @pytest.mark.parametrize("over", [
