@@ -38,6 +38,9 @@ REQUIRED_FIELDS = (
 )
 # 特定個人情報 (My Number-linked personal information) is sensitive by law
 SENSITIVE_CATEGORY = "特定個人情報"
+# Kantara CR v1.1 collectionMethod: the channel a change really came through, said by its caller
+COLLECTED_BY_OPERATOR_CLI = "operator-cli"  # `renkei policy add/remove`, on the person's behalf
+COLLECTED_AT_DEMO_SETUP = "demo-setup"  # `renkei demo` loading config/demo.yaml's policies
 
 
 @dataclass(frozen=True)
@@ -87,14 +90,16 @@ class ReceiptIssuer:
 
 
 def default_issuer() -> ReceiptIssuer:
-    """The issuer from settings: the newest `consent` key in RENKEI_HOME/keys, the portal URL."""
+    """The issuer from settings: the newest `consent` key in RENKEI_HOME/keys, the operator's
+    privacy policy URL (no portal page: the portal does not exist yet)."""
     from kernel.keys import keystore
     from kernel.settings import get_settings
 
-    base_url = get_settings().base_url.rstrip("/")
+    settings = get_settings()
+    base_url = settings.base_url.rstrip("/")
     return ReceiptIssuer(
         signing_key=keystore().ensure_signing_key(KEY_ROLE),
-        policy_url=f"{base_url}/portal/policy",
+        policy_url=settings.privacy_policy_url or f"{base_url}/",
         controller=PiiController(url=base_url),
     )
 
@@ -201,7 +206,7 @@ def _termination(rule: PolicyRuleIn) -> str:
     parts.append(
         f"until {rule.valid_until.isoformat()}Z" if rule.valid_until else "until revoked"
     )
-    return " ".join(parts) + "; revocable at any time in the portal"
+    return " ".join(parts) + "; revocable at any time"
 
 
 def _services(

@@ -36,6 +36,7 @@ _COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # b64=false (RFC 7797) and crit change how the token is read; nothing of ours needs them
 _REFUSED_HEADERS = frozenset({"crit", "b64", "jwk", "jku", "x5u", "x5c"})
+_CLIENT_ASSERTION_REGISTRY = JWSRegistry(algorithms=list(CLIENT_ASSERTION_ALGORITHMS))
 
 
 class JwsInvalid(Exception):
@@ -160,7 +161,7 @@ def verify_client_assertion(
     cache until exp).
     """
     now = int(time.time()) if now is None else now
-    registry = JWSRegistry(algorithms=list(CLIENT_ASSERTION_ALGORITHMS))
+    registry = _CLIENT_ASSERTION_REGISTRY
     try:
         signed = _extract(token, registry=registry, max_chars=MAX_ASSERTION_CHARS)
         unverified = _claims(signed)
