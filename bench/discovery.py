@@ -273,7 +273,7 @@ def prepare_hub(label: str, home: Path, db_url: str, fed: Federation) -> Hub:
     with session_scope(db_url) as db:
         person_key = accounts.find(db_session=db, username=USERNAME).person_key
         # the person allows R (what the portal's policy page does)
-        consent.set_policy(db_session=db, person_key=person_key, principal_id=USERNAME,
+        consent.set_policy(collection_method="bench-setup", db_session=db, person_key=person_key, principal_id=USERNAME,
                            rules=[PolicyRuleIn(effect="allow", requester=REQUESTER)])
     dispose_engines()  # no pooled connection of ours stays open while the workers run
     return Hub(label=label, env=env, db_url=db_url, port=port, person_key=person_key)
@@ -746,8 +746,8 @@ def crypto_floor(hub: Hub, fed: Federation, count: int = 300) -> dict:
 # (label, file path suffix, function name): the stages of one query, for the breakdown
 STAGES = [
     ("whole request (JWT check + discover)", "bench/discovery.py", "one"),
-    ("  client assertion: verify_client_assertion", "renkei/jwt.py", "verify_client_assertion"),
-    ("    ES256 signature check", "renkei/jwt.py", "_verify"),
+    ("  client assertion: verify_client_assertion", "kernel/jose.py", "verify_client_assertion"),
+    ("    ES256 signature check", "kernel/jose.py", "_verifies"),
     ("    replay cache insert (jti)", "renkei/replay.py", "remember"),
     ("  discover", "discovery/pipeline.py", "discover"),
     ("    resolve_subject (bootstrap + pseudonym)", "discovery/pipeline.py", "resolve_subject"),

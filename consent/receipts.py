@@ -13,13 +13,15 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from consent import jws
 from consent.errors import ReceiptInvalid
 from consent.models import CLASS_PREFIX, Effect, PolicyRuleIn
+from kernel.jose import JwsInvalid, sign_jws, verify_jws
 from kernel.keys import KeyStore, SigningKey
 
 KANTARA_VERSION = "KI-CR-v1.1.0"
 KEY_ROLE = "consent"
+ALGORITHM = "RS256"  # RFC 7518 §3.3; the only one a receipt may carry
+MAX_RECEIPT_CHARS = 64 * 1024
 # Kantara CR v1.1 §4: the fields every receipt carries
 REQUIRED_FIELDS = (
     "version",
@@ -36,6 +38,9 @@ REQUIRED_FIELDS = (
 )
 # 特定個人情報 (My Number-linked personal information) is sensitive by law
 SENSITIVE_CATEGORY = "特定個人情報"
+# Kantara CR v1.1 collectionMethod: the channel a change really came through, said by its caller
+COLLECTED_BY_OPERATOR_CLI = "operator-cli"  # `renkei policy add/remove`, on the person's behalf
+COLLECTED_AT_DEMO_SETUP = "demo-setup"  # `renkei demo` loading config/demo.yaml's policies
 
 
 @dataclass(frozen=True)
@@ -85,14 +90,16 @@ class ReceiptIssuer:
 
 
 def default_issuer() -> ReceiptIssuer:
-    """The issuer from settings: the newest `consent` key in RENKEI_HOME/keys, the portal URL."""
+    """The issuer from settings: the newest `consent` key in RENKEI_HOME/keys, the operator's
+    privacy policy URL (no portal page: the portal does not exist yet)."""
     from kernel.keys import keystore
     from kernel.settings import get_settings
 
-    base_url = get_settings().base_url.rstrip("/")
+    settings = get_settings()
+    base_url = settings.base_url.rstrip("/")
     return ReceiptIssuer(
         signing_key=keystore().ensure_signing_key(KEY_ROLE),
-        policy_url=f"{base_url}/portal/policy",
+        policy_url=settings.privacy_policy_url or f"{base_url}/",
         controller=PiiController(url=base_url),
     )
 
@@ -131,12 +138,16 @@ def build_claims(
 
 def sign_receipt(claims: dict[str, Any], *, issuer: ReceiptIssuer) -> str:
     """`claims` as a compact JWS signed with the issuer's key."""
-    return jws.sign(claims, private_key=issuer.signing_key.private_key, kid=issuer.kid)
+    # the kid (role-vN) names the key version, so receipts signed before a rotation still verify
+    return sign_jws(claims, key=issuer.signing_key.private_key, alg=ALGORITHM, kid=issuer.kid)
 
 
 def verify_receipt(token: str, *, public_keys: Iterable[rsa.RSAPublicKey]) -> dict[str, Any]:
     """The receipt's claims if its signature verifies with one of `public_keys`."""
-    claims = jws.verify(token, public_keys=public_keys)
+    try:
+        _, claims = verify_jws(token, keys=list(public_keys), algorithms=[ALGORITHM], max_chars=MAX_RECEIPT_CHARS)
+    except JwsInvalid as exc:
+        raise ReceiptInvalid(str(exc)) from None
     missing = [name for name in REQUIRED_FIELDS if name not in claims]
     if missing:
         raise ReceiptInvalid(f"consent receipt lacks {', '.join(missing)}")
@@ -195,7 +206,7 @@ def _termination(rule: PolicyRuleIn) -> str:
     parts.append(
         f"until {rule.valid_until.isoformat()}Z" if rule.valid_until else "until revoked"
     )
-    return " ".join(parts) + "; revocable at any time in the portal"
+    return " ".join(parts) + "; revocable at any time"
 
 
 def _services(

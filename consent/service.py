@@ -37,8 +37,6 @@ from kernel.keys import KeyStore
 # agency entity ID -> the classes it belongs to ("municipality", or "class:municipality")
 ClassResolver = Callable[[str], Iterable[str]] | Mapping[str, Iterable[str]]
 
-DEFAULT_COLLECTION_METHOD = "citizen portal web form (本人がポータルで設定)"
-
 
 # --- legal whitelist (別表第２) -----------------------------------------------------------
 
@@ -294,11 +292,15 @@ def set_policy(
     person_key: str,
     rules: Sequence[PolicyRuleIn],
     principal_id: str,
-    collection_method: str = DEFAULT_COLLECTION_METHOD,
+    collection_method: str,
     issuer: receipts.ReceiptIssuer | None = None,
     at: datetime | None = None,
 ) -> PolicyVersion:
-    """Make `rules` the person's policy as a new version, and issue its signed consent receipt."""
+    """Make `rules` the person's policy as a new version, and issue its signed consent receipt.
+
+    `collection_method` is the channel the change came through (receipts.COLLECTED_BY_...): the
+    receipt states it, so each caller names its own; there is no default to be wrong by.
+    """
     at = naive_utc(at) if at else utcnow()
     latest = db_session.scalar(
         select(func.max(PolicyVersion.version)).where(PolicyVersion.person_key == person_key)
@@ -324,7 +326,7 @@ def add_rule(
     person_key: str,
     rule: PolicyRuleIn,
     principal_id: str,
-    collection_method: str = DEFAULT_COLLECTION_METHOD,
+    collection_method: str,
     issuer: receipts.ReceiptIssuer | None = None,
     at: datetime | None = None,
 ) -> PolicyVersion:
@@ -346,7 +348,7 @@ def remove_rule(
     person_key: str,
     rule_id: int,
     principal_id: str,
-    collection_method: str = DEFAULT_COLLECTION_METHOD,
+    collection_method: str,
     issuer: receipts.ReceiptIssuer | None = None,
     at: datetime | None = None,
 ) -> PolicyVersion:

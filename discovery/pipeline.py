@@ -146,7 +146,7 @@ def resolve_subject(
     if person.bootstrap_token:
         try:
             boot = bootstrap.read_bootstrap(
-                person.bootstrap_token, secret=bootstrap.bootstrap_secret(keys),
+                person.bootstrap_token, keys=keys,
                 audience=discovery_entity_id(settings), requester=requester.entity_id,
                 now=int(now.replace(tzinfo=UTC).timestamp()),
             )

@@ -16,7 +16,7 @@ A Query envelope (SOAP 1.1):
           (xmlns:rk="urn:renkei:2026": the Renkei extension header naming the task of the query)
       [sb:TargetIdentity] saml:NameID = the requester's pseudonym         signed (back office)
       wsse:Security  wsu:Timestamp (signed), ds:Signature, and the person's evidence:
-          sec:Token usage="urn:liberty:security:tokenusage:2006-08:SecurityToken" = bootstrap "rk1…"
+          sec:Token usage="urn:liberty:security:tokenusage:2006-08:SecurityToken" = the bootstrap JWS
           or saml:Assertion = the staff member's SSO assertion (with sb:TargetIdentity)
     soap:Body  disco:Query/disco:RequestedService/disco:ServiceType   signed
 

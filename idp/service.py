@@ -327,7 +327,7 @@ def _discovery_epr(
     is present, valid as long as the IdP session (docs/discovery.md)."""
     base = settings.base_url.rstrip("/")
     token = bootstrap.issue_bootstrap(
-        secret=bootstrap.bootstrap_secret(keys),
+        keys=keys,
         audience=base + "/discovery",
         requester=agency.entity_id,
         pseudonym=pseudonym,

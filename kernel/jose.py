@@ -1,38 +1,140 @@
-"""Client authentication by a JWT the client signs with its registered key (RFC 7523 §3,
-OpenID Connect Core §9 "private_key_jwt"), checked against keys pinned from its metadata."""
+"""JOSE for the hub, on joserfc: client authentication by a JWT the client signs with its
+registered key (RFC 7523 §3, OpenID Connect Core §9 "private_key_jwt"), and compact JWS
+(RFC 7515 §7.1) for the hub's own signed statements (consent receipts, bootstrap tokens).
+
+Keys come only from the caller (registered metadata, the hub's key store); a key or
+certificate carried in a header is never used. Every way a token can be bad is one error.
+"""
 from __future__ import annotations
 
-import base64
 import json
+import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from joserfc import jws
+from joserfc.errors import JoseError, MissingAlgorithmError
+from joserfc.jwk import ECKey, OctKey, RSAKey
+from joserfc.jws import CompactSignature, JWSRegistry
+from joserfc.jwt import JWTClaimsRegistry
 from sqlalchemy.orm import Session
 
 from kernel import replay
 
-MAX_LIFETIME = 300  # seconds a client assertion may be valid for
-_ALGORITHMS = {"RS256": hashes.SHA256, "PS256": hashes.SHA256, "ES256": hashes.SHA256}
+MAX_LIFETIME = 300  # seconds a client assertion may be valid for (RFC 7523 §3 item 4)
+CLOCK_SKEW = 60  # seconds of clock difference tolerated on exp / iat / nbf
+MAX_ASSERTION_CHARS = 8192  # checked before anything is decoded
+CLIENT_ASSERTION_ALGORITHMS = ("RS256", "PS256", "ES256")  # never "none", never HMAC
+_JTI_PREFIX = "jwt:"
+# the replay cache keeps "jwt:<jti>" in a String(256) column; longer would be a 500 on PostgreSQL
+MAX_JTI_CHARS = 256 - len(_JTI_PREFIX)
+MAX_ISSUER_CHARS = 1024  # agencies' entity_id column
+_COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# b64=false (RFC 7797) and crit change how the token is read; nothing of ours needs them
+_REFUSED_HEADERS = frozenset({"crit", "b64", "jwk", "jku", "x5u", "x5c"})
+_CLIENT_ASSERTION_REGISTRY = JWSRegistry(algorithms=list(CLIENT_ASSERTION_ALGORITHMS))
+
+
+class JwsInvalid(Exception):
+    """The JWS is malformed, too large, of a refused algorithm, or no trusted key verifies it."""
 
 
 class ClientAuthFailed(Exception):
     """The client assertion is missing, malformed, unsigned by a pinned key, or stale."""
 
 
-def _unb64(part: str) -> bytes:
+# --- compact JWS -------------------------------------------------------------------------
+
+
+def sign_jws(claims: Mapping[str, Any], *, key: Any, alg: str, kid: str | None = None) -> str:
+    """`claims` as a compact JWS signed with `key` (a cryptography private key, or HMAC bytes)."""
+    header: dict[str, Any] = {"alg": alg, "typ": "JWT"}
+    if kid is not None:
+        header["kid"] = kid
+    payload = json.dumps(dict(claims), ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    return jws.serialize_compact(header, payload.encode(), _jose_key(key), algorithms=[alg])
+
+
+def verify_jws(
+    token: str,
+    *,
+    keys: Iterable[Any] | Callable[[Mapping[str, Any]], Iterable[Any]],
+    algorithms: Sequence[str],
+    max_chars: int = 64 * 1024,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The (header, claims) of `token` if one of `keys` verifies it with an allowed algorithm.
+
+    `keys` may be a function of the (unverified) header, to pick a key by its `kid`.
+    """
+    registry = JWSRegistry(algorithms=list(algorithms))
+    signed = _extract(token, registry=registry, max_chars=max_chars)
+    header = signed.headers()
+    candidates = keys(header) if callable(keys) else keys
+    if not any(_verifies(signed, key, registry) for key in candidates):
+        raise JwsInvalid("the JWS signature does not verify with any trusted key")
+    return header, _claims(signed)
+
+
+def _extract(token: object, *, registry: JWSRegistry, max_chars: int) -> CompactSignature:
+    """Parse a compact JWS without trusting it: size and alphabet first, then header checks."""
+    # cap before decoding; and no character may be skipped silently (a lenient base64 decoder
+    # would accept "forged" variants of a token)
+    if not isinstance(token, str) or len(token) > max_chars or not _COMPACT.fullmatch(token):
+        raise JwsInvalid("not a compact JWS of base64url parts within the size limit")
     try:
-        return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
-    except ValueError:
-        raise ClientAuthFailed("the JWT is not base64url") from None
+        signed = jws.extract_compact(token.encode("ascii"), registry=registry)
+        header = signed.headers()
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in registry.allowed:
+            raise JwsInvalid(f"the JWS algorithm must be {' or '.join(registry.allowed)}, got {alg!r}")
+        if _REFUSED_HEADERS & header.keys():
+            raise JwsInvalid(f"the JWS header may not carry {', '.join(sorted(_REFUSED_HEADERS & header.keys()))}")
+        registry.check_header(header)
+        registry.get_alg(alg)
+    except JwsInvalid:
+        raise
+    except MissingAlgorithmError:
+        raise JwsInvalid(f"the JWS algorithm must be {' or '.join(registry.allowed)}, got None") from None
+    except (JoseError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        # joserfc reports bad JSON, types and algorithms in several ways; all are one answer
+        raise JwsInvalid(f"the JWS header is not accepted ({type(exc).__name__})") from None
+    return signed
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+def _verifies(signed: CompactSignature, key: Any, registry: JWSRegistry) -> bool:
+    try:
+        return jws.validate_compact(signed, _jose_key(key), registry=registry)
+    except (JoseError, ValueError, TypeError):
+        return False  # e.g. an RSA key offered for ES256: not this key
+
+
+def _claims(signed: CompactSignature) -> dict[str, Any]:
+    try:
+        claims = json.loads(signed.payload)
+    except (ValueError, RecursionError):
+        raise JwsInvalid("the JWS payload is not JSON") from None
+    if not isinstance(claims, dict):
+        raise JwsInvalid("the JWS payload is not a JSON object")
+    return claims
+
+
+def _jose_key(key: Any) -> RSAKey | ECKey | OctKey:
+    if isinstance(key, (RSAKey, ECKey, OctKey)):
+        return key
+    if isinstance(key, (rsa.RSAPublicKey, rsa.RSAPrivateKey)):
+        return RSAKey(key, key)
+    if isinstance(key, (ec.EllipticCurvePublicKey, ec.EllipticCurvePrivateKey)):
+        return ECKey(key, key)
+    if isinstance(key, bytes):
+        return OctKey.import_key(key)
+    raise TypeError(f"not a signing key: {type(key).__name__}")
+
+
+# --- RFC 7523 client assertions ----------------------------------------------------------
 
 
 def sign_client_assertion(private_key, *, issuer: str, audience: str, jti: str, lifetime: int = 60,
@@ -40,18 +142,8 @@ def sign_client_assertion(private_key, *, issuer: str, audience: str, jti: str, 
     """A client assertion for `audience` (what a requester sends; also the demo agencies' helper)."""
     now = int(time.time()) if now is None else now
     alg = "ES256" if isinstance(private_key, ec.EllipticCurvePrivateKey) else "RS256"
-    header = _b64(json.dumps({"alg": alg, "typ": "JWT"}).encode())
     claims = {"iss": issuer, "sub": issuer, "aud": audience, "jti": jti, "iat": now, "exp": now + lifetime}
-    body = _b64(json.dumps(claims, separators=(",", ":")).encode())
-    signing_input = f"{header}.{body}".encode()
-    if alg == "RS256":
-        signature = private_key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
-    else:
-        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-
-        r, s = decode_dss_signature(private_key.sign(signing_input, ec.ECDSA(hashes.SHA256())))
-        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
-    return f"{header}.{body}.{_b64(signature)}"
+    return sign_jws(claims, key=private_key, alg=alg)
 
 
 def verify_client_assertion(
@@ -65,58 +157,51 @@ def verify_client_assertion(
     """Verify a client assertion and return its claims; `keys_for(iss)` gives the pinned keys.
 
     iss and sub must be the same registered client, aud this endpoint, exp within five
-    minutes, and the jti unused (kept in the replay cache until exp).
+    minutes, iat/nbf (if present) not in the future, and the jti unused (kept in the replay
+    cache until exp).
     """
     now = int(time.time()) if now is None else now
-    parts = token.split(".")
-    if len(parts) != 3 or len(token) > 8192:
-        raise ClientAuthFailed("not a compact JWS")
+    registry = _CLIENT_ASSERTION_REGISTRY
     try:
-        header = json.loads(_unb64(parts[0]))
-        claims = json.loads(_unb64(parts[1]))
-    except (ValueError, json.JSONDecodeError):
-        raise ClientAuthFailed("the JWT header or claims are not JSON") from None
-    alg = header.get("alg") if isinstance(header, dict) else None
-    if alg not in _ALGORITHMS:  # never "none", never HMAC keyed with a public key
-        raise ClientAuthFailed(f"JWT algorithm {alg!r} is not accepted")
-    if not isinstance(claims, dict) or not isinstance(claims.get("iss"), str):
-        raise ClientAuthFailed("the JWT has no issuer")
-    keys = keys_for(claims["iss"])
+        signed = _extract(token, registry=registry, max_chars=MAX_ASSERTION_CHARS)
+        unverified = _claims(signed)
+    except JwsInvalid as exc:
+        raise ClientAuthFailed(str(exc)) from None
+    issuer = _short_text(unverified.get("iss"), "iss", MAX_ISSUER_CHARS)
+    keys = keys_for(issuer)
     if not keys:
         raise ClientAuthFailed("the JWT issuer is not a registered agency")
-    signing_input = f"{parts[0]}.{parts[1]}".encode()
-    signature = _unb64(parts[2])
-    if not any(_verify(key, alg, signing_input, signature) for key in keys):
+    if not any(_verifies(signed, key, registry) for key in keys):
         raise ClientAuthFailed("the JWT signature does not verify with the agency's registered keys")
-    if claims.get("sub") != claims["iss"]:
-        raise ClientAuthFailed("the JWT sub must equal iss")
-    aud = claims.get("aud")
-    if aud != audience and not (isinstance(aud, list) and audience in aud):
-        raise ClientAuthFailed("the JWT is for another audience")
-    exp = claims.get("exp")
-    if not isinstance(exp, int) or exp <= now or exp > now + MAX_LIFETIME + 60:
-        raise ClientAuthFailed("the JWT has expired or lives longer than five minutes")
-    if not isinstance(claims.get("jti"), str) or not claims["jti"]:
-        raise ClientAuthFailed("the JWT needs a jti")
+    claims = unverified  # now verified: the payload bytes were signed
+    jti = _short_text(claims.get("jti"), "jti", MAX_JTI_CHARS)
+    checks = JWTClaimsRegistry(
+        now=now, leeway=CLOCK_SKEW,
+        iss={"essential": True, "value": issuer},
+        sub={"essential": True, "value": issuer},  # RFC 7523 §3 item 2: sub is the client itself
+        aud={"essential": True, "value": audience},
+        exp={"essential": True},
+        jti={"essential": True},
+    )
     try:
-        replay.remember_at_once(db_session=db_session, issuer=claims["iss"], message_id="jwt:" + claims["jti"],
-                        expires_at=datetime.fromtimestamp(exp, UTC).replace(tzinfo=None))
+        checks.validate(claims)
+    except JoseError as exc:
+        raise ClientAuthFailed(f"the JWT claims are not accepted: {exc}") from None
+    exp = claims["exp"]
+    if exp > now + MAX_LIFETIME + CLOCK_SKEW:
+        raise ClientAuthFailed("the JWT lives longer than five minutes")
+    try:
+        replay.remember_at_once(db_session=db_session, issuer=issuer, message_id=_JTI_PREFIX + jti,
+                                expires_at=datetime.fromtimestamp(int(exp) + CLOCK_SKEW, UTC).replace(tzinfo=None))
     except replay.ReplayDetected:
         raise ClientAuthFailed("this JWT was already used") from None
     return claims
 
 
-def _verify(key, alg: str, data: bytes, signature: bytes) -> bool:
-    try:
-        if alg == "RS256" and isinstance(key, rsa.RSAPublicKey):
-            key.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
-        elif alg == "PS256" and isinstance(key, rsa.RSAPublicKey):
-            key.verify(signature, data, padding.PSS(padding.MGF1(hashes.SHA256()), 32), hashes.SHA256())
-        elif alg == "ES256" and isinstance(key, ec.EllipticCurvePublicKey) and len(signature) == 64:
-            der = encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
-            key.verify(der, data, ec.ECDSA(hashes.SHA256()))
-        else:
-            return False
-    except InvalidSignature:
-        return False
-    return True
+def _short_text(value: object, name: str, limit: int) -> str:
+    """A claim that goes into a database lookup: a non-empty string within the column limit."""
+    if not isinstance(value, str) or not value:
+        raise ClientAuthFailed(f"the JWT {name} must be a non-empty string")
+    if len(value) > limit or _CONTROL.search(value):
+        raise ClientAuthFailed(f"the JWT {name} is longer than {limit} characters or has control characters")
+    return value

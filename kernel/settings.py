@@ -15,6 +15,8 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=lambda: Path.cwd() / ".renkei")
     database_url: str | None = None
     base_url: str = "http://127.0.0.1:8000"
+    # the operator's privacy policy, named on consent receipts (Kantara CR policyUrl); default: the hub's home page
+    privacy_policy_url: str | None = None
     # production refuses an unmigrated database; the demo and `renkei init` upgrade it
     auto_migrate: bool = False
     # always require signed AuthnRequests, whatever the SP metadata says

@@ -2,20 +2,23 @@
 
 The IdP puts it into SSO assertions inside ID-WSF's DiscoveryEPR attribute; the discovery
 service reads it to learn who the query is about. It says only what its holder already knows
-(its own pseudonym), and only the hub can check it.
+(its own pseudonym), and only the hub can check it: a compact JWS (RFC 7515) with HS256 under
+a versioned hub secret whose version the `kid` names, so the secret can rotate.
 """
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import json
+import re
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
+from kernel.jose import JwsInvalid, sign_jws, verify_jws
 from kernel.keys import KeyStore
 
 BOOTSTRAP_SECRET = "bootstrap"
+ALGORITHM = "HS256"  # only the hub issues and checks it, so a shared secret suffices
+MAX_TOKEN_CHARS = 2048
+_KID = re.compile(rf"{BOOTSTRAP_SECRET}-v([1-9][0-9]{{0,8}})")
 
 
 class BootstrapInvalid(ValueError):
@@ -29,51 +32,46 @@ class Bootstrap:
     expires: int
 
 
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+def issue_bootstrap(*, keys: KeyStore, audience: str, requester: str, pseudonym: str, expires: int) -> str:
+    """A JWS under the newest bootstrap secret: says only what the requester already knows."""
+    version = keys.ensure_secret(BOOTSTRAP_SECRET)  # newest on disk, so a rotation applies at once
+    claims = {"aud": audience, "req": requester, "sub": pseudonym, "exp": expires}
+    return sign_jws(claims, key=bootstrap_secret(keys, version), alg=ALGORITHM, kid=f"{BOOTSTRAP_SECRET}-v{version}")
 
 
-def _unb64url(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+def read_bootstrap(token: str, *, keys: KeyStore, audience: str, requester: str, now: int) -> Bootstrap:
+    """Check a bootstrap token's seal (under the secret version its kid names), audience, expiry
+    and that `requester` is its holder."""
 
+    def secret_named_by(header: dict[str, Any]) -> list[bytes]:
+        match = _KID.fullmatch(header["kid"]) if isinstance(header.get("kid"), str) else None
+        try:
+            return [bootstrap_secret(keys, int(match.group(1)))] if match else []
+        except FileNotFoundError:
+            raise BootstrapInvalid("the bootstrap token names no known secret version") from None
 
-def issue_bootstrap(*, secret: bytes, audience: str, requester: str, pseudonym: str, expires: int) -> str:
-    """`rk1.<payload>.<mac>`: says only what the requester already knows (its own pseudonym)."""
-    payload = _b64url(json.dumps(
-        {"aud": audience, "req": requester, "sub": pseudonym, "exp": expires}, separators=(",", ":")
-    ).encode())
-    mac = hmac.new(secret, f"rk1.{payload}".encode(), hashlib.sha256).digest()
-    return f"rk1.{payload}.{_b64url(mac)}"
-
-
-def read_bootstrap(token: str, *, secret: bytes, audience: str, requester: str, now: int) -> Bootstrap:
-    """Check a bootstrap token's seal, audience, expiry and that `requester` is its holder."""
-    parts = token.strip().split(".")
-    if len(parts) != 3 or parts[0] != "rk1" or len(token) > 2048:
-        raise BootstrapInvalid("not a Renkei bootstrap token")
-    expected = hmac.new(secret, f"rk1.{parts[1]}".encode(), hashlib.sha256).digest()
     try:
-        given = _unb64url(parts[2])
-        claims = json.loads(_unb64url(parts[1]))
-    except (ValueError, json.JSONDecodeError):
-        raise BootstrapInvalid("not a Renkei bootstrap token") from None
-    if not hmac.compare_digest(expected, given):
-        raise BootstrapInvalid("the bootstrap token's seal does not verify")
+        _, claims = verify_jws(token.strip(), keys=secret_named_by, algorithms=[ALGORITHM],
+                               max_chars=MAX_TOKEN_CHARS)
+    except JwsInvalid as exc:
+        raise BootstrapInvalid(f"not a Renkei bootstrap token: {exc}") from None
     if claims.get("aud") != audience:
         raise BootstrapInvalid("the bootstrap token is for another service")
     if claims.get("req") != requester:
         raise BootstrapInvalid("the bootstrap token was issued to another agency")
-    if not isinstance(claims.get("exp"), int) or claims["exp"] <= now:
+    exp = claims.get("exp")
+    if not isinstance(exp, int) or isinstance(exp, bool) or exp <= now:
         raise BootstrapInvalid("the bootstrap token has expired")
-    return Bootstrap(claims["req"], str(claims["sub"]), claims["exp"])
+    if not isinstance(claims.get("sub"), str):
+        raise BootstrapInvalid("the bootstrap token names no pseudonym")
+    return Bootstrap(claims["req"], claims["sub"], exp)
 
 
-def bootstrap_secret(keys: KeyStore) -> bytes:
-    """The hub's bootstrap-token secret, read once per process."""
-    return _bootstrap_secret(str(keys.directory))
+def bootstrap_secret(keys: KeyStore, version: int) -> bytes:
+    """One version of the hub's bootstrap-token secret, read once per process."""
+    return _bootstrap_secret(str(keys.directory), version)
 
 
-@lru_cache(maxsize=4)
-def _bootstrap_secret(keys_dir: str) -> bytes:
-    keys = KeyStore(keys_dir)
-    return keys.load_secret(BOOTSTRAP_SECRET, keys.ensure_secret(BOOTSTRAP_SECRET))
+@lru_cache(maxsize=16)
+def _bootstrap_secret(keys_dir: str, version: int) -> bytes:
+    return KeyStore(keys_dir).load_secret(BOOTSTRAP_SECRET, version)

@@ -444,12 +444,14 @@ def policy_add(username: str, effect: str, requester, provider, task, info_type,
     from consent import service as consent
     from consent.errors import InvalidPolicyRule
     from consent.models import PolicyRuleIn
+    from consent.receipts import COLLECTED_BY_OPERATOR_CLI
     from kernel.db import session_scope
 
     try:
         with session_scope(_ready_db()) as db:
             version = consent.add_rule(
                 db_session=db, person_key=_person_key(db, username), principal_id=username,
+                collection_method=COLLECTED_BY_OPERATOR_CLI,
                 rule=PolicyRuleIn(effect=effect, requester=requester, provider=provider, task_code=task,
                                   info_type_code=info_type, valid_from=valid_from, valid_until=valid_until),
             )
@@ -466,12 +468,13 @@ def policy_remove(username: str, rule_id: int) -> None:
     """Revoke one rule (a new version and receipt); applies to the very next query."""
     from consent import service as consent
     from consent.errors import RuleNotFound
+    from consent.receipts import COLLECTED_BY_OPERATOR_CLI
     from kernel.db import session_scope
 
     try:
         with session_scope(_ready_db()) as db:
             version = consent.remove_rule(db_session=db, person_key=_person_key(db, username), rule_id=rule_id,
-                                          principal_id=username)
+                                          principal_id=username, collection_method=COLLECTED_BY_OPERATOR_CLI)
             receipt = version.receipt.id
     except RuleNotFound as exc:
         raise RenkeiError(str(exc)) from None

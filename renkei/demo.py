@@ -24,6 +24,7 @@ from agency_demo import AgencyConfig, create_agency_app, sp_metadata
 
 from consent import service as consent
 from consent.models import PolicyRuleIn
+from consent.receipts import COLLECTED_AT_DEMO_SETUP
 from consent.whitelist_io import parse_yaml
 from discovery import service as location
 from federation import service as agencies
@@ -146,6 +147,7 @@ def _load_exchange_rules(db, config: dict, entity_ids: dict[str, str], config_di
             continue  # the person may have changed it since; keep theirs
         consent.set_policy(
             db_session=db, person_key=person.person_key, principal_id=username,
+            collection_method=COLLECTED_AT_DEMO_SETUP,
             rules=[PolicyRuleIn(effect=r["effect"], requester=entity_ids.get(r.get("requester"), r.get("requester")),
                                 provider=entity_ids.get(r.get("provider"), r.get("provider")),
                                 task_code=r.get("task"), info_type_code=r.get("info_type"))

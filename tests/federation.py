@@ -63,7 +63,7 @@ def fed(hub, tmp_path_factory):
 
 def set_rules(fed, *rules: PolicyRuleIn) -> None:
     with session_scope() as db:
-        consent.set_policy(db_session=db, person_key=fed["person_key"], rules=list(rules), principal_id="disco-person")
+        consent.set_policy(collection_method="test-setup", db_session=db, person_key=fed["person_key"], rules=list(rules), principal_id="disco-person")
 
 
 def sso_assertion(hub, sp: TestSP) -> etree._Element:

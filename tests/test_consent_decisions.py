@@ -83,7 +83,7 @@ def decide(db: Session, at: datetime = NOW, classes_of=CLASSES, **question):
 
 
 def set_rules(db: Session, issuer: ReceiptIssuer, *rules: PolicyRuleIn) -> PolicyVersion:
-    return service.set_policy(db_session=db, person_key=PERSON, rules=list(rules),
+    return service.set_policy(collection_method="test-setup", db_session=db, person_key=PERSON, rules=list(rules),
                               principal_id="taro@example.jp", issuer=issuer, at=NOW)
 
 
@@ -284,7 +284,7 @@ def test_aware_times_are_compared_in_utc(db, issuer):
 def test_revocation_applies_to_the_next_decision(db, issuer):
     version = set_rules(db, issuer, PolicyRuleIn(effect=Effect.ALLOW, requester=CITY_B))
     assert decide(db, **RESIDENT_RECORD).permitted
-    revoked = service.remove_rule(db_session=db, person_key=PERSON, rule_id=version.rules[0].id,
+    revoked = service.remove_rule(collection_method="test-setup", db_session=db, person_key=PERSON, rule_id=version.rules[0].id,
                                   principal_id="taro@example.jp", issuer=issuer)
     decision = decide(db, **RESIDENT_RECORD)
     assert decision.reason is DecisionReason.CONSENT_NOT_GIVEN
@@ -297,7 +297,7 @@ def test_a_change_committed_elsewhere_reaches_a_session_that_already_decided(eng
         portal.commit()
         assert decide(discovery, **RESIDENT_RECORD).permitted
         discovery.commit()  # the discovery service ends its unit of work per query
-        service.add_rule(db_session=portal, person_key=PERSON,
+        service.add_rule(collection_method="test-setup", db_session=portal, person_key=PERSON,
                          rule=PolicyRuleIn(effect=Effect.DENY, requester=CITY_B),
                          principal_id="taro@example.jp", issuer=issuer)
         portal.commit()
@@ -324,11 +324,11 @@ def test_a_whitelist_change_applies_to_the_next_decision(db):
 
 def test_every_change_is_a_new_version_and_old_versions_are_kept(db, issuer):
     first = set_rules(db, issuer, PolicyRuleIn(effect=Effect.ALLOW, requester=CITY_B))
-    service.add_rule(db_session=db, person_key=PERSON,
+    service.add_rule(collection_method="test-setup", db_session=db, person_key=PERSON,
                      rule=PolicyRuleIn(effect=Effect.DENY, requester=ELECTRIC),
                      principal_id="taro@example.jp", issuer=issuer)
     current = service.get_current_policy(db_session=db, person_key=PERSON)
-    service.remove_rule(db_session=db, person_key=PERSON, rule_id=current.rules[0].id,
+    service.remove_rule(collection_method="test-setup", db_session=db, person_key=PERSON, rule_id=current.rules[0].id,
                         principal_id="taro@example.jp", issuer=issuer)
     db.commit()
     db.expire_all()
@@ -349,7 +349,7 @@ def test_removing_a_rule_not_in_the_current_version_changes_nothing(db, issuer):
     old = set_rules(db, issuer, PolicyRuleIn(effect=Effect.ALLOW))
     set_rules(db, issuer, PolicyRuleIn(effect=Effect.ALLOW))
     with pytest.raises(RuleNotFound):
-        service.remove_rule(db_session=db, person_key=PERSON, rule_id=old.rules[0].id,
+        service.remove_rule(collection_method="test-setup", db_session=db, person_key=PERSON, rule_id=old.rules[0].id,
                             principal_id="taro@example.jp", issuer=issuer)
     count = db.scalar(select(func.count()).select_from(PolicyVersion))
     assert count == 2

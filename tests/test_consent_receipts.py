@@ -198,7 +198,7 @@ def test_malformed_tokens_are_refused(issuer, token):
 
 def test_every_change_gets_its_own_receipt_listed_newest_first(db, issuer):
     first = change(db, issuer)
-    second = service.remove_rule(db_session=db, person_key=PERSON, rule_id=first.rules[1].id,
+    second = service.remove_rule(collection_method="test-setup", db_session=db, person_key=PERSON, rule_id=first.rules[1].id,
                                  principal_id=PRINCIPAL, issuer=issuer, at=AT + timedelta(hours=1))
     listed = service.list_receipts(db_session=db, person_key=PERSON)
     assert [r.id for r in listed] == [second.receipt.id, first.receipt.id]

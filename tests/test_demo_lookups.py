@@ -118,7 +118,7 @@ def load_federation(city_b: AgencyServer, city_a: AgencyServer, insurer: AgencyS
         allow(city_a, TENNYU, "KOSEKI-FUHYO", "required")
         allow(insurer, YOBO, "IRYO-HOKEN-KYUFU", "override")  # none for TENNYU: not in the law
         person_key = accounts.find(db_session=db, username=USERNAME).person_key
-        consent.set_policy(db_session=db, person_key=person_key, principal_id=USERNAME, rules=[
+        consent.set_policy(collection_method="test-setup", db_session=db, person_key=person_key, principal_id=USERNAME, rules=[
             PolicyRuleIn(effect="allow", requester=city_b.entity_id, info_type_code="JUMINHYO"),
             PolicyRuleIn(effect="deny", info_type_code="KOSEKI-FUHYO"),
         ])

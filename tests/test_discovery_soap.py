@@ -177,7 +177,7 @@ def world(hub) -> World:
         rules = [PolicyRuleIn(effect="deny", provider=providers["denied"].entity_id),
                  PolicyRuleIn(effect="deny", provider=providers["override"].entity_id),
                  PolicyRuleIn(effect="allow", provider=providers["consent"].entity_id)]
-        consent.set_policy(db_session=db, person_key=person.person_key, rules=rules, principal_id=citizen)
+        consent.set_policy(collection_method="test-setup", db_session=db, person_key=person.person_key, rules=rules, principal_id=citizen)
         person_key = person.person_key
     assertion = sso_assertion(hub, requester.sp, citizen, "citizen password")
     token = assertion.find(
@@ -442,7 +442,7 @@ def test_soap_and_json_faces_decide_identically(world, scenario):
 
 def test_faces_agree_when_the_person_denies_everything(world):
     with session_scope() as db:
-        consent.set_policy(db_session=db, person_key=world.person_key,
+        consent.set_policy(collection_method="test-setup", db_session=db, person_key=world.person_key,
                            rules=[PolicyRuleIn(effect="deny")], principal_id="test")
     try:
         _, answer = query(world, info_type=INFO_A)
@@ -452,7 +452,7 @@ def test_faces_agree_when_the_person_denies_everything(world):
         assert soap[world.provider("ok")] == (True, "LAW_OVERRIDES_CONSENT", True)
     finally:
         with session_scope() as db:
-            consent.set_policy(db_session=db, person_key=world.person_key, rules=world.rules,
+            consent.set_policy(collection_method="test-setup", db_session=db, person_key=world.person_key, rules=world.rules,
                                principal_id="test")
 
 

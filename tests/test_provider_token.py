@@ -121,7 +121,7 @@ class Federation:
             ]
             self.whitelist_entry_a = str(entries[0].id)
             person_key = accounts.find(db_session=db, username=USERNAME).person_key
-            consent.set_policy(db_session=db, person_key=person_key, principal_id=USERNAME,
+            consent.set_policy(collection_method="test-setup", db_session=db, person_key=person_key, principal_id=USERNAME,
                                rules=[PolicyRuleIn(effect="allow", requester=self.requester.entity_id)])
 
     # -- SSO ---------------------------------------------------------------------------------
