@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     max_message_bytes: int = 256 * 1024
     login_max_failures: int = 5
     login_lockout_seconds: int = 300
+    # the interactive API docs page (/api/docs); /api/openapi.json is served either way
+    api_docs: bool = False
 
     @property
     def db_url(self) -> str:
