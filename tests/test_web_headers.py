@@ -3,9 +3,11 @@
 and self-hosted when on, and the HTTP-POST binding page allowed to post only to its ACS."""
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -14,6 +16,8 @@ from kernel.web import DEFAULT_CSP, HSTS, csp_source
 from tests.conftest import free_port
 from tests.saml_sp import TestSP, now_str
 from tests.test_idp_sso import register
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 # (method, path, body): one of each kind of answer
 ANSWERS = [
@@ -148,3 +152,22 @@ def test_post_binding_page_may_post_only_to_the_registered_acs(hub, sp):
 ])
 def test_an_acs_url_cannot_widen_or_break_the_policy(url, source):
     assert csp_source(url) == source
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+def test_api_docs_render_in_a_browser_without_csp_violations(https_hub_with_docs):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"])
+        try:
+            page = browser.new_page()
+            problems: list[str] = []
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.goto(https_hub_with_docs + "/api/docs")
+            page.wait_for_selector(".opblock", timeout=15_000)  # Swagger UI listed the operations
+            assert "/api/discovery/query" in page.content()
+            assert not [p for p in problems if "Content Security Policy" in p], problems
+        finally:
+            browser.close()
