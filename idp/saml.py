@@ -99,7 +99,9 @@ def _uri(root: etree._Element, name: str) -> str | None:
     """An attribute holding a URI: at most MAX_URI_CHARS characters, no control characters."""
     value = root.get(name)
     if value is not None and (len(value) > MAX_URI_CHARS or any(ord(c) < 0x20 or c == "\x7f" for c in value)):
-        raise SamlStatusError(REQUESTER, f"{name} must be a URI of at most {MAX_URI_CHARS} characters")
+        raise SamlStatusError(
+            REQUESTER, f"{name} must be a URI of at most {MAX_URI_CHARS} characters, no control characters"
+        )
     return value
 
 
