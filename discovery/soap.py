@@ -365,7 +365,11 @@ def _signed(envelope: etree._Element, *, action: str, relates_to: str | None, st
 
 
 def _fault(settings: Settings, fault: SoapFault) -> Response:
-    """A SOAP 1.1 Fault (§4.4), HTTP 500 (§6.2), the reason code as an ID-WSF lu:Status."""
+    """A SOAP 1.1 Fault (§4.4), HTTP 500 (§6.2), the reason code as an ID-WSF lu:Status.
+
+    Signed only for a requester whose signature verified (`relates_to` is then its MessageID):
+    anonymous garbage gets an unsigned fault, so it cannot make the hub spend an RSA signature.
+    """
     envelope = _hub_envelope(settings)
     namespace, local = fault.code
     element = etree.SubElement(envelope[1], _q(SOAP11_NS, "Fault"), nsmap={"wsse": WSSE_NS, "wsa": WSA_NS})
@@ -374,6 +378,9 @@ def _fault(settings: Settings, fault: SoapFault) -> Response:
     etree.SubElement(element, "faultstring").text = fault.message
     detail = etree.SubElement(element, "detail")
     etree.SubElement(detail, _q(LU_NS, "Status"), code=fault.reason, comment=fault.message)
+    if fault.relates_to is None:
+        return Response(etree.tostring(envelope, encoding="UTF-8", xml_declaration=True), status_code=500,
+                        media_type=_XML, headers={"Cache-Control": "no-store"})
     return _signed(envelope, action=FAULT_ACTION, relates_to=fault.relates_to, status_code=500)
 
 
@@ -435,6 +442,7 @@ class _SamlRefusal(Exception):
     def __init__(self, status: str, sub_status: str | None, reason: str, message: str = ""):
         super().__init__(message or reason)
         self.status, self.sub_status, self.reason, self.message = status, sub_status, reason, message
+        self.authenticated = False  # refused after the requester's signature verified
 
 
 @dataclass(frozen=True)
@@ -462,7 +470,7 @@ def _name_id_mapping(db: Session, settings: Settings, raw: bytes) -> Response:
             target=mapping.target, task=mapping.task, info_type=mapping.info_type,
         )
     except _SamlRefusal as refusal:
-        return _nim_response(settings, in_response_to, refusal=refusal)
+        return _nim_response(settings, in_response_to, refusal=refusal, sign=refusal.authenticated)
     except pipeline.DiscoveryRefused as exc:
         sub = {"UNKNOWN_PERSON": UNKNOWN_PRINCIPAL, "UNKNOWN_TARGET": saml.INVALID_NAMEID_POLICY}
         return _nim_response(settings, in_response_to, refusal=_SamlRefusal(
@@ -521,6 +529,16 @@ def _authenticated_mapping(db: Session, settings: Settings, request: etree._Elem
         signed = verify_signed(request, list(requester.signing_keys))
     except XMLSecurityError as exc:
         raise _SamlRefusal(saml.REQUESTER, saml.REQUEST_DENIED, "SIGNATURE_INVALID", str(exc)) from None
+    try:
+        return _verified_mapping(db, settings, requester, claimed, signed)
+    except _SamlRefusal as refusal:
+        refusal.authenticated = True
+        raise
+
+
+def _verified_mapping(db: Session, settings: Settings, requester: RegisteredAgency, claimed: str,
+                      signed: etree._Element) -> _Mapping:
+    """The checks on a request whose signature verified: its refusals are answered signed."""
     if _issuer(signed) != claimed:
         raise _SamlRefusal(saml.REQUESTER, saml.REQUEST_DENIED, "UNKNOWN_REQUESTER", "the Issuer changed")
     if signed.get("Version") != "2.0":
@@ -589,8 +607,9 @@ def _mapping_facts(requester: RegisteredAgency, signed: etree._Element) -> _Mapp
 
 def _nim_response(settings: Settings, in_response_to: str | None, *,
                   decision: pipeline.OfferingDecision | None = None, encrypted: etree._Element | None = None,
-                  refusal: _SamlRefusal | None = None) -> Response:
-    """samlp:NameIDMappingResponse (core §3.8.2), signed by the hub, in a SOAP envelope."""
+                  refusal: _SamlRefusal | None = None, sign: bool = True) -> Response:
+    """samlp:NameIDMappingResponse (core §3.8.2) in a SOAP envelope, signed by the hub unless
+    it refuses a request whose signature never verified (no RSA signature spent on garbage)."""
     response = etree.Element(_q(SAMLP_NS, "NameIDMappingResponse"), nsmap={"samlp": SAMLP_NS, "saml": SAML_NS})
     response.set("ID", new_id())
     if in_response_to and len(in_response_to) <= 256:
@@ -616,8 +635,9 @@ def _nim_response(settings: Settings, in_response_to: str | None, *,
                          decisionId=decision.decision_id, overridden=_bool(decision.overridden))
     if decision is not None and decision.permitted and encrypted is not None:
         response.append(encrypted)
-    key = current_signing_key(DISCOVERY_ROLE)
-    sign_enveloped(response, key.private_key, certificate=key.certificate)
+    if sign:
+        key = current_signing_key(DISCOVERY_ROLE)
+        sign_enveloped(response, key.private_key, certificate=key.certificate)
     envelope = etree.Element(ENVELOPE, nsmap={"soap": SOAP11_NS})
     etree.SubElement(envelope, BODY).append(response)
     return Response(etree.tostring(envelope, encoding="UTF-8", xml_declaration=True), media_type=_XML,

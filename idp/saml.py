@@ -6,6 +6,7 @@ verified); writing builds Responses, LogoutResponses and the IdP's metadata.
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
@@ -63,11 +64,61 @@ class SamlStatusError(Exception):
 saml_time = xs_datetime
 
 
-def parse_saml_time(value: str | None) -> datetime:
+def parse_saml_time(value: str | None, what: str = "IssueInstant") -> datetime:
     try:
         return read_xs_datetime(value)
     except ValueError as exc:
-        raise SamlStatusError(REQUESTER, f"IssueInstant: {exc}") from None
+        raise SamlStatusError(REQUESTER, f"{what}: {exc}") from None
+
+
+# --- bounds on what a request may carry, checked once as it is read ----------------------
+# An ID is an xs:ID, so an NCName (core §1.3.4); 256 characters is the replay cache's column.
+MAX_ID_CHARS = 256
+_NCNAME = re.compile(r"[^\W\d][\w.\-]*")
+# URIs (Issuer, Destination, ACS URL, Format, ...): the registry's columns hold 1024 characters
+MAX_URI_CHARS = 1024
+# xs:unsignedShort (metadata §2.2.3 IndexedEndpointType), in ASCII digits: int() would also
+# take "²" or "٣", and a 5,000-digit number
+_INDEX = re.compile(r"[0-9]{1,5}")
+# an IssueInstant is compared against now and has minutes added to it: far-off years are refused
+# here rather than overflowing later
+_EARLIEST, _LATEST = datetime(1970, 1, 1), datetime(9000, 1, 1)
+
+
+def _message_id(root: etree._Element, what: str) -> str:
+    """The message's ID attribute: present, an NCName, at most MAX_ID_CHARS characters."""
+    value = root.get("ID")
+    if not value:
+        raise SamlStatusError(REQUESTER, f"{what} has no ID")
+    if len(value) > MAX_ID_CHARS or not _NCNAME.fullmatch(value):
+        raise SamlStatusError(REQUESTER, f"{what} ID must be an NCName of at most {MAX_ID_CHARS} characters")
+    return value
+
+
+def _uri(root: etree._Element, name: str) -> str | None:
+    """An attribute holding a URI: at most MAX_URI_CHARS characters, no control characters."""
+    value = root.get(name)
+    if value is not None and (len(value) > MAX_URI_CHARS or any(ord(c) < 0x20 or c == "\x7f" for c in value)):
+        raise SamlStatusError(
+            REQUESTER, f"{name} must be a URI of at most {MAX_URI_CHARS} characters, no control characters"
+        )
+    return value
+
+
+def _issue_instant(root: etree._Element) -> datetime:
+    instant = parse_saml_time(root.get("IssueInstant"))
+    if not _EARLIEST <= instant < _LATEST:
+        raise SamlStatusError(REQUESTER, "IssueInstant is not a plausible time")
+    return instant
+
+
+def _acs_index(root: etree._Element) -> int | None:
+    index = root.get("AssertionConsumerServiceIndex")
+    if index is None:
+        return None
+    if not _INDEX.fullmatch(index) or int(index) > 65535:
+        raise SamlStatusError(REQUESTER, "AssertionConsumerServiceIndex must be a number from 0 to 65535")
+    return int(index)
 
 
 # --- reading ----------------------------------------------------------------------------
@@ -127,7 +178,9 @@ def _text(el: etree._Element | None) -> str | None:
 def issuer_of(root: etree._Element) -> str | None:
     """The Issuer of a protocol message, read before the signature check to find its keys."""
     issuers = root.findall("saml:Issuer", _NS)
-    return _text(issuers[0]) if len(issuers) == 1 else None
+    issuer = _text(issuers[0]) if len(issuers) == 1 else None
+    # longer than any registered entity ID: no agency, and not worth echoing in a refusal
+    return issuer if issuer is not None and len(issuer) <= MAX_URI_CHARS else None
 
 
 def read_authn_request(root: etree._Element) -> AuthnRequest:
@@ -135,9 +188,7 @@ def read_authn_request(root: etree._Element) -> AuthnRequest:
     if root.tag != f"{{{SAMLP_NS}}}AuthnRequest":
         raise SamlStatusError(REQUESTER, "the message is not a samlp:AuthnRequest")
     _check_version(root)
-    request_id = root.get("ID")
-    if not request_id:
-        raise SamlStatusError(REQUESTER, "AuthnRequest has no ID")
+    request_id = _message_id(root, "AuthnRequest")
     issuer = issuer_of(root)
     if not issuer:
         raise SamlStatusError(REQUESTER, "AuthnRequest must carry exactly one Issuer")
@@ -149,22 +200,21 @@ def read_authn_request(root: etree._Element) -> AuthnRequest:
         if rac.findall("saml:AuthnContextDeclRef", _NS):
             raise SamlStatusError(REQUESTER, "AuthnContextDeclRef is not supported", NO_AUTHN_CONTEXT)
         requested = RequestedContext(rac.get("Comparison") or "exact", classes)
-    index = root.get("AssertionConsumerServiceIndex")
-    if index is not None and not index.isdigit():
-        raise SamlStatusError(REQUESTER, "AssertionConsumerServiceIndex must be a number")
-    if index is not None and root.get("AssertionConsumerServiceURL"):
+    index = _acs_index(root)
+    acs_url = _uri(root, "AssertionConsumerServiceURL")
+    if index is not None and acs_url:
         raise SamlStatusError(REQUESTER, "give AssertionConsumerServiceURL or its index, not both")
     return AuthnRequest(
         id=request_id,
         issuer=issuer,
-        issue_instant=parse_saml_time(root.get("IssueInstant")),
-        destination=root.get("Destination"),
-        acs_url=root.get("AssertionConsumerServiceURL"),
-        acs_index=int(index) if index is not None else None,
-        protocol_binding=root.get("ProtocolBinding"),
+        issue_instant=_issue_instant(root),
+        destination=_uri(root, "Destination"),
+        acs_url=acs_url,
+        acs_index=index,
+        protocol_binding=_uri(root, "ProtocolBinding"),
         force_authn=(root.get("ForceAuthn") or "").lower() in ("true", "1"),
         is_passive=(root.get("IsPassive") or "").lower() in ("true", "1"),
-        name_id_format=policy.get("Format") if policy is not None else None,
+        name_id_format=_uri(policy, "Format") if policy is not None else None,
         requested_context=requested,
     )
 
@@ -186,16 +236,17 @@ def read_logout_request(root: etree._Element) -> LogoutRequest:
     if root.tag != f"{{{SAMLP_NS}}}LogoutRequest":
         raise SamlStatusError(REQUESTER, "the message is not a samlp:LogoutRequest")
     _check_version(root)
+    request_id = _message_id(root, "LogoutRequest")
     issuer = issuer_of(root)
-    if not root.get("ID") or not issuer:
-        raise SamlStatusError(REQUESTER, "LogoutRequest needs an ID and exactly one Issuer")
+    if not issuer:
+        raise SamlStatusError(REQUESTER, "LogoutRequest needs exactly one Issuer")
     noa = root.get("NotOnOrAfter")
     return LogoutRequest(
-        id=root.get("ID"),
+        id=request_id,
         issuer=issuer,
-        issue_instant=parse_saml_time(root.get("IssueInstant")),
-        destination=root.get("Destination"),
-        not_on_or_after=parse_saml_time(noa) if noa else None,
+        issue_instant=_issue_instant(root),
+        destination=_uri(root, "Destination"),
+        not_on_or_after=parse_saml_time(noa, "NotOnOrAfter") if noa else None,
         name_id=_text(root.find("saml:NameID", _NS)),
         session_indexes=[t for t in (_text(e) for e in root.findall("samlp:SessionIndex", _NS)) if t],
     )

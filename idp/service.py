@@ -132,8 +132,8 @@ def check_authn_request(
         raise BadRequest("the verified AuthnRequest names another Issuer")
     request.signed = signed
     request.relay_state = relay_state
-    if relay_state is not None and len(relay_state.encode()) > 80:
-        raise BadRequest("RelayState must not exceed 80 bytes (bindings §3.4.3)")
+    if relay_state is not None and (len(relay_state.encode()) > 80 or not relay_state.isprintable()):
+        raise BadRequest("RelayState must be printable and not exceed 80 bytes (bindings §3.4.3)")
     acs = agency.acs_for(request.acs_url, request.acs_index)
     if acs is None:
         raise BadRequest(

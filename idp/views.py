@@ -113,6 +113,7 @@ def _post_answer(answer: service.Answer) -> HTMLResponse:
         field=answer.field,
         value=answer.value,
         relay_state=answer.relay_state,
+        form_targets=[answer.url],  # the registered ACS of this answer, nothing else
     )
 
 

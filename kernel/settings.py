@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     login_lockout_seconds: int = 300
     # how often each app process integrates queued history entries into the Merkle tree
     history_integrate_seconds: float = 0.2
+    # the interactive API docs page (/api/docs); /api/openapi.json is served either way
+    api_docs: bool = False
 
     @property
     def db_url(self) -> str:

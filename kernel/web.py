@@ -3,13 +3,16 @@ dependency, security headers."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from urllib.parse import quote, urlsplit
 
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, select_autoescape
 from sqlalchemy.orm import Session
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kernel.db import session_scope
 
@@ -23,14 +26,21 @@ class Pages:
         loaders = [FileSystemLoader(str(d)) for d in (*template_dirs, _KERNEL_TEMPLATES)]
         self.env = Environment(loader=ChoiceLoader(loaders), autoescape=select_autoescape(["html"]))
 
-    def page(self, name: str, status_code: int = 200, **context) -> HTMLResponse:
-        """Render a template with a fresh CSP nonce for its one inline script, if any."""
+    def page(self, name: str, status_code: int = 200, *, form_targets: Iterable[str] = (),
+             **context) -> HTMLResponse:
+        """Render a template with a fresh CSP nonce for its one inline script, if any.
+
+        Its forms may post to this origin and to `form_targets` only (e.g. the agency's
+        registered ACS URL on an HTTP-POST binding page), never anywhere else.
+        """
         nonce = secrets.token_urlsafe(12)
         html = self.env.get_template(name).render(nonce=nonce, **context)
         headers = dict(SECURITY_HEADERS)
+        # a target that is no http(s) URL is left out: the browser then refuses the post
+        form_action = " ".join(["'self'", *filter(None, map(csp_source, form_targets))])
         headers["Content-Security-Policy"] = (
             f"default-src 'none'; style-src 'self' 'unsafe-inline'; script-src 'nonce-{nonce}'; "
-            "form-action *; base-uri 'none'; frame-ancestors 'none'"
+            f"form-action {form_action}; base-uri 'none'; frame-ancestors 'none'"
         )
         return HTMLResponse(html, status_code=status_code, headers=headers)
 
@@ -46,6 +56,59 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+
+
+# Answers that are not pages (JSON, XML, metadata, redirects, errors) load nothing, run
+# nothing and may not be framed; a page brings its own, wider policy.
+DEFAULT_CSP = "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+HSTS = "max-age=63072000; includeSubDomains"
+
+
+def csp_source(url: str) -> str | None:
+    """A URL as a CSP source expression (CSP3 §2.3.1): scheme, host, port and path only, with
+    the characters that would end the expression or the directive (space, `;`, `,`) escaped;
+    None if it is not an absolute http(s) URL."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    if parts.scheme not in ("https", "http") or not parts.netloc:
+        return None
+    netloc = quote(parts.netloc, safe=":@[].-_~")
+    return f"{parts.scheme}://{netloc}{quote(parts.path, safe='/:@!$&()*+=-._~%')}"
+
+
+def add_security_headers(headers: MutableHeaders, *, hsts: bool) -> None:
+    """Complete an answer's headers; what the route set itself (its CSP, its caching) stays."""
+    for name, value in SECURITY_HEADERS.items():
+        if name not in headers:
+            headers[name] = value
+    if "Content-Security-Policy" not in headers:
+        headers["Content-Security-Policy"] = DEFAULT_CSP
+    if hsts:
+        headers["Strict-Transport-Security"] = HSTS
+
+
+class SecurityHeaders:
+    """Pure ASGI middleware: every HTTP answer leaves with the security headers, whichever
+    route, error handler or 404 produced it (no BaseHTTPMiddleware: no second task per
+    request, streaming bodies pass untouched). HSTS only when the hub is served over https."""
+
+    def __init__(self, app: ASGIApp, *, hsts: bool) -> None:
+        self.app = app
+        self.hsts = hsts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_secured(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                add_security_headers(MutableHeaders(scope=message), hsts=self.hsts)
+            await send(message)
+
+        await self.app(scope, receive, send_secured)
 
 
 _kernel_pages = Pages()

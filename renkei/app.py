@@ -9,7 +9,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from kernel.db import check_migrated, upgrade
 from kernel.settings import Settings, get_settings
-from kernel.web import Pages
+from kernel.web import Pages, SecurityHeaders, add_security_headers
 from renkei import __version__
 
 _pages = Pages(Path(__file__).resolve().parent / "templates")
@@ -59,8 +59,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from portal.views import router as portal_router
     from renkei.operator_api import router as operator_api
 
-    app = FastAPI(title="Renkei", version=__version__, docs_url="/api/docs", redoc_url=None,
+    app = FastAPI(title="Renkei", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url="/api/openapi.json", lifespan=_history_integrator(settings))
+    hsts = settings.base_url.startswith("https://")
+    app.add_middleware(SecurityHeaders, hsts=hsts)
+    if settings.api_docs:
+        from renkei.api_docs import mount_api_docs
+
+        mount_api_docs(app)
     app.include_router(idp_router)
     app.include_router(discovery_api)
     app.include_router(operator_api)
@@ -88,7 +94,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def unexpected(request: Request, _exc: Exception) -> Response:
         # never a stack trace to the client; the server log has it
         if request.url.path.startswith("/api/"):
-            return JSONResponse({"error": "server_error", "message": "internal error"}, 500)
-        return error_page(500, "内部エラーが発生しました。An internal error occurred.", title="Error")
+            response: Response = JSONResponse({"error": "server_error", "message": "internal error"}, 500)
+        else:
+            response = error_page(500, "内部エラーが発生しました。An internal error occurred.", title="Error")
+        # Starlette answers this outside every middleware: the headers are added here
+        add_security_headers(response.headers, hsts=hsts)
+        return response
 
     return app

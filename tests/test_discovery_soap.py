@@ -266,14 +266,20 @@ def status_of(answer) -> tuple[str, str | None]:
     return status.get("code"), nested.get("code") if nested is not None else None
 
 
-def fault_of(r: httpx.Response) -> tuple[str, str]:
-    """(faultcode, lu:Status code) of a SOAP 1.1 Fault the hub signed."""
+def fault_of(r: httpx.Response, *, signed: bool = False) -> tuple[str, str]:
+    """(faultcode, lu:Status code) of a SOAP 1.1 Fault: hub-signed when it answers a requester
+    whose signature verified, unsigned (no RSA signature spent) when it answers anything else."""
     assert r.status_code == 500, r.text[:500]
-    answer = verified_answer(r)
-    fault = answer.body.find("soap:Fault", NS)
+    if signed:
+        body = verified_answer(r).body
+    else:
+        envelope = etree.fromstring(r.content)
+        assert envelope.find(".//ds:Signature", NS) is None, "a fault to an unauthenticated sender was signed"
+        body = envelope.find("soap:Body", NS)
+    fault = body.find("soap:Fault", NS)
     assert fault is not None, r.text[:500]
-    assert answer.body.find(".//saml:Assertion", NS) is None
-    assert answer.body.find(".//wsa:EndpointReference", NS) is None
+    assert body.find(".//saml:Assertion", NS) is None
+    assert body.find(".//wsa:EndpointReference", NS) is None
     return fault.findtext("faultcode"), fault.find("detail/lu:Status", NS).get("code")
 
 
@@ -493,11 +499,11 @@ def test_sender_signed_as_another_registered_agency_is_refused(world):
 def test_replayed_message_id_is_a_soap_fault(world):
     data = etree.tostring(query_envelope(world))
     assert post(world.soap_url, data).status_code == 200
-    assert fault_of(post(world.soap_url, data)) == ("wsse:InvalidSecurity", "MESSAGE_REPLAYED")
+    assert fault_of(post(world.soap_url, data), signed=True) == ("wsse:InvalidSecurity", "MESSAGE_REPLAYED")
     # re-signed with a fresh timestamp but the same MessageID: still a replay
     message_id = etree.fromstring(data).findtext("soap:Header/wsa:MessageID", namespaces=NS)
     again = etree.tostring(query_envelope(world, message_id=message_id))
-    assert fault_of(post(world.soap_url, again)) == ("wsse:InvalidSecurity", "MESSAGE_REPLAYED")
+    assert fault_of(post(world.soap_url, again), signed=True) == ("wsse:InvalidSecurity", "MESSAGE_REPLAYED")
 
 
 def test_body_wrapped_request_is_a_soap_fault(world):
@@ -531,9 +537,9 @@ def test_expired_request_is_a_soap_fault(world):
 
 def test_wrong_action_or_destination_is_a_soap_fault(world):
     env = query_envelope(world, action="urn:liberty:disco:2006-08:SvcMDRegister")
-    assert fault_of(post(world.soap_url, etree.tostring(env)))[0] == "wsa:ActionNotSupported"
+    assert fault_of(post(world.soap_url, etree.tostring(env)), signed=True)[0] == "wsa:ActionNotSupported"
     env = query_envelope(world, to="https://other-hub.example/discovery/soap")
-    assert fault_of(post(world.soap_url, etree.tostring(env)))[0] == "wsa:InvalidAddressingHeader"
+    assert fault_of(post(world.soap_url, etree.tostring(env)), signed=True)[0] == "wsa:InvalidAddressingHeader"
 
 
 def test_doctype_and_garbage_are_soap_faults_not_tracebacks(world):
@@ -588,11 +594,16 @@ def nim_envelope(world: World, *, target: str, task: str = TASK, info_type: str 
     return etree.tostring(envelope)
 
 
-def nim_response(r: httpx.Response) -> etree._Element:
+def nim_response(r: httpx.Response, *, signed: bool = True) -> etree._Element:
+    """The NameIDMappingResponse: hub-signed, or unsigned where the request's signature never
+    verified (no RSA signature spent on an unauthenticated sender)."""
     assert r.status_code == 200, r.text[:500]
     envelope = etree.fromstring(r.content)
     response = envelope.find("soap:Body/samlp:NameIDMappingResponse", NS)
-    verify_with_xmlsec(response, idp_cert())
+    if signed:
+        verify_with_xmlsec(response, idp_cert())
+    else:
+        assert envelope.find(".//ds:Signature", NS) is None, "an unauthenticated refusal was signed"
     assert response.findtext("saml:Issuer", namespaces=NS) == world_idp_entity_id(r)
     return response
 
@@ -640,18 +651,19 @@ def test_name_id_mapping_denied(world, name, reason):
 
 def test_name_id_mapping_refusals(world):
     attacker = TestSP("https://attacker.example/sp", "https://attacker.example")
-    cases = [
-        (nim_envelope(world, target=world.provider("ok"), sign_with=False), "SIGNATURE_INVALID"),
-        (nim_envelope(world, target=world.provider("ok"), sign_with=attacker), "SIGNATURE_INVALID"),
+    cases = [  # (request, reason, whether the requester's signature verified: a signed answer)
+        (nim_envelope(world, target=world.provider("ok"), sign_with=False), "SIGNATURE_INVALID", False),
+        (nim_envelope(world, target=world.provider("ok"), sign_with=attacker), "SIGNATURE_INVALID", False),
         (nim_envelope(world, target=world.provider("ok"), destination="https://elsewhere.example/nim"),
-         "WRONG_DESTINATION"),
+         "WRONG_DESTINATION", True),
         (nim_envelope(world, target=world.provider("ok"), issue_instant=now_str(timedelta(hours=-1))),
-         "MESSAGE_EXPIRED"),
-        (nim_envelope(world, target="https://not-registered.example/sp"), "UNKNOWN_TARGET"),
-        (nim_envelope(world, target=world.provider("ok"), bootstrap="rk1.e30.AAAA"), "BOOTSTRAP_TOKEN_REJECTED"),
+         "MESSAGE_EXPIRED", True),
+        (nim_envelope(world, target="https://not-registered.example/sp"), "UNKNOWN_TARGET", True),
+        (nim_envelope(world, target=world.provider("ok"), bootstrap="rk1.e30.AAAA"), "BOOTSTRAP_TOKEN_REJECTED",
+         True),
     ]
-    for data, reason in cases:
-        response = nim_response(post(world.nim_url, data))
+    for data, reason, signed in cases:
+        response = nim_response(post(world.nim_url, data), signed=signed)
         codes, message, _ = nim_status(response)
         assert codes[0] == "Requester" and message.split(":")[0] == reason, (reason, codes, message)
         assert response.find("saml:EncryptedID", NS) is None
@@ -668,7 +680,7 @@ def test_name_id_mapping_tampered_after_signing(world):
     data = nim_envelope(world, target=world.provider("nowl"))
     root = etree.fromstring(data)
     root.find(".//samlp:NameIDPolicy", NS).set("SPNameQualifier", world.provider("ok"))
-    _, message, _ = nim_status(nim_response(post(world.nim_url, etree.tostring(root))))
+    _, message, _ = nim_status(nim_response(post(world.nim_url, etree.tostring(root)), signed=False))
     assert message.startswith("SIGNATURE_INVALID")
 
 
@@ -714,3 +726,19 @@ def test_copied_envelope_is_not_accepted_by_another_requester(world):
     forged.find("soap:Header/sb:Sender", NS).set("providerID", world.provider("ok"))
     r = post(world.soap_url, etree.tostring(forged))
     assert fault_of(r)[0] in ("wsse:FailedAuthentication", "wsse:FailedCheck")
+
+
+def test_faults_are_signed_only_for_requesters_whose_signature_verified(world):
+    # anonymous garbage cannot make the hub spend an RSA signature ...
+    for url in (world.soap_url, world.nim_url):
+        r = post(url, b"<soap:Envelope xmlns:soap='" + SOAP.encode() + b"'><soap:Body/></soap:Envelope>")
+        assert r.status_code == 500 and b"Fault" in r.content
+        assert etree.fromstring(r.content).find(".//ds:Signature", NS) is None
+    assert fault_of(post(world.soap_url, etree.tostring(query_envelope(world, sign=False)))) == (
+        "wsse:InvalidSecurity", "INVALID_SECURITY")
+    # ... an authenticated requester that is refused still gets an answer it can verify
+    env = query_envelope(world, to="https://elsewhere.example/soap")
+    assert fault_of(post(world.soap_url, etree.tostring(env)), signed=True)[1] == "WRONG_DESTINATION"
+    response = nim_response(post(world.nim_url, nim_envelope(world, target=world.provider("ok"),
+                                                              destination="https://elsewhere.example/nim")))
+    assert nim_status(response)[1].startswith("WRONG_DESTINATION")
