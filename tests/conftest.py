@@ -48,6 +48,18 @@ def serve_in_thread(app, sock: socket.socket) -> tuple[uvicorn.Server, threading
     return server, thread
 
 
+# fixtures that reach the database under test: a `nodb` test asking for one is mislabelled, and
+# would silently go untested on PostgreSQL
+DATABASE_FIXTURES = {"hub", "hub_env", "hub_socket", "fed", "bootstrap"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        used = DATABASE_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if item.get_closest_marker("nodb") and used:
+            raise pytest.UsageError(f"{item.nodeid} is marked nodb but uses {sorted(used)}")
+
+
 def fresh_database_url(tmp: Path, name: str = "renkei") -> str:
     """An empty database: a new SQLite file, or a new PostgreSQL database on the test server."""
     if not POSTGRES_URL:
