@@ -61,6 +61,13 @@ def db_url(tmp_path) -> str:
     return fresh_database_url(tmp_path, f"migrations_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}")
 
 
+def test_every_models_module_is_compared():
+    """A new room's tables cannot slip past the comparison."""
+    root = Path(__file__).resolve().parent.parent
+    found = {".".join(p.relative_to(root).with_suffix("").parts) for p in root.glob("*/models.py")}
+    assert found <= set(MODEL_MODULES), f"add {sorted(found - set(MODEL_MODULES))} to MODEL_MODULES"
+
+
 def test_migrated_schema_matches_the_models(db_url):
     command.upgrade(alembic_config(db_url), "head")
     assert tables(db_url) == set(metadata().tables), "every model's table is created by a revision"
