@@ -292,11 +292,19 @@ def cprofile(fn: Callable[[int], object], count: int) -> Any:
 
 # --- the hub -------------------------------------------------------------------------------
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# listening sockets bound here, by port, until a server started by start_server takes one over
+# (binding, closing and re-binding a "free" port races with every other process on the host)
+RESERVED: dict[int, socket.socket] = {}
+
+
+def reserve_port() -> int:
+    """A TCP port on 127.0.0.1 the kernel chose, held bound until start_server hands it over."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    RESERVED[port] = sock
+    return port
 
 
 @dataclass
@@ -321,7 +329,7 @@ def set_up_home(home: Path, db_url: str,
     from kernel.settings import reset_settings
     from renkei.cli import main
 
-    port = free_port()
+    port = reserve_port()
     env = {
         "RENKEI_HOME": str(home),
         "RENKEI_DATABASE_URL": db_url,
@@ -396,16 +404,24 @@ def group_cpu_seconds(pgid: int) -> float:
 
 
 def start_server(hub: HubBase, workers: int, log_path: Path) -> subprocess.Popen:
-    """`renkei serve --workers N` for `hub` in its own process group, once /healthz answers."""
+    """The hub app under uvicorn with N workers (what `renkei serve` runs), in its own process
+    group, once /healthz answers."""
     import httpx
 
     env = dict(os.environ)
     env.update(hub.env)
     log = open(log_path, "wb")  # noqa: SIM115 - closed with the process
-    proc = start_group(
-        [sys.executable, "-m", "renkei.cli", "serve", "--workers", str(workers), "--port", str(hub.port)],
-        log, env=env, cwd=str(ROOT),
+    sock = RESERVED.pop(hub.port)
+    # uvicorn serves the socket bound in set_up_home (its file descriptor, inherited), so the
+    # port cannot change hands between choosing it and serving on it
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "renkei.app:create_app", "--factory", "--fd", str(sock.fileno()),
+         "--workers", str(workers), "--log-level", "warning", "--no-access-log"],
+        env=env, cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        start_new_session=True, pass_fds=(sock.fileno(),),
     )
+    CHILDREN.append(proc)
+    sock.close()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -11,6 +11,7 @@ import html
 import os
 import re
 import secrets
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from idp import accounts
 from idp.accounts import totp
 from kernel.db import session_scope, upgrade
 from kernel.keys import keystore
-from kernel.settings import get_settings
+from kernel.settings import get_settings, reset_settings
 from pseudonym import service as pseudonyms
 from renkei.app import create_app
 from renkei.provisioning import ensure_hub_keys, register_portal
@@ -172,13 +173,40 @@ def _passwords(home: Path, usernames: list[str]) -> dict[str, str]:
     return known
 
 
+def bind_ports(config: dict) -> dict[str, socket.socket]:
+    """Bind the hub's and every agency's listening socket before any URL is written down.
+
+    A port of 0 lets the kernel choose a free one (the config is updated with it, and the
+    hub's base URL follows); the sockets stay open until uvicorn serves on them, so no other
+    process can take a port between choosing and serving."""
+    host = config["hub"].get("host", "127.0.0.1")
+    sockets: dict[str, socket.socket] = {}
+    for key, entry in [("hub", config["hub"]), *((a["key"], a) for a in config["agencies"])]:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, int(entry.get("port", 8000))))
+        except OSError as exc:
+            sock.close()
+            for bound in sockets.values():
+                bound.close()
+            raise click.ClickException(f"cannot listen on {host}:{entry.get('port')} ({key}): {exc}") from None
+        if int(entry.get("port", 8000)) == 0 and key == "hub":
+            # the hub's URL is in its metadata and every agency's config: it must be the real one
+            os.environ["RENKEI_BASE_URL"] = f"http://{host}:{sock.getsockname()[1]}"
+            reset_settings()
+        entry["port"] = sock.getsockname()[1]
+        sockets[key] = sock
+    return sockets
+
+
 def run(*, config_file: Path | None, serve: bool, run_scenarios: bool = False) -> None:
     """Set up the demo federation, print its URLs and people, and serve it (or run its lookups)."""
 
     config = load_config(config_file)
+    sockets = bind_ports(config) if serve or run_scenarios else {}
     settings = get_settings()
     demo_agencies, passwords = setup(config, (config_file or DEFAULT_CONFIG).parent)
-    hub_port = int(config["hub"].get("port", 8000))
     with session_scope() as db:
         totp = {p["username"]: accounts.find(db_session=db, username=p["username"]).totp_secret
                 for p in config["people"]}
@@ -193,24 +221,21 @@ def run(*, config_file: Path | None, serve: bool, run_scenarios: bool = False) -
     click.echo(f"state kept in {settings.home} (delete it to start afresh)")
     if not serve and not run_scenarios:
         return
-    servers = [
-        uvicorn.Server(uvicorn.Config(create_app(settings), host=config["hub"].get("host", "127.0.0.1"),
-                                      port=hub_port, log_level="warning"))
-    ]
+    servers = [(uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning")), sockets["hub"])]
     for a in demo_agencies:
         app = create_agency_app(agency_config(a, settings.base_url, settings.home, config))
-        servers.append(uvicorn.Server(uvicorn.Config(app, host=a.host, port=a.port, log_level="warning")))
+        servers.append((uvicorn.Server(uvicorn.Config(app, log_level="warning")), sockets[a.key]))
 
     async def serve_all() -> None:
-        await asyncio.gather(*(s.serve() for s in servers))
+        await asyncio.gather(*(server.serve(sockets=[sock]) for server, sock in servers))
 
     if run_scenarios:
         thread = threading.Thread(target=lambda: asyncio.run(serve_all()), daemon=True)
         thread.start()
         try:
-            ok = run_lookups(config, demo_agencies, passwords, totp, servers)
+            ok = run_lookups(config, demo_agencies, passwords, totp, [server for server, _ in servers])
         finally:
-            for server in servers:
+            for server, _ in servers:
                 server.should_exit = True
             thread.join(timeout=10)
         if not ok:

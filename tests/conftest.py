@@ -1,5 +1,6 @@
 """Shared fixtures: a fresh database (SQLite, or PostgreSQL when RENKEI_TEST_POSTGRES_URL is
-set), keys generated per run, and a hub served over real HTTP on a free localhost port."""
+set), keys generated per run, and a hub served over real HTTP on a localhost port the kernel
+chose (a socket bound to port 0 and kept open, so no other process can take it meanwhile)."""
 from __future__ import annotations
 
 import os
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 from sqlalchemy import create_engine, text
 
 from kernel.db import dispose_engines
@@ -18,10 +20,44 @@ from kernel.settings import reset_settings
 POSTGRES_URL = os.environ.get("RENKEI_TEST_POSTGRES_URL")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def listening_socket(host: str = "127.0.0.1") -> socket.socket:
+    """A TCP socket bound to a port the kernel picks, to hand to uvicorn (`sockets=[...]`).
+
+    Binding and closing to "find a free port" races with every other test process; keeping
+    the bound socket open until the server takes it over does not."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    return sock
+
+
+def port_of(sock: socket.socket) -> int:
+    return sock.getsockname()[1]
+
+
+def serve_in_thread(app, sock: socket.socket) -> tuple[uvicorn.Server, threading.Thread]:
+    """Serve `app` with uvicorn on the already bound `sock`, in a daemon thread, once started."""
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the server on port {port_of(sock)} did not start")
+        time.sleep(0.02)
+    return server, thread
+
+
+# fixtures that reach the database under test: a `nodb` test asking for one is mislabelled, and
+# would silently go untested on PostgreSQL
+DATABASE_FIXTURES = {"hub", "hub_env", "hub_socket", "fed", "bootstrap"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        used = DATABASE_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if item.get_closest_marker("nodb") and used:
+            raise pytest.UsageError(f"{item.nodeid} is marked nodb but uses {sorted(used)}")
 
 
 def fresh_database_url(tmp: Path, name: str = "renkei") -> str:
@@ -40,10 +76,18 @@ def fresh_database_url(tmp: Path, name: str = "renkei") -> str:
 
 
 @pytest.fixture(scope="session")
-def hub_env(tmp_path_factory) -> dict[str, str]:
+def hub_socket():
+    """The test hub's listening socket, bound before its base URL is written anywhere."""
+    sock = listening_socket()
+    yield sock
+    sock.close()
+
+
+@pytest.fixture(scope="session")
+def hub_env(tmp_path_factory, hub_socket) -> dict[str, str]:
     """Environment of the test hub: its home, database and base URL (keys made by `init`)."""
     home = tmp_path_factory.mktemp("hub")
-    port = free_port()
+    port = port_of(hub_socket)
     env = {
         "RENKEI_HOME": str(home),
         "RENKEI_DATABASE_URL": fresh_database_url(home, "hub"),
@@ -64,29 +108,18 @@ def hub_env(tmp_path_factory) -> dict[str, str]:
 class Hub:
     """A running hub: its base URL and settings, served by uvicorn in a background thread."""
 
-    def __init__(self, env: dict[str, str]):
-        import uvicorn
-
+    def __init__(self, env: dict[str, str], sock: socket.socket):
         from kernel.settings import get_settings
         from renkei.app import create_app
 
         self.env = env
         self.settings = get_settings()
         self.base_url = env["RENKEI_BASE_URL"]
-        self.port = int(self.base_url.rsplit(":", 1)[1])
-        config = uvicorn.Config(create_app(self.settings), host="127.0.0.1", port=self.port,
-                                log_level="warning", access_log=False)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        raise RuntimeError("the test hub did not start")
+        self.port = port_of(sock)
+        assert self.base_url == f"http://127.0.0.1:{self.port}"
+        self.server, self.thread = serve_in_thread(create_app(self.settings), sock)
+        if httpx.get(f"{self.base_url}/healthz", timeout=10).status_code != 200:
+            raise RuntimeError("the test hub is not healthy")
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -94,30 +127,44 @@ class Hub:
 
 
 @pytest.fixture(scope="session")
-def hub(hub_env):
-    running = Hub(hub_env)
+def hub(hub_env, hub_socket):
+    running = Hub(hub_env, hub_socket)
     yield running
     running.stop()
 
 
 def demo_on_free_ports(tmp: Path) -> tuple[Path, dict, dict[str, str]]:
-    """A copy of config/demo.yaml (and its whitelist) on free ports, with the environment of a
-    fresh demo home and database: (config path, config, env)."""
+    """A copy of config/demo.yaml (and its whitelist) with every port 0, so `renkei demo` binds
+    ports the kernel picks and prints their URLs (read them with `demo_urls`), with the
+    environment of a fresh demo home and database: (config path, config, env)."""
     import shutil
 
     import yaml
 
     config_dir = Path(__file__).resolve().parent.parent / "config"
     config = yaml.safe_load((config_dir / "demo.yaml").read_text(encoding="utf-8"))
-    config["hub"]["port"] = free_port()
+    config["hub"]["port"] = 0
     for agency in config["agencies"]:
-        agency["port"] = free_port()
+        agency["port"] = 0
     path = tmp / "demo.yaml"
     path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
     shutil.copy(config_dir / config["whitelist"], tmp / config["whitelist"])
-    env = {"RENKEI_HOME": str(tmp / "home"), "RENKEI_BASE_URL": f"http://127.0.0.1:{config['hub']['port']}",
-           "RENKEI_DATABASE_URL": fresh_database_url(tmp, "demo")}
+    env = {"RENKEI_HOME": str(tmp / "home"), "RENKEI_DATABASE_URL": fresh_database_url(tmp, "demo")}
     return path, config, env
+
+
+def demo_urls(printed: str, config: dict) -> tuple[str, dict[str, str]] | None:
+    """The hub's and each agency's URL (by key) as `renkei demo` printed them; None until all are."""
+    import re
+
+    hub = re.search(r"hub \(IdP\):\s+(http://\S+?)/\s", printed)
+    agencies = {}
+    for agency in config["agencies"]:
+        found = re.search(re.escape(agency["name"]) + r":\s+(http://\S+?)/\s", printed)
+        if found is None:
+            return None
+        agencies[agency["key"]] = found.group(1)
+    return (hub.group(1), agencies) if hub else None
 
 
 # the shared cross-agency test federation (tests/federation.py)

@@ -25,6 +25,8 @@ from cryptography.x509.oid import NameOID
 from lxml import etree
 from starlette.testclient import TestClient
 
+pytestmark = pytest.mark.nodb  # the demo agency app alone: no hub, no database; the PostgreSQL pass skips it
+
 HUB = "http://127.0.0.1:8000"
 IDP_ENTITY_ID = f"{HUB}/idp/metadata"
 BASE = "http://127.0.0.1:8101"

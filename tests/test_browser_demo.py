@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from idp.accounts import totp
-from tests.conftest import demo_on_free_ports
+from tests.conftest import demo_on_free_ports, demo_urls
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = [
@@ -28,23 +28,26 @@ def demo(tmp_path_factory):
     """`renkei demo` as a subprocess on free ports, with its printed passwords."""
     tmp = tmp_path_factory.mktemp("demo")
     config_path, config, demo_env = demo_on_free_ports(tmp)
-    hub = demo_env["RENKEI_BASE_URL"]
     env = {**os.environ, **demo_env}
     out = open(tmp / "demo.log", "w+")  # noqa: SIM115 - the demo writes to it for the whole module
     proc = subprocess.Popen([str(Path(sys.executable).with_name("renkei")), "demo", "--config", str(config_path)],
                             stdout=out, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 60
-    agencies = {a["key"]: f"http://127.0.0.1:{a['port']}" for a in config["agencies"]}
-    while time.monotonic() < deadline:
+    urls = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        out.seek(0)
+        urls = urls or demo_urls(out.read(), config)  # the ports the demo bound, as it printed them
         try:
-            if all(httpx.get(u + "/metadata").status_code == 200 for u in [*agencies.values()]):
+            if urls and all(httpx.get(u + "/metadata").status_code == 200 for u in urls[1].values()):
                 break
         except httpx.HTTPError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)
     else:
         out.seek(0)
         proc.kill()
         pytest.fail("the demo did not start:\n" + out.read())
+    hub, agencies = urls
     out.seek(0)
     printed = out.read()
     passwords = dict(re.findall(r"^  (\w+) / (\S+)", printed, re.MULTILINE))

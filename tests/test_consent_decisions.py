@@ -25,6 +25,8 @@ from consent.whitelist_io import DEMO_WHITELIST, read_whitelist_file
 from kernel.db import Base, make_engine
 from kernel.keys import KeyStore
 
+pytestmark = pytest.mark.nodb  # a private SQLite file, whatever the pass; the PostgreSQL pass skips it
+
 CITY_A = "http://127.0.0.1:8101/metadata"  # 転出元
 CITY_B = "http://127.0.0.1:8102/metadata"  # 転入先
 INSURER = "http://127.0.0.1:8103/metadata"

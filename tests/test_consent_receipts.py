@@ -20,6 +20,8 @@ from consent.whitelist_io import DEMO_WHITELIST, read_whitelist_file
 from kernel.db import Base, make_engine
 from kernel.keys import KeyStore
 
+pytestmark = pytest.mark.nodb  # a private SQLite file, whatever the pass; the PostgreSQL pass skips it
+
 PERSON = "person-internal-key-4711"
 PRINCIPAL = "taro@example.jp"
 CITY_B = "http://127.0.0.1:8102/metadata"

@@ -20,6 +20,8 @@ from consent.whitelist_io import (
 )
 from kernel.db import Base, make_engine
 
+pytestmark = pytest.mark.nodb  # a private SQLite file, whatever the pass; the PostgreSQL pass skips it
+
 HEADER = "requester,provider,task_code,task_name,info_type_code,info_type_name,consent,legal_basis"
 CITY_A = "http://127.0.0.1:8101/metadata"
 CITY_B = "http://127.0.0.1:8102/metadata"

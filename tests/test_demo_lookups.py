@@ -8,21 +8,18 @@ from __future__ import annotations
 
 import base64
 import re
-import threading
-import time
 import uuid
 from html import unescape
 
 import httpx
 import pytest
-import uvicorn
 from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from lxml import etree
 
 from kernel.jose import sign_client_assertion
 from renkei.cli import main
-from tests.conftest import free_port
+from tests.conftest import listening_socket, port_of, serve_in_thread
 from tests.saml_sp import NS, post_form_fields
 
 RUN = uuid.uuid4().hex[:8]
@@ -63,7 +60,8 @@ class AgencyServer:
     def __init__(self, hub, tmp_path, key: str, name: str, agency_class: str, **extra):
         from agency_demo import AgencyConfig, create_agency_app, sp_metadata
 
-        port = free_port()
+        sock = listening_socket()
+        port = port_of(sock)
         self.config = AgencyConfig(
             entity_id=f"http://127.0.0.1:{port}/metadata", name=name, base_url=f"http://127.0.0.1:{port}",
             hub_base_url=hub.base_url, key_dir=tmp_path / key, **extra,
@@ -71,14 +69,7 @@ class AgencyServer:
         md = tmp_path / f"{key}.xml"
         md.write_text(sp_metadata(self.config))
         cli("agency", "add", "--metadata", str(md), "--class", agency_class)
-        self.server = uvicorn.Server(uvicorn.Config(create_agency_app(self.config), host="127.0.0.1",
-                                                    port=port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 15
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the agency app did not start"
-            time.sleep(0.02)
+        self.server, self.thread = serve_in_thread(create_agency_app(self.config), sock)
         self.url = self.config.base_url
         self.entity_id = self.config.entity_id
 

@@ -3,17 +3,14 @@ the running hub over HTTP and validates every response in strict mode."""
 from __future__ import annotations
 
 import re
-import threading
-import time
 from html import unescape
 
 import httpx
 import pytest
-import uvicorn
 from click.testing import CliRunner
 
 from renkei.cli import main
-from tests.conftest import free_port
+from tests.conftest import listening_socket, port_of, serve_in_thread
 from tests.saml_sp import post_form_fields
 
 
@@ -21,7 +18,8 @@ class AgencyServer:
     def __init__(self, hub, tmp_path, name: str, key: str):
         from agency_demo import AgencyConfig, create_agency_app, sp_metadata
 
-        port = free_port()
+        sock = listening_socket()
+        port = port_of(sock)
         self.config = AgencyConfig(
             entity_id=f"http://127.0.0.1:{port}/metadata", name=name,
             base_url=f"http://127.0.0.1:{port}", hub_base_url=hub.base_url, key_dir=tmp_path / key,
@@ -30,12 +28,7 @@ class AgencyServer:
         md.write_text(sp_metadata(self.config))
         result = CliRunner().invoke(main, ["agency", "add", "--metadata", str(md), "--class", "municipality"])
         assert result.exit_code == 0, result.output
-        self.server = uvicorn.Server(uvicorn.Config(create_agency_app(self.config), host="127.0.0.1",
-                                                    port=port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.02)
+        self.server, self.thread = serve_in_thread(create_agency_app(self.config), sock)
         self.url = self.config.base_url
 
     def stop(self):

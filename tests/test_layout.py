@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.nodb  # import contracts: no database; the PostgreSQL pass skips it
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

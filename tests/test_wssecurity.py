@@ -40,6 +40,8 @@ from kernel.xml._wss import (
 )
 from tests.saml_sp import make_key_and_cert
 
+pytestmark = pytest.mark.nodb  # pure WS-Security: no database; the PostgreSQL pass skips it
+
 MAX = 256 * 1024
 RK = "urn:renkei:2026"
 PURPOSE = f"{{{RK}}}Purpose"

@@ -41,6 +41,8 @@ from kernel.xml._dsig import (
 )
 from tests import xml_attacks as attacks
 
+pytestmark = pytest.mark.nodb  # pure XML security: no database; the PostgreSQL pass skips it
+
 SAML = xs.SAML_NS
 SAMLP = xs.SAMLP_NS
 DS = xs.DS_NS

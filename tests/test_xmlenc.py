@@ -44,6 +44,8 @@ from kernel.xml._enc import (
 )
 from tests import xml_attacks as attacks
 
+pytestmark = pytest.mark.nodb  # pure XML encryption: no database; the PostgreSQL pass skips it
+
 NS = {"saml": SAML_NS, "xenc": XENC_NS, "xenc11": XENC11_NS, "ds": DS_NS}
 MESSAGE = "the encrypted element could not be decrypted"
 VICTIM = "victim@city.example"
