@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import re
+import time
 import uuid
 from html import unescape
 

@@ -4,8 +4,6 @@ and self-hosted when on, and the HTTP-POST binding page allowed to post only to 
 from __future__ import annotations
 
 import shutil
-import threading
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import httpx
 import pytest
 
 from kernel.web import DEFAULT_CSP, HSTS, csp_source
-from tests.conftest import free_port
+from tests.conftest import listening_socket, port_of, serve_in_thread
 from tests.saml_sp import TestSP, now_str
 from tests.test_idp_sso import register
 
@@ -62,7 +60,6 @@ def test_api_docs_are_off_by_default_but_the_openapi_document_is_served(hub):
 @pytest.fixture(scope="module")
 def https_hub_with_docs(hub):
     """A second app on the same database, configured as served over https with API docs on."""
-    import uvicorn
 
     from kernel.settings import Settings
     from renkei.app import create_app
@@ -75,16 +72,9 @@ def https_hub_with_docs(hub):
     def crash() -> None:
         raise RuntimeError("an unexpected failure")
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical",
-                                           access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 15
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
+    sock = listening_socket()
+    base = f"http://127.0.0.1:{port_of(sock)}"
+    server, thread = serve_in_thread(app, sock)
     yield base
     server.should_exit = True
     thread.join(timeout=10)
