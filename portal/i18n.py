@@ -1,7 +1,7 @@
 """The portal's languages: Japanese by default, English on a switch that persists (a cookie).
 
 Templates mark text with `{{ _("…") }}`; the message IDs are the Japanese text itself, so
-Japanese needs no catalog and English comes from `portal/locale/en/LC_MESSAGES/messages.po`
+Japanese needs no catalog and English comes from the `.po` files in `portal/locale/en/LC_MESSAGES/`
 (gettext, read through Babel when the process starts). Dates are written in the language's
 own format by Babel. The language of one request lives in a context variable, so one template
 environment serves every language.
@@ -41,16 +41,22 @@ def current() -> str:
 
 @cache
 def catalog(lang: str) -> Translations | None:
-    """The compiled catalog of `lang` (None for Japanese: the message IDs are Japanese)."""
-    po = _LOCALE_DIR / lang / "LC_MESSAGES" / "messages.po"
-    if lang == DEFAULT or not po.is_file():
+    """The compiled catalog of `lang` (None for Japanese: the message IDs are Japanese).
+
+    Every `*.po` file of the language is read (one per part of the portal) and merged."""
+    files = sorted((_LOCALE_DIR / lang / "LC_MESSAGES").glob("*.po"))
+    if lang == DEFAULT or not files:
         return None
-    with po.open("rb") as fh:
-        messages = read_po(fh, locale=lang)
-    buffer = BytesIO()
-    write_mo(buffer, messages)
-    buffer.seek(0)
-    return Translations(fp=buffer)
+    merged = None
+    for po in files:
+        with po.open("rb") as fh:
+            messages = read_po(fh, locale=lang)
+        buffer = BytesIO()
+        write_mo(buffer, messages)
+        buffer.seek(0)
+        part = Translations(fp=buffer)
+        merged = part if merged is None else merged.merge(part) or merged
+    return merged
 
 
 def gettext(message: str) -> str:
