@@ -33,3 +33,40 @@ def check_identifier(value: object, *, what: str, max_length: int) -> str:
     if problem is not None:
         raise InvalidIdentifier(f"{what} {shown(value)} {problem}")
     return value  # type: ignore[return-value]
+
+
+class UndecodableText(UserError, ValueError):
+    """An uploaded text file is in none of the encodings tried (or the one named)."""
+
+
+# what operators' spreadsheets write: UTF-8 (with or without a BOM), UTF-16 with a BOM, and
+# Shift_JIS as Excel in Japan saves it (CP932, a superset of Shift_JIS)
+_BOMS = ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
+FALLBACK_ENCODINGS = ("utf-8", "cp932")
+
+
+def decode_text(data: bytes, *, source: str, encoding: str | None = None) -> str:
+    """`data` as text: in `encoding` when named; else by its BOM (UTF-8, UTF-16); else strict
+    UTF-8, then CP932 (Shift_JIS). Refuses with the file's name when nothing decodes it."""
+    if encoding:
+        try:
+            return data.decode(encoding)
+        except LookupError:
+            raise UndecodableText(f"{source}: unknown encoding {shown(encoding)}") from None
+        except UnicodeDecodeError as exc:
+            raise UndecodableText(f"{source}: not valid {encoding} at byte {exc.start}") from None
+    for bom, codec in _BOMS:
+        if data.startswith(bom):
+            try:
+                return data.decode(codec).removeprefix("\ufeff")
+            except UnicodeDecodeError as exc:
+                raise UndecodableText(f"{source}: not valid {codec} at byte {exc.start}") from None
+    for codec in FALLBACK_ENCODINGS:
+        try:
+            return data.decode(codec)
+        except UnicodeDecodeError:
+            continue
+    raise UndecodableText(
+        f"{source}: neither UTF-8 nor Shift_JIS (CP932); save it as UTF-8 or name its encoding "
+        "with --encoding"
+    )
