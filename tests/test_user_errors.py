@@ -15,7 +15,7 @@ from kernel.settings import reset_settings
 from kernel.validate import InvalidIdentifier, check_identifier, decode_text
 from pseudonym.models import LocalLink
 from renkei.cli import main
-from tests.conftest import fresh_database_url
+from tests.conftest import POSTGRES_URL, fresh_database_url
 from tests.saml_sp import TestSP
 
 AGENCY = "https://links.example.jp/sp"
@@ -109,6 +109,16 @@ def test_person_add_refuses_control_characters_in_usernames(home, username):
     assert count(Person) == 0
 
 
+def _set_read_only(url: str, on: bool) -> None:
+    """PostgreSQL: make every new session of the test database read-only (or not again)."""
+    admin = create_engine(POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'ALTER DATABASE "{url.rsplit("/", 1)[1]}" SET default_transaction_read_only = '
+                          + ("on" if on else "off")))
+    admin.dispose()
+    dispose_engines()
+
+
 def test_person_add_on_a_read_only_database(home, tmp_path, monkeypatch):
     assert run("init").exit_code == 0
     url = home["RENKEI_DATABASE_URL"]
@@ -116,23 +126,16 @@ def test_person_add_on_a_read_only_database(home, tmp_path, monkeypatch):
         # root ignores file modes, so open the file read-only the way SQLite itself offers
         monkeypatch.setenv("RENKEI_DATABASE_URL", f"sqlite:///file:{url.split('///', 1)[1]}?mode=ro&uri=true")
     else:
-        dispose_engines()
-        admin = create_engine(url.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            dbname = url.rsplit("/", 1)[1]
-            conn.execute(text(f'ALTER DATABASE "{dbname}" SET default_transaction_read_only = on'))
-        admin.dispose()
+        _set_read_only(url, True)
     reset_settings()
-    refused(run("person", "add", "--username", "ro", "--password-stdin", stdin="long enough pw\n"),
-            "read-only", "nothing was written")
-    monkeypatch.setenv("RENKEI_DATABASE_URL", url)
-    reset_settings()
-    dispose_engines()
-    if not url.startswith("sqlite"):
-        admin = create_engine(url.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'ALTER DATABASE "{url.rsplit("/", 1)[1]}" SET default_transaction_read_only = off'))
-        admin.dispose()
+    try:
+        refused(run("person", "add", "--username", "ro", "--password-stdin", stdin="long enough pw\n"),
+                "read-only", "nothing was written")
+    finally:
+        monkeypatch.setenv("RENKEI_DATABASE_URL", url)
+        reset_settings()
+        if not url.startswith("sqlite"):
+            _set_read_only(url, False)
     assert count(Person) == 0
 
 
