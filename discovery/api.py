@@ -109,6 +109,7 @@ def query(
         try:
             staff = base64.b64decode(body.person.staff_assertion, validate=True)
         except (binascii.Error, ValueError):
+            # malformed rather than refused after checking: 400, as the API has always answered
             return _refused(StaffAssertionRejected("staff_assertion is not base64"), status=400)
     person = pipeline.PersonRef(bootstrap_token=body.person.bootstrap_token, pseudonym=body.person.pseudonym,
                                 staff_assertion=staff)

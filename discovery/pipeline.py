@@ -13,6 +13,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from lxml import etree
 from sqlalchemy.exc import SQLAlchemyError
@@ -53,6 +54,7 @@ from pseudonym import bootstrap
 from pseudonym import service as pseudonyms
 
 HUB_LOG = "hub"
+_Decided = TypeVar("_Decided")
 NO_ENCRYPTION_KEY = "PROVIDER_HAS_NO_ENCRYPTION_KEY"
 
 
@@ -100,12 +102,12 @@ def discovery_entity_id(settings: Settings) -> str:
     return settings.base_url.rstrip("/") + "/discovery"
 
 
-def _nothing_disclosed_on_database_failure(decide: Callable) -> Callable:
+def _nothing_disclosed_on_database_failure(decide: Callable[..., _Decided]) -> Callable[..., _Decided]:
     """A database failure while deciding or logging rolls back and refuses the query as
     LogWriteFailed: no token exists before the commit, so nothing was disclosed."""
 
     @functools.wraps(decide)
-    def guarded(*, db_session: Session, **kwargs):
+    def guarded(*, db_session: Session, **kwargs) -> _Decided:
         try:
             return decide(db_session=db_session, **kwargs)
         except (HistoryWriteFailed, SQLAlchemyError) as exc:
