@@ -8,12 +8,9 @@ import unicodedata
 from kernel.errors import UserError, shown
 
 
-class InvalidIdentifier(UserError, ValueError):
-    """An identifier is empty, too long, or holds a control character (NUL, tab, newline…)."""
-
-
 def identifier_problem(value: object, *, max_length: int) -> str | None:
-    """Why `value` is not an acceptable identifier, or None when it is."""
+    """Why `value` is not an acceptable identifier, or None when it is; each room raises its
+    own error with it, so its callers keep catching one type."""
     if not isinstance(value, str) or not value:
         return "must be a non-empty text"
     if len(value) > max_length:
@@ -24,15 +21,6 @@ def identifier_problem(value: object, *, max_length: int) -> str | None:
     if bad is not None:
         return f"must not contain control characters (found U+{ord(bad):04X})"
     return None
-
-
-def check_identifier(value: object, *, what: str, max_length: int) -> str:
-    """`value` if it is a non-empty identifier of at most `max_length` characters without
-    control characters; otherwise InvalidIdentifier naming `what` (and a truncated value)."""
-    problem = identifier_problem(value, max_length=max_length)
-    if problem is not None:
-        raise InvalidIdentifier(f"{what} {shown(value)} {problem}")
-    return value  # type: ignore[return-value]
 
 
 class UndecodableText(UserError, ValueError):
