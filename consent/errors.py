@@ -1,8 +1,10 @@
 """Typed errors of the consent room; each names what was wrong, never a stack of internals."""
 from __future__ import annotations
 
+from kernel.errors import UserError
 
-class ConsentError(Exception):
+
+class ConsentError(UserError):
     """Base class of every error this room raises."""
 
 

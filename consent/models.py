@@ -25,6 +25,8 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from consent.errors import InvalidPolicyRule, WhitelistImportError
 from kernel.db import Base, utcnow
+from kernel.errors import shown
+from kernel.validate import identifier_problem
 
 CLASS_PREFIX = "class:"
 PARTY_MAX = 1024
@@ -65,15 +67,15 @@ class DecisionReason(StrEnum):
 def party_problem(value: object) -> str | None:
     """Why `value` is not a valid party reference (entity ID or `class:<name>`), or None."""
     if not isinstance(value, str) or not value.strip():
-        return f"must be an agency entity ID or 'class:<name>', got {value!r}"
-    if len(value) > PARTY_MAX:
-        return f"is longer than {PARTY_MAX} characters"
+        return f"must be an agency entity ID or 'class:<name>', got {shown(value)}"
+    if problem := identifier_problem(value, max_length=PARTY_MAX):
+        return problem
     if value.startswith(CLASS_PREFIX):
         if not _CLASS_NAME.fullmatch(value[len(CLASS_PREFIX):]):
-            return f"class name must be letters, digits, '_', '.' or '-', got {value!r}"
+            return f"class name must be letters, digits, '_', '.' or '-', got {shown(value)}"
         return None
     if not _URI.fullmatch(value):
-        return f"must be an agency entity ID (a URI) or 'class:<name>', got {value!r}"
+        return f"must be an agency entity ID (a URI) or 'class:<name>', got {shown(value)}"
     return None
 
 
@@ -217,12 +219,16 @@ def whitelist_entry_problems(values: Mapping[str, object]) -> list[tuple[str, st
     for field, limit in limits.items():
         value = values.get(field)
         if not isinstance(value, str) or not value.strip():
-            problems.append((field, f"{field} must be a non-empty text, got {value!r}"))
+            problems.append((field, f"{field} must be a non-empty text, got {shown(value)}"))
+        elif field.endswith("_code") and (problem := identifier_problem(value, max_length=limit)):
+            problems.append((field, f"{field} {problem}"))
         elif limit and len(value) > limit:
             problems.append((field, f"{field} is longer than {limit} characters"))
+        elif "\x00" in value:  # PostgreSQL refuses NUL in text
+            problems.append((field, f"{field} must not contain NUL characters"))
     consent = values.get("consent")
     if consent not in tuple(ConsentMode):
-        problems.append(("consent", f"consent must be 'required' or 'override', got {consent!r}"))
+        problems.append(("consent", f"consent must be 'required' or 'override', got {shown(consent)}"))
     return problems
 
 
@@ -280,7 +286,7 @@ class PolicyRuleIn:
             object.__setattr__(self, "effect", Effect(self.effect))
         except ValueError:
             raise InvalidPolicyRule(
-                f"effect must be 'allow' or 'deny', got {self.effect!r}"
+                f"effect must be 'allow' or 'deny', got {shown(self.effect)}"
             ) from None
         for field in ("requester", "provider"):
             value = getattr(self, field)
@@ -288,8 +294,10 @@ class PolicyRuleIn:
                 raise InvalidPolicyRule(f"{field} {problem}")
         for field in ("task_code", "info_type_code"):
             value = getattr(self, field)
-            if value is not None and (not value.strip() or len(value) > CODE_MAX):
-                raise InvalidPolicyRule(f"{field} must be 1-{CODE_MAX} characters, got {value!r}")
+            if value is not None and (not value.strip() or identifier_problem(value, max_length=CODE_MAX)):
+                raise InvalidPolicyRule(
+                    f"{field} must be 1-{CODE_MAX} characters without control characters, got {shown(value)}"
+                )
         for field in ("valid_from", "valid_until"):
             value = getattr(self, field)
             if value is not None:

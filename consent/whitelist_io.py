@@ -17,12 +17,17 @@ from sqlalchemy.orm import Session
 from consent import service
 from consent.errors import WhitelistImportError
 from consent.models import WHITELIST_FIELDS, WhitelistEntryIn, whitelist_entry_problems
+from kernel.errors import shown
+from kernel.validate import UndecodableText, decode_text
 
 if TYPE_CHECKING:
     from _csv import _reader
 
 DEMO_WHITELIST = Path(__file__).resolve().parent / "examples" / "demo_whitelist.yaml"
 MAX_FILE_CHARS = 8 * 1024 * 1024  # 別表第２ has a few hundred rows; far below this
+MAX_FILE_BYTES = 4 * MAX_FILE_CHARS  # the most bytes MAX_FILE_CHARS can take (UTF-8)
+# whitelist → entry → task/info_type → code/name is 4 deep; nothing legitimate goes past this
+MAX_YAML_DEPTH = 8
 
 CSV_COLUMNS = WHITELIST_FIELDS
 # the YAML shape nests task and information type: {task: {code, name}, info_type: {...}}
@@ -104,13 +109,49 @@ def dump_yaml(entries: Sequence[WhitelistEntryIn]) -> str:
     return header + yaml.safe_dump(doc, allow_unicode=True, sort_keys=False, width=100)
 
 
+class _YamlRefused(Exception):
+    """A YAML construct the whitelist never needs and an attacker would use."""
+
+    def __init__(self, line: int, message: str):
+        super().__init__(message)
+        self.line = line
+
+
+class _WhitelistYamlLoader(yaml.SafeLoader):
+    """SafeLoader without anchors and aliases, and with a small nesting limit.
+
+    An alias repeats a node by reference: nine nested anchors make a few hundred bytes stand for
+    a billion values ("billion laughs"), which any walk or message over the values expands. Deep
+    nesting makes the recursive composer end in RecursionError. Both are refused as they appear.
+    """
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _YamlRefused(line, "YAML anchors and aliases (& and *) are not accepted; write each value out")
+        if self._depth >= MAX_YAML_DEPTH:
+            raise _YamlRefused(line, f"nested deeper than {MAX_YAML_DEPTH} levels")
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
 def _load_yaml(text: str, source: str) -> tuple[yaml.Node | None, object]:
     """The node tree (for line numbers) and the plain values, from one safe parse."""
     _refuse_oversized(text, source)
-    loader = yaml.SafeLoader(text)
+    loader = _WhitelistYamlLoader(text)
     try:
         root = loader.get_single_node()
         return root, (loader.construct_document(root) if root is not None else None)
+    except _YamlRefused as exc:
+        raise WhitelistImportError([f"{source} line {exc.line}: {exc}"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
@@ -148,10 +189,10 @@ def _flatten_yaml_entry(
     seen: set[str] = set()
     for key, value_node in _pairs(node):
         if key in seen:  # PyYAML would silently keep the last one
-            errors.add(_line(value_node), f"key {key!r} appears twice in this entry")
+            errors.add(_line(value_node), f"key {shown(key)} appears twice in this entry")
         seen.add(key)
         if key not in _YAML_KEYS:
-            errors.add(_line(value_node), f"unknown key {key!r}; expected {', '.join(_YAML_KEYS)}")
+            errors.add(_line(value_node), f"unknown key {shown(key)}; expected {', '.join(_YAML_KEYS)}")
         elif key in ("task", "info_type"):
             nested = raw.get(key)
             if not isinstance(nested, dict) or set(nested) != {"code", "name"}:
@@ -268,18 +309,26 @@ def _check_across_entries(
             if seen[0] != name:
                 errors.add(
                     line,
-                    f"{label} {code} is named {name!r} here "
-                    f"but {seen[0]!r} on {errors.unit} {seen[1]}",
+                    f"{label} {code} is named {shown(name)} here "
+                    f"but {shown(seen[0])} on {errors.unit} {seen[1]}",
                 )
 
 
 # --- files and the database ---------------------------------------------------------------
 
 
-def read_whitelist_file(path: Path | str) -> list[WhitelistEntryIn]:
-    """Parse a `.yaml`/`.yml` or `.csv` whitelist file."""
+def read_whitelist_file(path: Path | str, *, encoding: str | None = None) -> list[WhitelistEntryIn]:
+    """Parse a `.yaml`/`.yml` or `.csv` whitelist file, in `encoding` or the one its bytes show
+    (BOM → UTF-8/UTF-16, else UTF-8, else CP932 as Excel in Japan saves CSV)."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8-sig")
+    with path.open("rb") as file:
+        data = file.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise WhitelistImportError([f"{path.name}: file is larger than {MAX_FILE_BYTES} bytes"])
+    try:
+        text = decode_text(data, source=path.name, encoding=encoding)
+    except UndecodableText as exc:
+        raise WhitelistImportError([str(exc)]) from None
     if path.suffix.lower() in (".yaml", ".yml"):
         return parse_yaml(text, source=path.name)
     if path.suffix.lower() == ".csv":
@@ -299,10 +348,10 @@ def write_whitelist_file(entries: Sequence[WhitelistEntryIn], path: Path | str) 
 
 
 def import_whitelist_file(
-    *, db_session: Session, path: Path | str, replace: bool = False
+    *, db_session: Session, path: Path | str, replace: bool = False, encoding: str | None = None
 ) -> service.ImportSummary:
     """Validate the whole file, then upsert its entries (nothing is written on any error)."""
-    entries = read_whitelist_file(path)
+    entries = read_whitelist_file(path, encoding=encoding)
     return service.import_whitelist(db_session=db_session, entries=entries, replace=replace)
 
 
@@ -324,7 +373,7 @@ def entries_from_mappings(
         cleaned = {k: _clean(v) for k, v in values.items()}
         for key in cleaned:
             if key not in WHITELIST_FIELDS:
-                errors.add(number, f"unknown field {key!r}")
+                errors.add(number, f"unknown field {shown(key)}")
         for _field, message in whitelist_entry_problems(cleaned):
             errors.add(number, message)
         if len(errors.problems) == before:

@@ -10,11 +10,10 @@ import binascii
 from fastapi import APIRouter, Header
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from access_history.errors import LogWriteFailed
 from discovery import pipeline
+from discovery.errors import DiscoveryRefused, StaffAssertionRejected
 from federation import service as agencies
 from kernel.jose import ClientAuthFailed, verify_client_assertion
 from kernel.settings import get_settings
@@ -69,6 +68,11 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
                         headers={"Cache-Control": "no-store"})
 
 
+def _refused(exc: DiscoveryRefused, *, status: int | None = None) -> JSONResponse:
+    """Every refusal's JSON answer: its class's code and HTTP status, its safe message."""
+    return _error(status or exc.status, exc.code, exc.message)
+
+
 @router.post(
     "/query",
     response_model=DiscoveryQueryOut,
@@ -105,7 +109,8 @@ def query(
         try:
             staff = base64.b64decode(body.person.staff_assertion, validate=True)
         except (binascii.Error, ValueError):
-            return _error(400, "STAFF_ASSERTION_REJECTED", "staff_assertion is not base64")
+            # malformed rather than refused after checking: 400, as the API has always answered
+            return _refused(StaffAssertionRejected("staff_assertion is not base64"), status=400)
     person = pipeline.PersonRef(bootstrap_token=body.person.bootstrap_token, pseudonym=body.person.pseudonym,
                                 staff_assertion=staff)
     try:
@@ -113,11 +118,8 @@ def query(
             db_session=db, settings=settings, requester=requester, person=person,
             service_type=body.service_type, task=body.task, info_type=body.info_type,
         )
-    except pipeline.DiscoveryRefused as exc:
-        return _error(exc.status, exc.code, exc.message)
-    except (LogWriteFailed, SQLAlchemyError):
-        db.rollback()
-        return _error(503, "LOG_WRITE_FAILED", "the decision could not be logged; nothing was disclosed")
+    except DiscoveryRefused as exc:
+        return _refused(exc)
     answer = DiscoveryQueryOut(offerings=[
         OfferingOut(
             provider=d.provider, provider_name=d.provider_name, service_type=d.service_type,

@@ -9,18 +9,33 @@ Both faces (ID-WSF SOAP and the JSON API) and the NameIDMappingRequest call `dis
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from lxml import etree
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from access_history import service as history
+from access_history.errors import LogWriteFailed as HistoryWriteFailed
 from access_history.models import Channel, EntryIn, EntryKind
 from consent import service as consent
 from discovery import service as location
 from discovery import tokens
+from discovery.errors import (
+    BootstrapTokenRejected,
+    LogWriteFailed,
+    PersonMismatch,
+    PersonNotNamed,
+    StaffAssertionRejected,
+    UnknownInfoType,
+    UnknownPerson,
+    UnknownServiceType,
+    UnknownTarget,
+)
 from discovery.tokens import DISCOVERY_ROLE
 from federation import service as agencies
 from federation.service import RegisteredAgency
@@ -38,17 +53,8 @@ from kernel.xml import (
 from pseudonym import bootstrap
 from pseudonym import service as pseudonyms
 
+_Decided = TypeVar("_Decided")
 NO_ENCRYPTION_KEY = "PROVIDER_HAS_NO_ENCRYPTION_KEY"
-
-
-class DiscoveryRefused(Exception):
-    """The query as a whole is refused; `code` is stable, the message safe for the requester."""
-
-    def __init__(self, code: str, message: str, status: int = 400):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,22 @@ def discovery_entity_id(settings: Settings) -> str:
     return settings.base_url.rstrip("/") + "/discovery"
 
 
+def _nothing_disclosed_on_database_failure(decide: Callable[..., _Decided]) -> Callable[..., _Decided]:
+    """A database failure while deciding or logging rolls back and refuses the query as
+    LogWriteFailed: no token exists before the commit, so nothing was disclosed."""
+
+    @functools.wraps(decide)
+    def guarded(*, db_session: Session, **kwargs) -> _Decided:
+        try:
+            return decide(db_session=db_session, **kwargs)
+        except (HistoryWriteFailed, SQLAlchemyError) as exc:
+            db_session.rollback()
+            raise LogWriteFailed() from exc
+
+    return guarded
+
+
+@_nothing_disclosed_on_database_failure
 def discover(
     *,
     db_session: Session,
@@ -109,7 +131,7 @@ def discover(
     """Decide, log durably, then issue tokens, for every provider of `service_type` for the person.
 
     Commits the session itself: "log before disclose" is this function's promise, not its
-    caller's. If the log write or the commit fails, the exception propagates and no token exists.
+    caller's. If the log write or the commit fails, LogWriteFailed is raised and no token exists.
     """
     now = now or utcnow()
     keys = keystore()
@@ -151,21 +173,21 @@ def resolve_subject(
                 now=int(now.replace(tzinfo=UTC).timestamp()),
             )
         except bootstrap.BootstrapInvalid as exc:
-            raise DiscoveryRefused("BOOTSTRAP_TOKEN_REJECTED", str(exc), 403) from None
+            raise BootstrapTokenRejected(str(exc)) from None
         if person.pseudonym is not None and person.pseudonym != boot.pseudonym:
-            raise DiscoveryRefused("PERSON_MISMATCH", "the pseudonym given is not the bootstrap token's", 403)
+            raise PersonMismatch("the pseudonym given is not the bootstrap token's")
         pseudonym = boot.pseudonym
     elif person.pseudonym and person.staff_assertion:
         staff = _staff_member(db_session, settings, requester, person.staff_assertion, now)
         pseudonym = person.pseudonym
     else:
-        raise DiscoveryRefused(
-            "PERSON_NOT_NAMED", "name the person by a bootstrap token, or by your pseudonym with a staff assertion"
+        raise PersonNotNamed(
+            "name the person by a bootstrap token, or by your pseudonym with a staff assertion"
         )
     try:
         resolved = pseudonyms.resolve(db_session=db_session, agency=requester.entity_id, value=pseudonym)
     except pseudonyms.PseudonymError:
-        raise DiscoveryRefused("UNKNOWN_PERSON", "no person has that pseudonym at your agency", 404) from None
+        raise UnknownPerson("no person has that pseudonym at your agency") from None
     return Subject(resolved.person_key, pseudonym, staff)
 
 
@@ -180,19 +202,19 @@ def _staff_member(db_session: Session, settings: Settings, requester: Registered
             audience=requester.entity_id, now=now, skew=timedelta(seconds=settings.clock_skew_seconds),
         )
     except (AssertionRejected, XMLSecurityError) as exc:
-        raise DiscoveryRefused("STAFF_ASSERTION_REJECTED", f"the staff assertion was refused: {exc}", 403) from None
+        raise StaffAssertionRejected(f"the staff assertion was refused: {exc}") from None
     return staff.name_id
 
 
 def _offerings_and_info_types(db_session: Session, urn: str, info_type: str | None):
     found = location.service_location(db_session=db_session, urn=urn)
     if found is None:
-        raise DiscoveryRefused("UNKNOWN_SERVICE_TYPE", f"no service type {urn}", 404)
+        raise UnknownServiceType(f"no service type {urn}")
     stype, offerings = found
     codes = list(stype.info_types)
     if info_type is not None:
         if info_type not in codes:
-            raise DiscoveryRefused("UNKNOWN_INFO_TYPE", f"{urn} does not disclose {info_type}")
+            raise UnknownInfoType(f"{urn} does not disclose {info_type}")
         codes = [info_type]
     return offerings, codes
 
@@ -277,6 +299,7 @@ def _token_for(db_session: Session, settings: Settings, keys: KeyStore, requeste
     return tokens.provider_token(facts, signer=current_signing_key(DISCOVERY_ROLE), provider_cert=provider.encryption_certs[0])
 
 
+@_nothing_disclosed_on_database_failure
 def map_name_id(
     *,
     db_session: Session,
@@ -297,7 +320,7 @@ def map_name_id(
                               person=person, now=now)
     provider = agencies.lookup(db_session=db_session, entity_id=target)
     if provider is None:
-        raise DiscoveryRefused("UNKNOWN_TARGET", f"no agency {target} is registered", 404)
+        raise UnknownTarget(f"no agency {target} is registered")
     offering = location.OfferingView(target, "urn:oasis:names:tc:SAML:2.0:protocol:NameIDMapping", "", "",
                                      (info_type,))
     decision = _decide_offering(db_session, requester, subject, offering, task, [info_type], now)

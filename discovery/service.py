@@ -13,13 +13,16 @@ from discovery.models import Offering, ServiceType
 from federation import service as agencies
 from kernel.cache import TTLCache
 from kernel.db import utcnow
+from kernel.errors import UserError, shown
+from kernel.validate import identifier_problem
 
 # ID-WSF security mechanism: TLS to the provider, the hub's SAML assertion as bearer token
 BEARER_SAML = "urn:liberty:security:2005-02:TLS:SAMLV2"
+INFO_TYPE_CODE_MAX = 64  # as long as consent stores an information type code
 _URN = re.compile(r"^urn:[a-z0-9][a-z0-9-]{0,31}:\S+$", re.IGNORECASE)
 
 
-class LocationError(ValueError):
+class LocationError(UserError, ValueError):
     """Bad information-location input; the message names the field."""
 
 
@@ -41,10 +44,13 @@ class OfferingView:
 
 def add_service_type(*, db_session: Session, urn: str, name: str, info_types: list[str]) -> ServiceType:
     """Register a service type and the 特定個人情報 codes it discloses."""
-    if not _URN.match(urn):
-        raise LocationError(f"service type must be a URN, got {urn!r}")
-    if not info_types or any(not c or " " in c for c in info_types):
-        raise LocationError("a service type discloses at least one information type code (no spaces)")
+    if not _URN.match(urn) or identifier_problem(urn, max_length=ServiceType.__table__.c.urn.type.length):
+        raise LocationError(f"service type must be a URN without control characters, got {shown(urn)}")
+    if not info_types or any(not c or " " in c or identifier_problem(c, max_length=INFO_TYPE_CODE_MAX) for c in info_types):
+        raise LocationError(
+            "a service type discloses at least one information type code (1-64 characters, no spaces "
+            "or control characters)"
+        )
     if db_session.get(ServiceType, urn) is not None:
         raise LocationError(f"service type {urn} already exists")
     row = ServiceType(urn=urn, name=name or urn, info_types=" ".join(info_types))

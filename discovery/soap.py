@@ -39,10 +39,10 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from lxml import etree
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from discovery import pipeline
+from discovery.errors import DiscoveryRefused, LogWriteFailed, UnknownPerson, UnknownTarget
 from discovery.tokens import DISCOVERY_ROLE
 from federation import service as agencies
 from federation.service import RegisteredAgency
@@ -219,14 +219,17 @@ def _discovery(db: Session, settings: Settings, raw: bytes) -> Response:
             db_session=db, settings=settings, requester=query.requester, person=query.person,
             service_type=query.service_type, task=query.task, info_type=query.info_type,
         )
-    except pipeline.DiscoveryRefused as exc:
-        return _query_response(settings, query.message_id, [], refused=exc)
-    except SQLAlchemyError:
-        db.rollback()
-        return _fault(settings, SoapFault(SERVER, "LOG_WRITE_FAILED",
-                                          "the decision could not be logged; nothing was disclosed",
-                                          relates_to=query.message_id))
+    except DiscoveryRefused as exc:
+        return _query_refused(settings, query.message_id, exc)
     return _query_response(settings, query.message_id, decisions)
+
+
+def _query_refused(settings: Settings, message_id: str, exc: DiscoveryRefused) -> Response:
+    """A refused query: a QueryResponse with status Failed and the reason code (ID-WSF DS 2.0
+    §4.2.3), except a log failure, which is the hub's fault: a soap:Server Fault (SOAP 1.1 §4.4)."""
+    if isinstance(exc, LogWriteFailed):
+        return _fault(settings, SoapFault(SERVER, exc.code, exc.message, relates_to=message_id))
+    return _query_response(settings, message_id, [], refused=exc)
 
 
 def _authenticated_query(db: Session, settings: Settings, raw: bytes) -> _Query:
@@ -385,7 +388,7 @@ def _fault(settings: Settings, fault: SoapFault) -> Response:
 
 
 def _query_response(settings: Settings, relates_to: str, decisions: list[pipeline.OfferingDecision],
-                    refused: pipeline.DiscoveryRefused | None = None) -> Response:
+                    refused: DiscoveryRefused | None = None) -> Response:
     """disco:QueryResponse (ID-WSF DS 2.0) with an EPR per permitted offering and every decision."""
     envelope = _hub_envelope(settings)
     response = etree.SubElement(envelope[1], _q(DISCO_NS, "QueryResponse"))
@@ -471,15 +474,21 @@ def _name_id_mapping(db: Session, settings: Settings, raw: bytes) -> Response:
         )
     except _SamlRefusal as refusal:
         return _nim_response(settings, in_response_to, refusal=refusal, sign=refusal.authenticated)
-    except pipeline.DiscoveryRefused as exc:
-        sub = {"UNKNOWN_PERSON": UNKNOWN_PRINCIPAL, "UNKNOWN_TARGET": saml.INVALID_NAMEID_POLICY}
-        return _nim_response(settings, in_response_to, refusal=_SamlRefusal(
-            saml.REQUESTER, sub.get(exc.code, saml.REQUEST_DENIED), exc.code, exc.message))
-    except SQLAlchemyError:
-        db.rollback()
-        return _nim_response(settings, in_response_to, refusal=_SamlRefusal(
-            saml.RESPONDER, None, "LOG_WRITE_FAILED", "the decision could not be logged"))
+    except DiscoveryRefused as exc:
+        return _nim_response(settings, in_response_to, refusal=_nim_refusal(exc))
     return _nim_response(settings, in_response_to, decision=decision, encrypted=encrypted)
+
+
+def _nim_refusal(exc: DiscoveryRefused) -> _SamlRefusal:
+    """A refused NameIDMappingRequest as SAML status codes (core §3.2.2.2): the hub's own
+    failure is Responder, anything else Requester with the closest second-level code."""
+    if isinstance(exc, LogWriteFailed):
+        return _SamlRefusal(saml.RESPONDER, None, exc.code, "the decision could not be logged")
+    if isinstance(exc, UnknownPerson):
+        return _SamlRefusal(saml.REQUESTER, UNKNOWN_PRINCIPAL, exc.code, exc.message)
+    if isinstance(exc, UnknownTarget):
+        return _SamlRefusal(saml.REQUESTER, saml.INVALID_NAMEID_POLICY, exc.code, exc.message)
+    return _SamlRefusal(saml.REQUESTER, saml.REQUEST_DENIED, exc.code, exc.message)
 
 
 def _saml_soap_fault(refused: SoapFault) -> Response:

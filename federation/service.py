@@ -15,6 +15,8 @@ from sqlalchemy.orm import Session
 from federation.models import Agency, AgencyCertificate, AgencyEndpoint
 from kernel.cache import TTLCache
 from kernel.db import utcnow
+from kernel.errors import UserError, shown
+from kernel.validate import identifier_problem
 from kernel.xml import XMLSecurityError, parse_xml
 
 MD_NS = "urn:oasis:names:tc:SAML:2.0:metadata"
@@ -25,7 +27,7 @@ BINDING_POST = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST"
 _NS = {"md": MD_NS, "ds": DS_NS, "mdui": MDUI_NS}
 
 
-class MetadataError(ValueError):
+class MetadataError(UserError, ValueError):
     """Agency metadata that cannot be registered; the message says why."""
 
 
@@ -164,6 +166,8 @@ def register(
     *, db_session: Session, metadata: bytes, agency_class: str = "", name: str | None = None, replace: bool = False
 ) -> Agency:
     """Register (or, with replace, update) an agency from its metadata."""
+    if agency_class and (problem := identifier_problem(agency_class, max_length=100)):
+        raise MetadataError(f"agency class {shown(agency_class)} {problem}")
     parsed = parse_sp_metadata(metadata)
     existing = db_session.scalar(select(Agency).where(Agency.entity_id == parsed.entity_id))
     if existing is not None and existing.retired_at is not None:

@@ -17,13 +17,15 @@ from sqlalchemy.orm import Session
 
 from idp.models import Person
 from kernel.db import utcnow
+from kernel.errors import UserError
+from kernel.validate import identifier_problem
 
 _hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
 # verified against when the username is unknown, so timing does not reveal which accounts exist
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
 
 
-class AccountError(ValueError):
+class AccountError(UserError, ValueError):
     """Bad account input (duplicate username, weak password, ...)."""
 
 
@@ -48,6 +50,8 @@ def add_person(
     username = username.strip()
     if not username or len(username) > 128:
         raise AccountError("username must be 1 to 128 characters")
+    if problem := identifier_problem(username, max_length=128):
+        raise AccountError(f"username {problem}")
     if len(password) < 8:
         raise AccountError("password must be at least 8 characters")
     if db_session.scalar(select(Person.id).where(Person.username == username)):

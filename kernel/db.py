@@ -13,6 +13,8 @@ from sqlalchemy import MetaData, create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
+from kernel.errors import UserError
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -31,8 +33,8 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-class DatabaseNotMigrated(RuntimeError):
-    """The database schema is behind the code's Alembic head."""
+class DatabaseNotMigrated(UserError, RuntimeError):
+    """The database schema is not at the code's Alembic head (behind it, or newer than it)."""
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -130,22 +132,37 @@ def upgrade(url: str) -> None:
     """Bring the schema to the newest revision (idempotent)."""
     from alembic import command
 
+    _schema_revisions(url)  # refuses a schema newer than this code before Alembic tries
     command.upgrade(alembic_config(url), "head")
 
 
 def check_migrated(url: str) -> None:
     """Refuse to run on a database whose schema is not at the code's head revision."""
-    from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
-
-    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
-    with get_engine(url).connect() as conn:
-        current = MigrationContext.configure(conn).get_current_revision()
+    current, head = _schema_revisions(url)
     if current != head:
         raise DatabaseNotMigrated(
             f"the database at {_redact(url)} is at schema revision {current or 'none'}, "
             f"this Renkei needs {head}; run `renkei init` (it upgrades the schema) first"
         )
+
+
+def _schema_revisions(url: str) -> tuple[str | None, str]:
+    """The database's schema revision and the code's head; refuses a revision the code does not know."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory.from_config(alembic_config(url))
+    head = scripts.get_current_head()
+    with get_engine(url).connect() as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+    if current is not None and current not in {script.revision for script in scripts.walk_revisions()}:
+        # `renkei init` could not help ("Can't locate revision"), and this code does not know
+        # the schema it would run on
+        raise DatabaseNotMigrated(
+            f"the database at {_redact(url)} was migrated by a newer Renkei (schema revision "
+            f"{current}; this Renkei knows up to {head}); run that newer Renkei, or restore a backup"
+        )
+    return current, head
 
 
 def _redact(url: str) -> str:

@@ -20,7 +20,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from kernel.db import insert_or_ignore, utcnow
+from kernel.errors import UserError, shown
 from kernel.keys import KeyStore
+from kernel.validate import identifier_problem
 from pseudonym.models import (
     AgencyKeyVersion,
     LocalLink,
@@ -33,9 +35,11 @@ from pseudonym.models import (
 PAIRWISE_SECRET = "pseudonym"
 MASTER_ID_SECRET = "master-id"
 _DOMAIN = b"renkei/pairwise-id/v1\x00"
+LOCAL_ID_MAX = LocalLink.__table__.c.local_id.type.length  # what PostgreSQL will accept
+MASTER_ID_MAX = 256  # only hashed, never stored; a マイナンバー is 12 digits
 
 
-class PseudonymError(ValueError):
+class PseudonymError(UserError, ValueError):
     """Bad input to the pseudonym room (unknown pseudonym, bad CSV line, ...)."""
 
 
@@ -300,8 +304,15 @@ def _refuse_retired(db_session: Session, agency: str) -> None:
 
 
 def _csv_rows(text: str, source: str) -> Iterable[tuple[int, str, str]]:
-    reader = csv.reader(io.StringIO(text))
-    for line_no, row in enumerate(reader, 1):
+    reader = csv.reader(io.StringIO(text.removeprefix("\ufeff")), strict=True)
+    while True:
+        line_no = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # e.g. a field over csv's field size limit (128 KiB)
+            raise PseudonymError(f"{source} line {line_no}: not valid CSV: {exc}") from None
         if not row or all(not c.strip() for c in row):
             continue
         if line_no == 1 and [c.strip().lower() for c in row[:2]] == ["local_id", "master_id"]:
@@ -310,7 +321,14 @@ def _csv_rows(text: str, source: str) -> Iterable[tuple[int, str, str]]:
             raise PseudonymError(
                 f"{source} line {line_no}: expected 2 columns (local_id,master_id), got {len(row)}"
             )
-        yield line_no, row[0].strip(), row[1].strip()
+        local_id, master_id = row[0].strip(), row[1].strip()
+        if local_id:  # an empty one is named below, with the line
+            problem = identifier_problem(local_id, max_length=LOCAL_ID_MAX)
+            if problem:
+                raise PseudonymError(f"{source} line {line_no}: local_id {shown(local_id)} {problem}")
+        if len(master_id) > MASTER_ID_MAX:
+            raise PseudonymError(f"{source} line {line_no}: master_id is longer than {MASTER_ID_MAX} characters")
+        yield line_no, local_id, master_id
 
 
 def local_person(*, db_session: Session, agency: str, local_id: str) -> str | None:

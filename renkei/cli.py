@@ -15,6 +15,42 @@ class RenkeiError(click.ClickException):
     """A clear, non-zero exit for bad input."""
 
 
+def _first_line(exc: BaseException) -> str:
+    """The gist of a driver's message: its first line, cut short (never a whole statement)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if len(text) <= 200 else text[:200] + "…"
+
+
+class RenkeiGroup(click.Group):
+    """The `renkei` command, mapping every user error to one line and a non-zero exit.
+
+    The one place where bad input becomes a message: each room's errors derive from
+    `kernel.errors.UserError`; files that cannot be read or written, and values or writes the
+    database refuses, are said plainly too. Nothing else is caught: a bug keeps its traceback.
+    """
+
+    def invoke(self, ctx: click.Context):
+        from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+        from kernel.errors import UserError
+
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            raise RenkeiError(str(exc)) from None
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise RenkeiError(f"{where}{exc.strerror or exc}") from None
+        except UnicodeError as exc:
+            raise RenkeiError(f"cannot decode the input: {exc}") from None
+        except SQLAlchemyError as exc:
+            # the unit of work rolled back (kernel.db.session_scope): nothing was written
+            reason = _first_line(exc.orig if isinstance(exc, DBAPIError) else exc)
+            if "readonly" in reason or "read-only" in reason:
+                raise RenkeiError(f"the database is read-only, nothing was written: {reason}") from None
+            raise RenkeiError(f"the database refused the change, nothing was written: {reason}") from None
+
+
 def _ready_db() -> str:
     """The database URL, refusing to go on if its schema is not at head."""
     from kernel.db import DatabaseNotMigrated, check_migrated
@@ -22,14 +58,14 @@ def _ready_db() -> str:
     settings = get_settings()
     try:
         check_migrated(settings.db_url)
-    except DatabaseNotMigrated as exc:
-        raise RenkeiError(str(exc)) from None
+    except DatabaseNotMigrated:
+        raise
     except Exception as exc:  # noqa: BLE001 - any driver error: unreachable server, bad URL
-        raise RenkeiError(f"cannot open the database: {exc}") from None
+        raise RenkeiError(f"cannot open the database: {_first_line(exc)}") from None
     return settings.db_url
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=RenkeiGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="renkei")
 def main() -> None:
     """Renkei (連携): identity federation and consent hub for government data exchange.
@@ -44,13 +80,15 @@ def main() -> None:
 @main.command()
 def init() -> None:
     """Create or upgrade the database schema and the hub's keys (idempotent)."""
-    from kernel.db import upgrade
+    from kernel.db import DatabaseNotMigrated, upgrade
 
     settings = get_settings()
     try:
         upgrade(settings.db_url)
+    except DatabaseNotMigrated:
+        raise
     except Exception as exc:  # noqa: BLE001 - any driver or migration error, said plainly
-        raise RenkeiError(f"cannot migrate the database: {exc}") from None
+        raise RenkeiError(f"cannot migrate the database: {_first_line(exc)}") from None
     from renkei.operator_api import operator_token
     from renkei.provisioning import ensure_hub_keys, register_portal
 
@@ -101,18 +139,15 @@ def person_add(username: str, password_stdin: bool, master_id: str | None, displ
     url = _ready_db()
     password = sys.stdin.readline().rstrip("\r\n")
     secret = accounts.new_totp_secret() if totp else None
-    try:
-        with session_scope(url) as db:
-            p = accounts.add_person(
-                db_session=db, username=username, password=password,
-                display_name=display_name, totp_secret=secret,
+    with session_scope(url) as db:
+        p = accounts.add_person(
+            db_session=db, username=username, password=password,
+            display_name=display_name, totp_secret=secret,
+        )
+        if master_id:
+            pseudonyms.register_master_id(
+                db_session=db, keys=keystore(), person_key=p.person_key, master_id=master_id
             )
-            if master_id:
-                pseudonyms.register_master_id(
-                    db_session=db, keys=keystore(), person_key=p.person_key, master_id=master_id
-                )
-    except (accounts.AccountError, pseudonyms.PseudonymError) as exc:
-        raise RenkeiError(str(exc)) from None
     click.echo(f"added {username}")
     if secret:
         click.echo(f"TOTP secret: {secret}")
@@ -199,18 +234,17 @@ def link() -> None:
 @link.command("import")
 @click.option("--agency", "agency_id", required=True, help="Entity ID of the agency whose IDs these are.")
 @click.argument("csv_file", type=click.Path(dir_okay=False, path_type=Path))
-def link_import(agency_id: str, csv_file: Path) -> None:
+@click.option("--encoding", default=None, help="The file's encoding (default: by its BOM, else UTF-8, else CP932).")
+def link_import(agency_id: str, csv_file: Path, encoding: str | None) -> None:
     """Import CSV rows `local_id,master_id`; all or nothing, errors name the line."""
     from federation import service as agencies
     from kernel.db import session_scope
     from kernel.keys import keystore
+    from kernel.validate import decode_text
     from pseudonym import service as pseudonyms
 
     url = _ready_db()
-    try:
-        text = csv_file.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RenkeiError(f"cannot read {csv_file}: {exc}") from None
+    text = decode_text(csv_file.read_bytes(), source=csv_file.name, encoding=encoding)
     total = sum(1 for line in text.splitlines() if line.strip())
     try:
         with session_scope(url) as db:
@@ -267,11 +301,8 @@ def service_type_add(urn: str, name: str, info_types: tuple[str, ...]) -> None:
     from discovery import service as location
     from kernel.db import session_scope
 
-    try:
-        with session_scope(_ready_db()) as db:
-            location.add_service_type(db_session=db, urn=urn, name=name, info_types=list(info_types))
-    except location.LocationError as exc:
-        raise RenkeiError(str(exc)) from None
+    with session_scope(_ready_db()) as db:
+        location.add_service_type(db_session=db, urn=urn, name=name, info_types=list(info_types))
     click.echo(f"added service type {urn}")
 
 
@@ -293,11 +324,8 @@ def service_type_remove(urn: str) -> None:
     from discovery import service as location
     from kernel.db import session_scope
 
-    try:
-        with session_scope(_ready_db()) as db:
-            location.remove_service_type(db_session=db, urn=urn)
-    except location.LocationError as exc:
-        raise RenkeiError(str(exc)) from None
+    with session_scope(_ready_db()) as db:
+        location.remove_service_type(db_session=db, urn=urn)
     click.echo(f"removed service type {urn}")
 
 
@@ -316,13 +344,10 @@ def offering_add(provider: str, service_type: str, endpoint: str) -> None:
     from federation import service as agencies
     from kernel.db import session_scope
 
-    try:
-        with session_scope(_ready_db()) as db:
-            if agencies.lookup(db_session=db, entity_id=provider) is None:
-                raise RenkeiError(f"no agency {provider} is registered")
-            location.add_offering(db_session=db, provider=provider, service_type=service_type, endpoint=endpoint)
-    except location.LocationError as exc:
-        raise RenkeiError(str(exc)) from None
+    with session_scope(_ready_db()) as db:
+        if agencies.lookup(db_session=db, entity_id=provider) is None:
+            raise RenkeiError(f"no agency {provider} is registered")
+        location.add_offering(db_session=db, provider=provider, service_type=service_type, endpoint=endpoint)
     click.echo(f"{provider} offers {service_type} at {endpoint}")
 
 
@@ -349,11 +374,8 @@ def offering_remove(provider: str, service_type: str) -> None:
     from discovery import service as location
     from kernel.db import session_scope
 
-    try:
-        with session_scope(_ready_db()) as db:
-            location.remove_offering(db_session=db, provider=provider, service_type=service_type)
-    except location.LocationError as exc:
-        raise RenkeiError(str(exc)) from None
+    with session_scope(_ready_db()) as db:
+        location.remove_offering(db_session=db, provider=provider, service_type=service_type)
     click.echo(f"removed {provider} / {service_type}")
 
 
@@ -365,7 +387,8 @@ def whitelist() -> None:
 @whitelist.command("import")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--replace", is_flag=True, help="Drop entries the file does not list.")
-def whitelist_import(file: Path, replace: bool) -> None:
+@click.option("--encoding", default=None, help="The file's encoding (default: by its BOM, else UTF-8, else CP932).")
+def whitelist_import(file: Path, replace: bool, encoding: str | None) -> None:
     """Import a .yaml or .csv whitelist; all or nothing, every problem named with its line."""
     from consent.errors import WhitelistImportError
     from consent.whitelist_io import import_whitelist_file
@@ -373,7 +396,7 @@ def whitelist_import(file: Path, replace: bool) -> None:
 
     try:
         with session_scope(_ready_db()) as db:
-            summary = import_whitelist_file(db_session=db, path=file, replace=replace)
+            summary = import_whitelist_file(db_session=db, path=file, replace=replace, encoding=encoding)
     except WhitelistImportError as exc:
         raise RenkeiError(f"{exc}\n(nothing was imported)") from None
     except OSError as exc:
@@ -442,22 +465,18 @@ def policy_add(username: str, effect: str, requester, provider, task, info_type,
     """Add a rule; a new policy version and a signed consent receipt are issued. It applies to the
     very next query."""
     from consent import service as consent
-    from consent.errors import InvalidPolicyRule
     from consent.models import PolicyRuleIn
     from consent.receipts import COLLECTED_BY_OPERATOR_CLI
     from kernel.db import session_scope
 
-    try:
-        with session_scope(_ready_db()) as db:
-            version = consent.add_rule(
-                db_session=db, person_key=_person_key(db, username), principal_id=username,
-                collection_method=COLLECTED_BY_OPERATOR_CLI,
-                rule=PolicyRuleIn(effect=effect, requester=requester, provider=provider, task_code=task,
-                                  info_type_code=info_type, valid_from=valid_from, valid_until=valid_until),
-            )
-            receipt = version.receipt.id
-    except InvalidPolicyRule as exc:
-        raise RenkeiError(str(exc)) from None
+    with session_scope(_ready_db()) as db:
+        version = consent.add_rule(
+            db_session=db, person_key=_person_key(db, username), principal_id=username,
+            collection_method=COLLECTED_BY_OPERATOR_CLI,
+            rule=PolicyRuleIn(effect=effect, requester=requester, provider=provider, task_code=task,
+                              info_type_code=info_type, valid_from=valid_from, valid_until=valid_until),
+        )
+        receipt = version.receipt.id
     click.echo(f"policy version {version.version}; consent receipt {receipt}")
 
 
@@ -467,17 +486,13 @@ def policy_add(username: str, effect: str, requester, provider, task, info_type,
 def policy_remove(username: str, rule_id: int) -> None:
     """Revoke one rule (a new version and receipt); applies to the very next query."""
     from consent import service as consent
-    from consent.errors import RuleNotFound
     from consent.receipts import COLLECTED_BY_OPERATOR_CLI
     from kernel.db import session_scope
 
-    try:
-        with session_scope(_ready_db()) as db:
-            version = consent.remove_rule(db_session=db, person_key=_person_key(db, username), rule_id=rule_id,
-                                          principal_id=username, collection_method=COLLECTED_BY_OPERATOR_CLI)
-            receipt = version.receipt.id
-    except RuleNotFound as exc:
-        raise RenkeiError(str(exc)) from None
+    with session_scope(_ready_db()) as db:
+        version = consent.remove_rule(db_session=db, person_key=_person_key(db, username), rule_id=rule_id,
+                                      principal_id=username, collection_method=COLLECTED_BY_OPERATOR_CLI)
+        receipt = version.receipt.id
     click.echo(f"policy version {version.version}; consent receipt {receipt}")
 
 

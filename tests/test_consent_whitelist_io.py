@@ -340,3 +340,65 @@ def test_creating_an_entry_twice_is_refused(db, demo):
     assert service.delete_whitelist_entry(db_session=db, entry_id=entry.id)
     assert not service.delete_whitelist_entry(db_session=db, entry_id=entry.id)
     assert service.get_whitelist_entry(db_session=db, entry_id=entry.id) is None
+
+
+# --- hostile or foreign files (hardening 8) ---------------------------------------------------
+
+
+def test_a_cp932_csv_from_excel_imports_with_its_japanese_names(tmp_path: Path, db: Session):
+    path = tmp_path / "別表第二.csv"
+    path.write_bytes(f"{HEADER}\r\n{csv_row(1)}\r\n{csv_row(2)}\r\n".encode("cp932"))
+    summary = whitelist_io.import_whitelist_file(db_session=db, path=path)
+    assert summary.created == 2
+    names = sorted(e.task_name for e in service.export_whitelist(db_session=db))
+    assert names == ["事務1", "事務2"]
+
+
+@pytest.mark.parametrize("codec", ["utf-16", "utf-8-sig", "utf-8"])
+def test_utf_files_with_or_without_a_bom(tmp_path: Path, codec: str):
+    path = tmp_path / "wl.csv"
+    path.write_bytes(f"{HEADER}\n{csv_row(1)}\n".encode(codec))
+    assert [e.info_type_name for e in read_whitelist_file(path)] == ["情報1"]
+
+
+def test_latin1_needs_its_name_and_undecodable_bytes_are_refused_plainly(tmp_path: Path):
+    path = tmp_path / "wl.csv"
+    path.write_bytes(f"{HEADER}\n{CITY_B},{CITY_A},T1,Café ñ,I1,Info,required,Art. 1\n".encode("latin-1"))
+    assert read_whitelist_file(path, encoding="latin-1")[0].task_name == "Café ñ"
+    path.write_bytes(f"{HEADER}\n".encode() + b"\x81 \xff\n")
+    with pytest.raises(WhitelistImportError, match="wl.csv: neither UTF-8 nor Shift_JIS"):
+        read_whitelist_file(path)
+
+
+def _billion_laughs() -> str:
+    """One entry whose requester stands for 9**9 strings by reference (a few hundred bytes)."""
+    lines = ["whitelist:", '  - x0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"    x{i}: &a{i} [{','.join(['*a' + str(i - 1)] * 9)}]" for i in range(1, 9)]
+    return "\n".join(lines) + "\n    requester: [*a8,*a8,*a8,*a8,*a8,*a8,*a8,*a8,*a8]\n"
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once():
+    bomb = _billion_laughs()
+    assert len(bomb.encode()) < 1000  # a billion "lol"s by reference
+    with pytest.raises(WhitelistImportError) as caught:
+        parse_yaml(bomb, source="bomb.yaml")
+    assert "bomb.yaml line 2: YAML anchors and aliases" in str(caught.value)
+    with pytest.raises(WhitelistImportError, match="anchors and aliases"):
+        parse_yaml("whitelist:\n  - &e {requester: x}\n  - *e\n")
+
+
+@pytest.mark.parametrize("nested", ["[" * 5000 + "]" * 5000, "whitelist:\n  " + "- " * 5000 + "x\n",
+                                    "{a: " * 5000 + "x" + "}" * 5000])
+def test_deep_yaml_nesting_is_refused_not_a_recursion_error(nested: str):
+    with pytest.raises(WhitelistImportError, match=f"nested deeper than {whitelist_io.MAX_YAML_DEPTH}"):
+        parse_yaml(nested, source="deep.yaml")
+
+
+def test_a_huge_value_is_never_repeated_in_full():
+    huge = "k" * 1_000_000
+    with pytest.raises(WhitelistImportError) as caught:
+        parse_yaml(f"whitelist:\n  - {huge}: 1\n    requester: x\n", source="w.yaml")
+    assert len(str(caught.value)) < 2000
+    with pytest.raises(WhitelistImportError) as caught:
+        parse_csv(f"{HEADER}\n{CITY_B},{CITY_A},T1,a,I1,b,{huge},c\n")
+    assert len(str(caught.value)) < 2000
