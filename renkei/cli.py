@@ -543,7 +543,11 @@ def demo(config_file: Path | None, no_serve: bool, run_scenarios: bool) -> None:
 
     State (SQLite database, keys, generated passwords) lives in RENKEI_HOME (default ./.renkei).
     """
-    from renkei import demo as demo_mod
+    try:
+        from renkei import demo as demo_mod
+    except ImportError as exc:  # the demo agencies' SAML toolkit is an extra, not the hub's
+        raise RenkeiError(f"renkei demo needs the demo extra ({exc.name} is missing): "
+                          "pip install -e '.[demo]'") from None
 
     os.environ.setdefault("RENKEI_BASE_URL", "http://127.0.0.1:8000")
     reset_settings()
