@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import json
 import random
 import secrets
@@ -25,7 +26,7 @@ from idp.models import IdpSession, PendingAuthn
 from kernel import replay
 from kernel.db import utcnow
 from kernel.keys import KeyStore, SigningKey, current_signing_key
-from kernel.settings import Settings
+from kernel.settings import Settings, get_settings
 from kernel.xml import (
     XMLSecurityError,
     deflate_redirect,
@@ -213,19 +214,44 @@ def start_session(
     return token
 
 
-def current_session(*, db_session: Session, token: str | None) -> IdpSession | None:
-    """The live session a cookie token names, if any."""
+def current_session(
+    *, db_session: Session, token: str | None, settings: Settings | None = None
+) -> IdpSession | None:
+    """The live session a cookie token names, if any: within its lifetime and not idle too long."""
     if not token:
         return None
     row = db_session.get(IdpSession, _hash(token))
-    if row is None or row.expires_at <= utcnow():
+    now = utcnow()
+    if row is None or row.expires_at <= now:
         return None
+    seen = row.last_seen_at or row.authn_instant
+    idle = timedelta(seconds=(settings or get_settings()).session_idle_seconds)
+    if seen + idle <= now:
+        return None
+    if now - seen > _SEEN_GRANULARITY:  # not a write on every request
+        row.last_seen_at = now
     return row
 
 
+# how stale `last_seen_at` may get before a use refreshes it
+_SEEN_GRANULARITY = timedelta(minutes=1)
+
+
 def end_session(*, db_session: Session, token: str | None) -> None:
+    """End the session a cookie token names, if any."""
     if token:
         db_session.execute(delete(IdpSession).where(IdpSession.id == _hash(token)))
+
+
+def logout_csrf_token(token: str) -> str:
+    """The logout form's CSRF token: derived from the session cookie, which a cross-site page
+    can neither read nor guess, so nothing needs storing."""
+    return hmac.new(token.encode(), b"renkei idp logout", hashlib.sha256).hexdigest()
+
+
+def check_logout_csrf(*, token: str, csrf: str) -> bool:
+    """Whether a logout form carries the token of this browser's session."""
+    return hmac.compare_digest(logout_csrf_token(token), csrf)
 
 
 def session_level(session: IdpSession) -> int:
