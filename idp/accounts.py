@@ -211,6 +211,7 @@ def _refuse_if_throttled(*, db_session: Session, counters: list[str], limits: Lo
 
 def _count_failure(*, db_session: Session, counters: list[str], limits: LoginLimits, now: datetime) -> None:
     """One more failure on each counter, in one atomic upsert each (parallel guesses all count)."""
+    now = max(now, utcnow())  # the delay runs from the failure, not from the request's start
     insert = postgresql_insert if db_session.get_bind().dialect.name == "postgresql" else sqlite_insert
     for key in counters:  # always address before account: concurrent requests lock in one order
         stmt = insert(LoginThrottle).values(key=key, failures=1, last_failure_at=now)
