@@ -16,13 +16,13 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import unquote_plus
 
 from lxml import etree
-from sqlalchemy import delete
+from sqlalchemy import delete, func
 from sqlalchemy.orm import Session
 
 from federation import service as agencies
 from federation.service import RegisteredAgency
 from idp import saml
-from idp.models import IdpSession, PendingAuthn
+from idp.models import IdpSession, LoginThrottle, PendingAuthn
 from kernel import replay
 from kernel.db import utcnow
 from kernel.keys import KeyStore, SigningKey, current_signing_key
@@ -475,7 +475,17 @@ def _query_params(raw_query: str) -> dict[str, str]:
 
 
 def expire_housekeeping(*, db_session: Session, now: datetime | None = None) -> None:
-    """Drop expired sessions and pending requests."""
+    """Drop expired or idle sessions, pending requests and forgotten login failures."""
     now = now or utcnow()
+    settings = get_settings()
+    idle_since = now - timedelta(seconds=settings.session_idle_seconds)
     db_session.execute(delete(IdpSession).where(IdpSession.expires_at <= now))
+    db_session.execute(
+        delete(IdpSession).where(func.coalesce(IdpSession.last_seen_at, IdpSession.authn_instant) <= idle_since)
+    )
     db_session.execute(delete(PendingAuthn).where(PendingAuthn.expires_at <= now))
+    db_session.execute(
+        delete(LoginThrottle).where(
+            LoginThrottle.last_failure_at <= now - timedelta(seconds=settings.login_failure_window_seconds)
+        )
+    )

@@ -409,3 +409,22 @@ def test_use_refreshes_the_idle_clock_at_most_once_a_minute(hub, sp, person, lim
         row = db.get(IdpSession, _hash(cookie))
         row.last_seen_at = utcnow() - timedelta(minutes=11)
     assert _sso_with(hub, sp, cookie) == 303
+
+
+def test_housekeeping_forgets_old_failures_and_idle_sessions(hub):
+    from idp import service
+
+    settings = get_settings()
+    with session_scope() as db:
+        token = service.start_session(db_session=db, settings=settings, person_key="idle-sweep", level=1)
+        db.add(LoginThrottle(key="address:192.0.2.1", failures=7,
+                             last_failure_at=utcnow() - timedelta(seconds=settings.login_failure_window_seconds + 5)))
+        db.add(LoginThrottle(key="address:192.0.2.2", failures=7, last_failure_at=utcnow()))
+    later = utcnow() + timedelta(seconds=settings.session_idle_seconds + 1)
+    with session_scope() as db:
+        service.expire_housekeeping(db_session=db, now=later)
+    with session_scope() as db:
+        assert db.get(IdpSession, service._hash(token)) is None
+        assert db.get(LoginThrottle, "address:192.0.2.1") is None
+        assert db.get(LoginThrottle, "address:192.0.2.2") is not None
+        db.query(LoginThrottle).filter_by(key="address:192.0.2.2").delete()
