@@ -1,9 +1,9 @@
-"""Tables of the IdP room: people's accounts and their sessions."""
+"""Tables of the IdP room: people's accounts, their sessions and the login throttle."""
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, Integer, String, Text
+from sqlalchemy import BigInteger, DateTime, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from kernel.db import Base, utcnow
@@ -19,9 +19,10 @@ class Person(Base):
     username: Mapped[str] = mapped_column(String(128), unique=True)
     display_name: Mapped[str] = mapped_column(String(200), default="")
     password_hash: Mapped[str] = mapped_column(String(255))
-    totp_secret: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
-    locked_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # the TOTP seed sealed with AES-GCM under the hub's `totp` secret (idp.accounts)
+    totp_secret: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # the last accepted TOTP time step: a code is good once (RFC 6238 §5.2)
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
@@ -36,6 +37,21 @@ class IdpSession(Base):
     authn_context: Mapped[str] = mapped_column(String(200))
     authn_instant: Mapped[datetime] = mapped_column(DateTime)
     expires_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    # refreshed at most once a minute, so the idle timeout costs no write per request
+    last_seen_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class LoginThrottle(Base):
+    """Recent failed logins per account name or per client address (NIST SP 800-63B §5.2.2).
+
+    Kept for unknown usernames too, so the answers do not tell which accounts exist.
+    """
+
+    __tablename__ = "login_throttles"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)  # "account:NAME" or "address:IP"
+    failures: Mapped[int] = mapped_column(Integer)
+    last_failure_at: Mapped[datetime] = mapped_column(DateTime)
 
 
 class PendingAuthn(Base):

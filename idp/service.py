@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import json
 import random
 import secrets
@@ -15,17 +16,17 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import unquote_plus
 
 from lxml import etree
-from sqlalchemy import delete
+from sqlalchemy import delete, func
 from sqlalchemy.orm import Session
 
 from federation import service as agencies
 from federation.service import RegisteredAgency
 from idp import saml
-from idp.models import IdpSession, PendingAuthn
+from idp.models import IdpSession, LoginThrottle, PendingAuthn
 from kernel import replay
 from kernel.db import utcnow
 from kernel.keys import KeyStore, SigningKey, current_signing_key
-from kernel.settings import Settings
+from kernel.settings import Settings, get_settings
 from kernel.xml import (
     XMLSecurityError,
     deflate_redirect,
@@ -220,19 +221,44 @@ def start_session(
     return token
 
 
-def current_session(*, db_session: Session, token: str | None) -> IdpSession | None:
-    """The live session a cookie token names, if any."""
+def current_session(
+    *, db_session: Session, token: str | None, settings: Settings | None = None
+) -> IdpSession | None:
+    """The live session a cookie token names, if any: within its lifetime and not idle too long."""
     if not token:
         return None
     row = db_session.get(IdpSession, _hash(token))
-    if row is None or row.expires_at <= utcnow():
+    now = utcnow()
+    if row is None or row.expires_at <= now:
         return None
+    seen = row.last_seen_at or row.authn_instant
+    idle = timedelta(seconds=(settings or get_settings()).session_idle_seconds)
+    if seen + idle <= now:
+        return None
+    if now - seen > _SEEN_GRANULARITY:  # not a write on every request
+        row.last_seen_at = now
     return row
 
 
+# how stale `last_seen_at` may get before a use refreshes it
+_SEEN_GRANULARITY = timedelta(minutes=1)
+
+
 def end_session(*, db_session: Session, token: str | None) -> None:
+    """End the session a cookie token names, if any."""
     if token:
         db_session.execute(delete(IdpSession).where(IdpSession.id == _hash(token)))
+
+
+def logout_csrf_token(token: str) -> str:
+    """The logout form's CSRF token: derived from the session cookie, which a cross-site page
+    can neither read nor guess, so nothing needs storing."""
+    return hmac.new(token.encode(), b"renkei idp logout", hashlib.sha256).hexdigest()
+
+
+def check_logout_csrf(*, token: str, csrf: str) -> bool:
+    """Whether a logout form carries the token of this browser's session."""
+    return hmac.compare_digest(logout_csrf_token(token), csrf)
 
 
 def session_level(session: IdpSession) -> int:
@@ -457,7 +483,17 @@ def _query_params(raw_query: str) -> dict[str, str]:
 
 
 def expire_housekeeping(*, db_session: Session, now: datetime | None = None) -> None:
-    """Drop expired sessions and pending requests."""
+    """Drop expired or idle sessions, pending requests and forgotten login failures."""
     now = now or utcnow()
+    settings = get_settings()
+    idle_since = now - timedelta(seconds=settings.session_idle_seconds)
     db_session.execute(delete(IdpSession).where(IdpSession.expires_at <= now))
+    db_session.execute(
+        delete(IdpSession).where(func.coalesce(IdpSession.last_seen_at, IdpSession.authn_instant) <= idle_since)
+    )
     db_session.execute(delete(PendingAuthn).where(PendingAuthn.expires_at <= now))
+    db_session.execute(
+        delete(LoginThrottle).where(
+            LoginThrottle.last_failure_at <= now - timedelta(seconds=settings.login_failure_window_seconds)
+        )
+    )

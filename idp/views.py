@@ -82,7 +82,7 @@ def _start(request: Request, db: Session, xml: bytes, relay_state: str | None, q
         return error_page(400, str(exc))
     except saml.SamlStatusError as exc:
         return _post_answer(service.answer_error(settings=settings, keys=keystore(), request=exc.request, error=exc))
-    session = service.current_session(db_session=db, token=request.cookies.get(SESSION_COOKIE))
+    session = service.current_session(db_session=db, token=request.cookies.get(SESSION_COOKIE), settings=settings)
     if session is not None and not authn.force_authn:
         context = saml.context_for_level(authn.requested_context, service.session_level(session))
         if context is not None:
@@ -143,6 +143,19 @@ def _login_page(db: Session, authn: saml.AuthnRequest, pending: str, error: str 
                 agency_name=agency.name if agency else authn.issuer, error=error, username=username)
 
 
+_WRONG_PASSWORD = "ユーザー名またはパスワードが違います。 Unknown username or wrong password."
+
+
+def _throttled_text(wait: int) -> str:
+    return (f"失敗が続いたため、{wait} 秒後にもう一度お試しください。"
+            f" Too many failed attempts: please wait {wait} seconds, then try again.")
+
+
+def _client_address(request: Request) -> str:
+    # behind a proxy uvicorn's --forwarded-allow-ips puts the real client here
+    return request.client.host if request.client else "unknown"
+
+
 @router.post("/login")
 def login_submit(
     request: Request,
@@ -159,17 +172,19 @@ def login_submit(
     try:
         result = accounts.check_password(
             db_session=db, username=username, password=password,
-            max_failures=settings.login_max_failures, lockout_seconds=settings.login_lockout_seconds,
+            client_address=_client_address(request), limits=accounts.LoginLimits.from_settings(settings),
         )
-    except accounts.AccountLocked as exc:
-        return _login_page(db, authn, pending, str(exc), username, status=429)
+    except accounts.LoginThrottled as exc:
+        # the same answer for known and unknown names, right or wrong password
+        response = _login_page(db, authn, pending, _throttled_text(exc.retry_after), username, status=429)
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
     except accounts.LoginFailed:
-        return _login_page(db, authn, pending, "ユーザー名またはパスワードが違います。"
-                           " Unknown username or wrong password.", username, status=401)
+        return _login_page(db, authn, pending, _WRONG_PASSWORD, username, status=401)
     if result.needs_totp:
         row.password_ok_person = result.person_key
         return page("totp.html", title="確認コード / One-time code", pending=pending)
-    return _finish(db, authn, row, result.person_key, level=1)
+    return _finish(request, db, authn, row, result.person_key, level=1)
 
 
 @router.post("/login/totp")
@@ -186,22 +201,29 @@ def totp_submit(
     try:
         accounts.check_totp(
             db_session=db, person_key=row.password_ok_person, code=code,
-            max_failures=settings.login_max_failures, lockout_seconds=settings.login_lockout_seconds,
+            client_address=_client_address(request), limits=accounts.LoginLimits.from_settings(settings),
         )
-    except accounts.AccountLocked as exc:
-        return page("totp.html", status_code=429, title="確認コード", pending=pending, error=str(exc))
+    except accounts.LoginThrottled as exc:
+        response = page("totp.html", status_code=429, title="確認コード", pending=pending,
+                        error=_throttled_text(exc.retry_after))
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
     except accounts.LoginFailed:
         return page("totp.html", status_code=401, title="確認コード", pending=pending,
-                    error="確認コードが違います。Wrong one-time code.")
-    return _finish(db, authn, row, row.password_ok_person, level=2)
+                    error="確認コードが違うか、使用済みです。Wrong or already used one-time code.")
+    return _finish(request, db, authn, row, row.password_ok_person, level=2)
 
 
-def _finish(db: Session, authn: saml.AuthnRequest, row, person_key: str, level: int) -> Response:
-    """Login done: open the session, forget the pending request, answer the agency."""
+def _finish(request: Request, db: Session, authn: saml.AuthnRequest, row, person_key: str,
+            level: int) -> Response:
+    """Login done: end any earlier session in this browser, open a new one, forget the pending
+    request, answer the agency."""
     settings = get_settings()
     db.delete(row)
+    # a ForceAuthn re-login, perhaps as another person, must not leave the old session usable
+    service.end_session(db_session=db, token=request.cookies.get(SESSION_COOKIE))
     token = service.start_session(db_session=db, settings=settings, person_key=person_key, level=level)
-    session = service.current_session(db_session=db, token=token)
+    session = service.current_session(db_session=db, token=token, settings=settings)
     context = saml.context_for_level(authn.requested_context, level)
     if context is None:
         error = saml.SamlStatusError(
@@ -242,12 +264,28 @@ def slo_redirect(request: Request, db: Session = DB) -> Response:
 
 
 @router.get("/logout")
-def local_logout(request: Request, db: Session = DB) -> Response:
-    """End the IdP session in this browser (without telling agencies)."""
-    service.end_session(db_session=db, token=request.cookies.get(SESSION_COOKIE))
+def logout_form(request: Request, db: Session = DB) -> Response:
+    """Ask before ending the IdP session: a GET changes nothing (a link or image cannot log
+    anyone out)."""
+    token = request.cookies.get(SESSION_COOKIE)
+    if service.current_session(db_session=db, token=token, settings=get_settings()) is None:
+        return _logged_out()
+    return page("logout.html", title="ログアウト / Log out", csrf=service.logout_csrf_token(token))
+
+
+@router.post("/logout")
+def local_logout(request: Request, csrf: str = Form(""), db: Session = DB) -> Response:
+    """End the IdP session in this browser (without telling agencies); needs the form's CSRF token."""
+    token = request.cookies.get(SESSION_COOKIE)
+    if token and not service.check_logout_csrf(token=token, csrf=csrf):
+        return error_page(403, "ログアウトの確認が無効です。もう一度お試しください。"
+                               " The logout confirmation is not valid; please try again from the logout page.")
+    service.end_session(db_session=db, token=token)
+    return _logged_out()
+
+
+def _logged_out() -> Response:
     response = page("error.html", title="ログアウトしました / Logged out",
                     reason="Renkei からログアウトしました。You are logged out of Renkei.")
     response.delete_cookie(SESSION_COOKIE, path="/idp")
     return response
-
-

@@ -5,7 +5,7 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,12 +25,26 @@ class Settings(BaseSettings):
     session_lifetime_seconds: int = 8 * 3600
     clock_skew_seconds: int = 60
     max_message_bytes: int = 256 * 1024
-    login_max_failures: int = 5
-    login_lockout_seconds: int = 300
     # how often each app process integrates queued history entries into the Merkle tree
     history_integrate_seconds: float = 0.2
     # the interactive API docs page (/api/docs); /api/openapi.json is served either way
     api_docs: bool = False
+    # after this long without a request the IdP session ends, whatever its absolute lifetime
+    session_idle_seconds: int = 30 * 60
+    # Login throttling (NIST SP 800-63B §5.2.2), per account name and per client address alike:
+    # after the free failures each further one doubles the wait, up to the longest delay.
+    # The older RENKEI_LOGIN_MAX_FAILURES / RENKEI_LOGIN_LOCKOUT_SECONDS still set them.
+    login_free_failures: int = Field(
+        5, validation_alias=AliasChoices("RENKEI_LOGIN_FREE_FAILURES", "RENKEI_LOGIN_MAX_FAILURES")
+    )
+    # one address may be a whole office behind NAT: more room before it slows down
+    login_address_free_failures: int = 20
+    login_first_delay_seconds: float = 1.0
+    login_max_delay_seconds: float = Field(
+        3600, validation_alias=AliasChoices("RENKEI_LOGIN_MAX_DELAY_SECONDS", "RENKEI_LOGIN_LOCKOUT_SECONDS")
+    )
+    # failures older than this are forgotten
+    login_failure_window_seconds: int = 24 * 3600
 
     @property
     def db_url(self) -> str:

@@ -208,7 +208,8 @@ def run(*, config_file: Path | None, serve: bool, run_scenarios: bool = False) -
     settings = get_settings()
     demo_agencies, passwords = setup(config, (config_file or DEFAULT_CONFIG).parent)
     with session_scope() as db:
-        totp = {p["username"]: accounts.find(db_session=db, username=p["username"]).totp_secret
+        totp = {p["username"]: accounts.totp_secret_of(
+                    keys=keystore(), person=accounts.find(db_session=db, username=p["username"]))
                 for p in config["people"]}
     click.echo("Renkei demo federation")
     click.echo(f"  hub (IdP):          {settings.base_url}/   metadata {settings.idp_entity_id}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from access_history.service import NOTE_SECRET
+from idp.accounts import TOTP_SECRET
 from kernel.keys import keystore
 from pseudonym.bootstrap import BOOTSTRAP_SECRET
 from pseudonym.service import MASTER_ID_SECRET, PAIRWISE_SECRET
@@ -22,5 +23,5 @@ def ensure_hub_keys() -> None:
     keys = keystore()
     for role in ("idp", "consent", "portal"):
         keys.ensure_signing_key(role)
-    for secret in (PAIRWISE_SECRET, MASTER_ID_SECRET, BOOTSTRAP_SECRET, NOTE_SECRET):
+    for secret in (PAIRWISE_SECRET, MASTER_ID_SECRET, BOOTSTRAP_SECRET, NOTE_SECRET, TOTP_SECRET):
         keys.ensure_secret(secret)

@@ -5,7 +5,7 @@ and queued into the new tree; their old chain checkpoints are not: the new tree'
 checkpoint covers them).
 
 Revision ID: 0007_transparency_log
-Revises: 0005_agency_retirement
+Revises: 0006_login_hardening
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007_transparency_log"
-down_revision = "0005_agency_retirement"
+down_revision = "0006_login_hardening"
 branch_labels = None
 depends_on = None
 
