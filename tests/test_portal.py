@@ -67,7 +67,7 @@ def test_pages_need_a_login_and_the_acs_refuses_foreign_answers(hub):
     assert "evil" not in r.headers["location"]
 
 
-def test_an_answer_for_another_browser_is_refused(hub):
+def test_an_answer_for_another_browser_is_refused(hub, fed):
     """The Response answers a request another browser started: its cookie binds it."""
     first = httpx.Client(base_url=hub.base_url, follow_redirects=False, timeout=20)
     r = first.get("/portal/login")
@@ -82,7 +82,7 @@ def test_an_answer_for_another_browser_is_refused(hub):
     assert stolen.status_code == 400
 
 
-def test_logout_is_single_logout_and_needs_the_form_token(hub):
+def test_logout_is_single_logout_and_needs_the_form_token(hub, fed):
     client = portal_login(hub, "disco-person", "disco password")
     r = client.post("/portal/logout", data={"csrf_token": "forged"})
     assert r.status_code == 403
@@ -100,7 +100,7 @@ def test_logout_is_single_logout_and_needs_the_form_token(hub):
 
 
 @pytest.mark.parametrize("cursor", ["%%%", "x" * 150])
-def test_bad_cursors_are_a_clear_400(hub, cursor):
+def test_bad_cursors_are_a_clear_400(hub, fed, cursor):
     client = portal_login(hub, "disco-person", "disco password")
     assert client.get("/portal/history", params={"cursor": cursor}).status_code == 400
 
