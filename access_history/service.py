@@ -159,7 +159,7 @@ def checkpoint(*, db_session: Session, owner: str, keys: KeyStore) -> Checkpoint
         frontier.add(bytes.fromhex(last))
     if frontier.size != size or last != head_hash:
         raise LogWriteFailed(f"the access log of {owner} does not match its head at seq {size}")
-    signing_key = keys.ensure_signing_key(KEY_ROLE)
+    signing_key = keys.current_signing_key(KEY_ROLE)
     row = Checkpoint(
         owner=owner,
         seq=size,

@@ -91,7 +91,7 @@ def default_issuer() -> ReceiptIssuer:
 
     base_url = get_settings().base_url.rstrip("/")
     return ReceiptIssuer(
-        signing_key=keystore().ensure_signing_key(KEY_ROLE),
+        signing_key=keystore().current_signing_key(KEY_ROLE),
         policy_url=f"{base_url}/portal/policy",
         controller=PiiController(url=base_url),
     )

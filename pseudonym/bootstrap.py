@@ -11,7 +11,6 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass
-from functools import lru_cache
 
 from kernel.keys import KeyStore
 
@@ -69,11 +68,5 @@ def read_bootstrap(token: str, *, secret: bytes, audience: str, requester: str, 
 
 
 def bootstrap_secret(keys: KeyStore) -> bytes:
-    """The hub's bootstrap-token secret, read once per process."""
-    return _bootstrap_secret(str(keys.directory))
-
-
-@lru_cache(maxsize=4)
-def _bootstrap_secret(keys_dir: str) -> bytes:
-    keys = KeyStore(keys_dir)
-    return keys.load_secret(BOOTSTRAP_SECRET, keys.ensure_secret(BOOTSTRAP_SECRET))
+    """The hub's newest bootstrap-token secret (the key store caches it)."""
+    return keys.current_secret(BOOTSTRAP_SECRET)[1]

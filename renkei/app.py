@@ -17,12 +17,18 @@ page, error_page = _pages.page, _pages.error_page
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the hub. Refuses an unmigrated database unless the settings say to upgrade it."""
+    """Build the hub. Refuses an unmigrated database unless the settings say to upgrade it, and
+    a home whose keys, secrets or operator token are missing or unsound (HubNotReady)."""
+    from renkei.provisioning import check_hub_ready
+
     settings = settings or get_settings()
+    if not settings.home.is_dir():
+        check_hub_ready()  # raises before the database: SQLite would create the home
     if settings.auto_migrate:
         upgrade(settings.db_url)
     else:
         check_migrated(settings.db_url)
+    check_hub_ready()
 
     from discovery.api import router as discovery_api
     from discovery.soap import router as discovery_soap

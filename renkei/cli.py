@@ -41,21 +41,26 @@ def main() -> None:
 
 
 @main.command()
-def init() -> None:
-    """Create or upgrade the database schema and the hub's keys (idempotent)."""
+@click.option("--create-missing-secrets", is_flag=True,
+              help="Also create a hub secret missing from a home that holds others (only if it never "
+                   "existed: a lost secret must be restored from backup).")
+def init(create_missing_secrets: bool) -> None:
+    """Create or upgrade the database schema and the hub's keys (idempotent; never replaces a key)."""
     from kernel.db import upgrade
+    from kernel.keys import private_directory
+    from renkei.provisioning import HubNotReady, check_hub_ready, ensure_hub_keys
 
     settings = get_settings()
+    private_directory(settings.home)
     try:
         upgrade(settings.db_url)
     except Exception as exc:  # noqa: BLE001 - any driver or migration error, said plainly
         raise RenkeiError(f"cannot migrate the database: {exc}") from None
-    from renkei.operator_api import operator_token
-    from renkei.provisioning import ensure_hub_keys
-
-    ensure_hub_keys()
-
-    operator_token()
+    try:
+        ensure_hub_keys(create_missing_secrets=create_missing_secrets)
+        check_hub_ready()
+    except HubNotReady as exc:
+        raise RenkeiError(str(exc)) from None
     click.echo(f"database ready: {settings.db_url.split('@')[-1]}")
     click.echo(f"keys ready:     {settings.keys_dir}")
     click.echo(f"operator API token in {settings.keys_dir / 'operator-token'} (or set RENKEI_OPERATOR_TOKEN)")
@@ -69,7 +74,18 @@ def serve(host: str, port: int, workers: int) -> None:
     """Serve every room (IdP, and more as they land) from one process."""
     import uvicorn
 
+    from renkei.provisioning import HubNotReady, check_hub_ready
+
+    if not get_settings().home.is_dir():  # before the database: SQLite would create the home
+        try:
+            check_hub_ready()
+        except HubNotReady as exc:
+            raise RenkeiError(str(exc)) from None
     _ready_db()
+    try:
+        check_hub_ready()
+    except HubNotReady as exc:
+        raise RenkeiError(str(exc)) from None
     uvicorn.run(
         "renkei.app:create_app", factory=True, host=host, port=port, workers=workers,
         log_level="warning", access_log=False,
@@ -490,13 +506,17 @@ def keys() -> None:
 
 
 @keys.command("rotate")
-@click.argument("role", type=click.Choice(["idp"]))
+@click.argument("role", type=click.Choice(["idp", "discovery"]))
 def keys_rotate(role: str) -> None:
-    """Add a new signing key version; metadata publishes it beside the previous one."""
+    """Add a new signing key version: running servers sign with it from their next message, and
+    metadata publishes it beside the previous one (docs/operations.md)."""
     from kernel.keys import keystore
 
+    settings = get_settings()
+    if not keystore().signing_versions(role):
+        raise RenkeiError(f"no {role} key in {settings.keys_dir} to rotate; run `renkei init` first")
     key = keystore().create_signing_key(role)
-    click.echo(f"{role} now signs with key v{key.version}; restart the servers to pick it up")
+    click.echo(f"{role} now signs with key v{key.version}; {settings.idp_entity_id} lists it and the one before")
 
 
 @main.command()

@@ -57,7 +57,9 @@ def db(engine) -> Iterator[Session]:
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory) -> KeyStore:
-    return KeyStore(tmp_path_factory.mktemp("keys"))
+    store = KeyStore(tmp_path_factory.mktemp("keys"))
+    store.create_signing_key("log")  # as `renkei init` does: serving code never creates keys
+    return store
 
 
 def new_owner() -> str:
