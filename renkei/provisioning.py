@@ -2,7 +2,7 @@
 and checked before anything serves."""
 from __future__ import annotations
 
-from kernel.keys import KeyProblem, keystore, private_directory
+from kernel.keys import KeyProblem, KeyStore, keystore, private_directory
 from kernel.settings import get_settings
 from pseudonym.bootstrap import BOOTSTRAP_SECRET
 from pseudonym.service import MASTER_ID_SECRET, PAIRWISE_SECRET
@@ -50,7 +50,8 @@ def check_hub_ready() -> None:
     if not settings.home.is_dir():
         raise HubNotReady(f"RENKEI_HOME {settings.home} does not exist; run `renkei init` to create it "
                           "(or point RENKEI_HOME at the hub's home)")
-    problems = keystore().problems(roles=HUB_ROLES, secret_names=HUB_SECRETS)
+    # a fresh store reads every file from disk: the process-wide one may hold keys in memory
+    problems = KeyStore(settings.keys_dir).problems(roles=HUB_ROLES, secret_names=HUB_SECRETS)
     try:
         operator_token()
     except OperatorTokenProblem as exc:
