@@ -133,7 +133,12 @@ class KeyStore:
         return list(self._listing.get((kind, name), ()))
 
     def signing_versions(self, role: str) -> list[int]:
-        """Every version of `role` with a key or a certificate file, oldest first."""
+        """The versions of `role` with both key and certificate, oldest first (a rotation being
+        written in another process shows up once its key file is in place)."""
+        return sorted(set(self._versions("key", role)) & set(self._versions("cert", role)))
+
+    def _any_signing_versions(self, role: str) -> list[int]:
+        """Every version of `role` with a key or a certificate file: a half is a lost file."""
         return sorted(set(self._versions("key", role)) | set(self._versions("cert", role)))
 
     def secret_versions(self, name: str) -> list[int]:
@@ -149,7 +154,7 @@ class KeyStore:
     def create_signing_key(self, role: str, common_name: str | None = None) -> SigningKey:
         """A new version of `role`'s key pair (init, demo and `renkei keys rotate` only)."""
         with self._lock:
-            version = (self.signing_versions(role) or [0])[-1] + 1
+            version = (self._any_signing_versions(role) or [0])[-1] + 1
             key = generate_rsa_key()
             cert = self_signed_certificate(key, common_name or f"Renkei {role} v{version}")
             # the certificate first: a reader that sees the key always finds its certificate
@@ -206,9 +211,10 @@ class KeyStore:
 
     def ensure_signing_key(self, role: str) -> SigningKey:
         """The newest version of a role's key, created if the role has none (init and demo only)."""
-        if not self.signing_versions(role):
+        versions = self._any_signing_versions(role)
+        if not versions:
             return self.create_signing_key(role)
-        return self.current_signing_key(role)
+        return self.load_signing_key(role, versions[-1])  # a lost half is named, never replaced
 
     def published_certificates(self, role: str, keep: int = 2) -> list[x509.Certificate]:
         """The certificates of the published versions, newest first, without loading any private
@@ -265,7 +271,7 @@ class KeyStore:
         """
         found: list[str] = []
         for role in roles:
-            versions = self.signing_versions(role)
+            versions = self._any_signing_versions(role)
             if not versions:
                 found.append(f"{self._key_path(role, 1)} is missing; run `renkei init`")
             for version in versions:

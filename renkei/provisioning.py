@@ -36,8 +36,11 @@ def ensure_hub_keys(*, create_missing_secrets: bool = False) -> None:
                 "secrets: restore it from backup (a new one would change every value derived from it), "
                 "or, if it never existed, run `renkei init --create-missing-secrets`"
             )
-    for role in HUB_ROLES:
-        keys.ensure_signing_key(role)
+    try:
+        for role in HUB_ROLES:
+            keys.ensure_signing_key(role)
+    except KeyProblem as exc:
+        raise HubNotReady(str(exc)) from None
     for name in HUB_SECRETS:
         keys.ensure_secret(name)
     ensure_operator_token()

@@ -288,3 +288,29 @@ def test_home_and_sqlite_database_are_private(tmp_path):
     assert stat.S_IMODE((home / "renkei.sqlite3").stat().st_mode) == 0o600
     assert stat.S_IMODE((home / "keys" / "operator-token").stat().st_mode) == 0o600
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in (home / "keys").glob("*.secret"))
+
+
+def test_init_names_a_lost_key_and_does_not_replace_it(initialised):
+    env, home = initialised
+    lost = home / "keys" / "idp-v1.key.pem"
+    lost.unlink()
+    before = tree(home / "keys")
+    result = cli(env, "init")
+    assert result.exit_code == 1 and str(lost) in result.output and "backup" in result.output
+    assert tree(home / "keys") == before
+
+
+def test_a_half_written_rotation_is_not_used(tmp_path):
+    """Another process writes the certificate before the key: until the key is there, the
+    previous version keeps signing and nothing fails."""
+    from kernel.keys import KeyStore
+
+    keys = KeyStore(tmp_path / "keys")
+    v1 = keys.create_signing_key("idp")
+    other = KeyStore(tmp_path / "keys")
+    other.create_signing_key("idp")
+    (tmp_path / "keys" / "idp-v2.key.pem").rename(tmp_path / "held-back")
+    assert keys.current_signing_key("idp").version == 1
+    assert [c.serial_number for c in keys.published_certificates("idp")] == [v1.certificate.serial_number]
+    (tmp_path / "held-back").rename(tmp_path / "keys" / "idp-v2.key.pem")
+    assert keys.current_signing_key("idp").version == 2
