@@ -28,6 +28,16 @@ def _ready_db() -> str:
     return settings.db_url
 
 
+def _ready_keys() -> None:
+    """Refuse to go on unless the home, keys, secrets and operator token are sound."""
+    from renkei.provisioning import HubNotReady, check_hub_ready
+
+    try:
+        check_hub_ready()
+    except HubNotReady as exc:
+        raise RenkeiError(str(exc)) from None
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="renkei")
 def main() -> None:
@@ -74,18 +84,10 @@ def serve(host: str, port: int, workers: int) -> None:
     """Serve every room (IdP, and more as they land) from one process."""
     import uvicorn
 
-    from renkei.provisioning import HubNotReady, check_hub_ready
-
     if not get_settings().home.is_dir():  # before the database: SQLite would create the home
-        try:
-            check_hub_ready()
-        except HubNotReady as exc:
-            raise RenkeiError(str(exc)) from None
+        _ready_keys()
     _ready_db()
-    try:
-        check_hub_ready()
-    except HubNotReady as exc:
-        raise RenkeiError(str(exc)) from None
+    _ready_keys()
     uvicorn.run(
         "renkei.app:create_app", factory=True, host=host, port=port, workers=workers,
         log_level="warning", access_log=False,
