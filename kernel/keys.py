@@ -108,6 +108,7 @@ class KeyStore:
 
     def __init__(self, directory: Path | str):
         self.directory = Path(directory)
+        self._path = str(self.directory)
         self._lock = threading.Lock()
         self._listing: dict[tuple[str, str], list[int]] = {}
         self._listed_mtime: int | None = None
@@ -116,33 +117,36 @@ class KeyStore:
         self._secrets: dict[tuple[str, int], bytes] = {}
 
     # -- which versions exist --------------------------------------------------------
-    def _versions(self, kind: str, name: str) -> list[int]:
+    def _files(self) -> dict[tuple[str, str], list[int]]:
+        """(kind, name) -> versions on disk; one `stat` per call, a re-list only on change."""
         try:
-            mtime = os.stat(self.directory).st_mtime_ns
+            mtime = os.stat(self._path).st_mtime_ns
         except FileNotFoundError:
-            return []
+            return {}
         if mtime != self._listed_mtime or time.time_ns() - mtime < _SETTLE_NS:
             listing: dict[tuple[str, str], list[int]] = {}
-            for entry in os.scandir(self.directory):
+            for entry in os.scandir(self._path):
                 parsed = _parse_name(entry.name)
                 if parsed:
                     listing.setdefault(parsed[:2], []).append(parsed[2])
             for versions in listing.values():
                 versions.sort()
             self._listing, self._listed_mtime = listing, mtime
-        return list(self._listing.get((kind, name), ()))
+        return self._listing
 
     def signing_versions(self, role: str) -> list[int]:
         """The versions of `role` with both key and certificate, oldest first (a rotation being
         written in another process shows up once its key file is in place)."""
-        return sorted(set(self._versions("key", role)) & set(self._versions("cert", role)))
+        files = self._files()
+        return sorted(set(files.get(("key", role), ())) & set(files.get(("cert", role), ())))
 
     def _any_signing_versions(self, role: str) -> list[int]:
         """Every version of `role` with a key or a certificate file: a half is a lost file."""
-        return sorted(set(self._versions("key", role)) | set(self._versions("cert", role)))
+        files = self._files()
+        return sorted(set(files.get(("key", role), ())) | set(files.get(("cert", role), ())))
 
     def secret_versions(self, name: str) -> list[int]:
-        return self._versions("secret", name)
+        return list(self._files().get(("secret", name), ()))
 
     # -- signing keys --------------------------------------------------------------
     def _key_path(self, role: str, version: int) -> Path:
