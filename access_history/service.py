@@ -143,10 +143,7 @@ def log_origin(scope: str, log: str) -> str:
 
 def log_signer(*, keys: KeyStore, scope: str, log: str) -> ledger.LogSigner:
     """The signer of a log's checkpoints: the newest `history-note` seed as an Ed25519 key."""
-    versions = keys.secret_versions(NOTE_SECRET)
-    if not versions:
-        raise LogWriteFailed(f"no {NOTE_SECRET} key: run `renkei init`")
-    seed = keys.load_secret(NOTE_SECRET, versions[-1])
+    _, seed = keys.current_secret(NOTE_SECRET)
     origin = log_origin(scope, log)
     return ledger.LogSigner(origin, Ed25519PrivateKey.from_private_bytes(seed[:32]), origin)
 

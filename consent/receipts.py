@@ -98,7 +98,7 @@ def default_issuer() -> ReceiptIssuer:
     settings = get_settings()
     base_url = settings.base_url.rstrip("/")
     return ReceiptIssuer(
-        signing_key=keystore().ensure_signing_key(KEY_ROLE),
+        signing_key=keystore().current_signing_key(KEY_ROLE),
         policy_url=settings.privacy_policy_url or f"{base_url}/",
         controller=PiiController(url=base_url),
     )

@@ -30,7 +30,7 @@ from renkei_provider.verifier import (
 )
 
 # The key role that signs provider tokens and the discovery service's SOAP answers.
-DISCOVERY_ROLE = "idp"
+DISCOVERY_ROLE = "discovery"
 
 TOKEN_LIFETIME = timedelta(minutes=5)
 

@@ -282,9 +282,9 @@ def totp_uri(secret_b32: str, username: str, issuer: str = "Renkei") -> str:
 
 def seal_totp_secret(*, keys: KeyStore, person_key: str, secret_b32: str) -> str:
     """AES-GCM under the newest `totp` secret, bound to the person (their key is the AAD)."""
-    version = keys.ensure_secret(TOTP_SECRET)
+    version, key = keys.current_secret(TOTP_SECRET)
     nonce = os.urandom(12)
-    sealed = AESGCM(keys.load_secret(TOTP_SECRET, version)).encrypt(
+    sealed = AESGCM(key).encrypt(
         nonce, _b32decode(secret_b32), person_key.encode()
     )
     return f"v{version}.{base64.urlsafe_b64encode(nonce + sealed).decode().rstrip('=')}"
@@ -295,7 +295,7 @@ def open_totp_secret(*, keys: KeyStore, person_key: str, sealed: str) -> bytes:
     try:
         version, _, body = sealed.partition(".")
         blob = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
-        key = keys.load_secret(TOTP_SECRET, int(version.removeprefix("v")))
+        key = keys.secret(TOTP_SECRET, int(version.removeprefix("v")))
         return AESGCM(key).decrypt(blob[:12], blob[12:], person_key.encode())
     except (ValueError, binascii.Error, OSError, InvalidTag):
         raise AccountError("the stored TOTP secret cannot be opened with this hub's keys") from None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
@@ -398,10 +399,18 @@ def logout_response(
     return root
 
 
+# the hub's own metadata extension: a role descriptor (metadata §2.4.1) for the discovery
+# service, whose keys sign provider tokens and SOAP answers (docs/operations.md)
+RENKEI_MD_NS = "urn:renkei:metadata"
+DISCOVERY_DESCRIPTOR_TYPE = "renkei:DiscoveryServiceDescriptorType"
+
+
 def idp_metadata(
-    *, entity_id: str, sso_url: str, slo_url: str, signing_certs_der: list[bytes], want_signed: bool
+    *, entity_id: str, sso_url: str, slo_url: str, signing_certs_der: list[bytes], want_signed: bool,
+    discovery_certs_der: Sequence[bytes] = (),
 ) -> bytes:
-    """The IdP's EntityDescriptor (metadata §2.4.3); every published signing key is listed."""
+    """The hub's EntityDescriptor: the IdP (metadata §2.4.3) with every published signing key,
+    and, beside it, the discovery service's role descriptor with its own signing keys."""
     root = etree.Element(
         f"{{{MD_NS}}}EntityDescriptor", {"entityID": entity_id},
         nsmap={"md": MD_NS, "ds": DS_NS, "saml": SAML_NS},
@@ -426,6 +435,16 @@ def idp_metadata(
         idp, SAML_NS, "Attribute",
         {"Name": PAIRWISE_ID, "NameFormat": ATTRNAME_URI, "FriendlyName": "pairwise-id"},
     )
+    if discovery_certs_der:
+        disco = etree.SubElement(
+            root, f"{{{MD_NS}}}RoleDescriptor",
+            {f"{{{XSI_NS}}}type": DISCOVERY_DESCRIPTOR_TYPE, "protocolSupportEnumeration": DISCO_NS},
+            nsmap={"xsi": XSI_NS, "renkei": RENKEI_MD_NS},
+        )
+        for der in discovery_certs_der:
+            kd = _el(disco, MD_NS, "KeyDescriptor", {"use": "signing"})
+            x509data = _el(_el(kd, DS_NS, "KeyInfo"), DS_NS, "X509Data")
+            _el(x509data, DS_NS, "X509Certificate", text=base64.b64encode(der).decode())
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
 
 

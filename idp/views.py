@@ -22,21 +22,25 @@ page, error_page = _pages.page, _pages.error_page
 
 router = APIRouter(prefix="/idp", tags=["idp"])
 
+# the discovery service's key role (discovery/tokens.py); rooms do not import each other
+DISCOVERY_ROLE = "discovery"
 SESSION_COOKIE = "renkei_idp"
 PENDING_COOKIE = "renkei_pending"
 
 
 @router.get("/metadata")
 def metadata() -> Response:
-    """The IdP's SAML metadata; lists the two newest signing keys so rotation needs no downtime."""
+    """The hub's SAML metadata: the IdP's and the discovery service's two newest signing keys
+    each, so rotation needs no downtime."""
     settings = get_settings()
-    certificates = keystore().published_certificates(service.IDP_ROLE)
+    keys = keystore()
     body = saml.idp_metadata(
         entity_id=settings.idp_entity_id,
         sso_url=service.sso_url(settings),
         slo_url=service.slo_url(settings),
-        signing_certs_der=[c.public_bytes(Encoding.DER) for c in certificates],
+        signing_certs_der=[c.public_bytes(Encoding.DER) for c in keys.published_certificates(service.IDP_ROLE)],
         want_signed=settings.require_signed_requests,
+        discovery_certs_der=[c.public_bytes(Encoding.DER) for c in keys.published_certificates(DISCOVERY_ROLE)],
     )
     return Response(body, media_type="application/samlmetadata+xml")
 

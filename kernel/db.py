@@ -4,6 +4,7 @@ The schema is only ever changed by Alembic revisions in `migrations/`.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -59,7 +60,11 @@ def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            # argon2 hashes and TOTP seeds live here: the owner's alone, like the keys
+            parent = Path(path).parent
+            if not parent.is_dir():
+                parent.mkdir(mode=0o700, parents=True)
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         engine = create_engine(url, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from kernel.jose import JwsInvalid, sign_jws, verify_jws
@@ -34,7 +33,7 @@ class Bootstrap:
 
 def issue_bootstrap(*, keys: KeyStore, audience: str, requester: str, pseudonym: str, expires: int) -> str:
     """A JWS under the newest bootstrap secret: says only what the requester already knows."""
-    version = keys.ensure_secret(BOOTSTRAP_SECRET)  # newest on disk, so a rotation applies at once
+    version = keys.current_secret_version(BOOTSTRAP_SECRET)  # newest on disk: a rotation applies at once
     claims = {"aud": audience, "req": requester, "sub": pseudonym, "exp": expires}
     return sign_jws(claims, key=bootstrap_secret(keys, version), alg=ALGORITHM, kid=f"{BOOTSTRAP_SECRET}-v{version}")
 
@@ -68,10 +67,5 @@ def read_bootstrap(token: str, *, keys: KeyStore, audience: str, requester: str,
 
 
 def bootstrap_secret(keys: KeyStore, version: int) -> bytes:
-    """One version of the hub's bootstrap-token secret, read once per process."""
-    return _bootstrap_secret(str(keys.directory), version)
-
-
-@lru_cache(maxsize=16)
-def _bootstrap_secret(keys_dir: str, version: int) -> bytes:
-    return KeyStore(keys_dir).load_secret(BOOTSTRAP_SECRET, version)
+    """One version of the hub's bootstrap-token secret (the key store caches it)."""
+    return keys.secret(BOOTSTRAP_SECRET, version)

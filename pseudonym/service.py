@@ -14,7 +14,6 @@ import io
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -52,11 +51,6 @@ class Resolved:
     key_version: int
 
 
-@lru_cache(maxsize=64)
-def _secret(keys_dir: str, version: int) -> bytes:
-    return KeyStore(keys_dir).load_secret(PAIRWISE_SECRET, version)
-
-
 def derive(*, secret: bytes, agency: str, person_key: str, scope: str, generation: int = 0) -> str:
     """The pairwise pseudonym of `person_key` for `agency` (pure function, no database).
 
@@ -72,8 +66,7 @@ def derive(*, secret: bytes, agency: str, person_key: str, scope: str, generatio
 
 def hash_master_id(*, keys: KeyStore, master_id: str) -> tuple[str, int]:
     """Keyed hash of a master identifier; the identifier itself is never stored."""
-    version = keys.ensure_secret(MASTER_ID_SECRET)
-    secret = keys.load_secret(MASTER_ID_SECRET, version)
+    version, secret = keys.current_secret(MASTER_ID_SECRET)
     normalized = master_id.strip().replace("-", "").replace(" ", "")
     if not normalized:
         raise PseudonymError("master identifier is empty")
@@ -87,7 +80,7 @@ def agency_key_version(*, db_session: Session, keys: KeyStore, agency: str) -> i
         return row.key_version
     # a concurrent first use may insert the same row: whoever wins, everyone reads it back
     db_session.execute(insert_or_ignore(db_session, AgencyKeyVersion).values(
-        agency=agency, key_version=keys.ensure_secret(PAIRWISE_SECRET), updated_at=utcnow()))
+        agency=agency, key_version=keys.current_secret_version(PAIRWISE_SECRET), updated_at=utcnow()))
     return db_session.scalar(select(AgencyKeyVersion.key_version).where(AgencyKeyVersion.agency == agency))
 
 
@@ -112,7 +105,7 @@ def get_or_create(*, db_session: Session, keys: KeyStore, person_key: str, agenc
         )
     )
     value = derive(
-        secret=_secret(str(keys.directory), version),
+        secret=keys.secret(PAIRWISE_SECRET, version),
         agency=agency,
         person_key=person_key,
         scope=scope,
@@ -169,7 +162,7 @@ def rotate(
     _refuse_retired(db_session, agency)
     old_version = agency_key_version(db_session=db_session, keys=keys, agency=agency)
     new_version = keys.create_secret(PAIRWISE_SECRET)
-    secret = _secret(str(keys.directory), new_version)
+    secret = keys.secret(PAIRWISE_SECRET, new_version)
     now = utcnow()
     live = db_session.execute(
         select(Pseudonym.id, Pseudonym.person_key, Pseudonym.value).where(

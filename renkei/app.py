@@ -44,12 +44,18 @@ def _history_integrator(settings: Settings):
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the hub. Refuses an unmigrated database unless the settings say to upgrade it."""
+    """Build the hub. Refuses an unmigrated database unless the settings say to upgrade it, and
+    a home whose keys, secrets or operator token are missing or unsound (HubNotReady)."""
+    from renkei.provisioning import check_hub_ready
+
     settings = settings or get_settings()
+    if not settings.home.is_dir():
+        check_hub_ready()  # raises before the database: SQLite would create the home
     if settings.auto_migrate:
         upgrade(settings.db_url)
     else:
         check_migrated(settings.db_url)
+    check_hub_ready()
 
     from access_history.api import router as history_api
     from discovery.api import router as discovery_api

@@ -65,6 +65,16 @@ def _ready_db() -> str:
     return settings.db_url
 
 
+def _ready_keys() -> None:
+    """Refuse to go on unless the home, keys, secrets and operator token are sound."""
+    from renkei.provisioning import HubNotReady, check_hub_ready
+
+    try:
+        check_hub_ready()
+    except HubNotReady as exc:
+        raise RenkeiError(str(exc)) from None
+
+
 @click.group(cls=RenkeiGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="renkei")
 def main() -> None:
@@ -78,24 +88,29 @@ def main() -> None:
 
 
 @main.command()
-def init() -> None:
-    """Create or upgrade the database schema and the hub's keys (idempotent)."""
+@click.option("--create-missing-secrets", is_flag=True,
+              help="Also create a hub secret missing from a home that holds others (only if it never "
+                   "existed: a lost secret must be restored from backup).")
+def init(create_missing_secrets: bool) -> None:
+    """Create or upgrade the database schema and the hub's keys (idempotent; never replaces a key)."""
     from kernel.db import DatabaseNotMigrated, upgrade
+    from kernel.keys import private_directory
+    from renkei.provisioning import HubNotReady, check_hub_ready, ensure_hub_keys, register_portal
 
     settings = get_settings()
+    private_directory(settings.home)
     try:
         upgrade(settings.db_url)
     except DatabaseNotMigrated:
         raise
     except Exception as exc:  # noqa: BLE001 - any driver or migration error, said plainly
         raise RenkeiError(f"cannot migrate the database: {_first_line(exc)}") from None
-    from renkei.operator_api import operator_token
-    from renkei.provisioning import ensure_hub_keys, register_portal
-
-    ensure_hub_keys()
+    try:
+        ensure_hub_keys(create_missing_secrets=create_missing_secrets)
+        check_hub_ready()
+    except HubNotReady as exc:
+        raise RenkeiError(str(exc)) from None
     register_portal(settings.db_url)
-
-    operator_token()
     click.echo(f"database ready: {settings.db_url.split('@')[-1]}")
     click.echo(f"keys ready:     {settings.keys_dir}")
     click.echo(f"operator API token in {settings.keys_dir / 'operator-token'} (or set RENKEI_OPERATOR_TOKEN)")
@@ -109,7 +124,10 @@ def serve(host: str, port: int, workers: int) -> None:
     """Serve every room (IdP, and more as they land) from one process."""
     import uvicorn
 
+    if not get_settings().home.is_dir():  # before the database: SQLite would create the home
+        _ready_keys()
     _ready_db()
+    _ready_keys()
     uvicorn.run(
         "renkei.app:create_app", factory=True, host=host, port=port, workers=workers,
         log_level="warning", access_log=False,
@@ -522,13 +540,17 @@ def keys() -> None:
 
 
 @keys.command("rotate")
-@click.argument("role", type=click.Choice(["idp"]))
+@click.argument("role", type=click.Choice(["idp", "discovery"]))
 def keys_rotate(role: str) -> None:
-    """Add a new signing key version; metadata publishes it beside the previous one."""
+    """Add a new signing key version: running servers sign with it from their next message, and
+    metadata publishes it beside the previous one (docs/operations.md)."""
     from kernel.keys import keystore
 
+    settings = get_settings()
+    if not keystore().signing_versions(role):
+        raise RenkeiError(f"no {role} key in {settings.keys_dir} to rotate; run `renkei init` first")
     key = keystore().create_signing_key(role)
-    click.echo(f"{role} now signs with key v{key.version}; restart the servers to pick it up")
+    click.echo(f"{role} now signs with key v{key.version}; {settings.idp_entity_id} lists it and the one before")
 
 
 @main.command()

@@ -1,13 +1,15 @@
 """The operator API: information location (情報所在管理) and the legal whitelist (別表第２).
 
 Its credential is a bearer token from RENKEI_OPERATOR_TOKEN, or one generated into
-RENKEI_HOME/keys/operator-token by `renkei init`.
+RENKEI_HOME/keys/operator-token by `renkei init`; a token shorter than 32 characters is refused
+(the hub does not start with one).
 """
 from __future__ import annotations
 
 import hmac
 import os
 import secrets
+from pathlib import Path
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query
 from pydantic import BaseModel, Field
@@ -17,28 +19,63 @@ from consent import service as consent
 from consent.errors import WhitelistImportError
 from consent.whitelist_io import entries_from_mappings
 from discovery import service as location
+from kernel.keys import private_directory
 from kernel.settings import get_settings
 from kernel.web import DB
 
+MIN_TOKEN_CHARS = 32
+
+
+class OperatorTokenProblem(RuntimeError):
+    """The operator token is missing, empty or too short to guard the operator API."""
+
+
+def _token_path() -> Path:
+    return get_settings().keys_dir / "operator-token"
+
 
 def operator_token() -> str:
-    """The configured operator token, created (0600) if there is none."""
-    configured = os.environ.get("RENKEI_OPERATOR_TOKEN")
-    if configured:
-        return configured
-    path = get_settings().keys_dir / "operator-token"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_urlsafe(32))
-    return path.read_text().strip()
+    """The configured operator token (never created here), refused if missing or short."""
+    if "RENKEI_OPERATOR_TOKEN" in os.environ:
+        token, source = os.environ["RENKEI_OPERATOR_TOKEN"].strip(), "RENKEI_OPERATOR_TOKEN"
+        fix = f"set it to at least {MIN_TOKEN_CHARS} random characters, e.g. `openssl rand -base64 33`"
+    else:
+        path = _token_path()
+        source = str(path)
+        fix = "delete it and run `renkei init` to generate one, or set RENKEI_OPERATOR_TOKEN"
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            raise OperatorTokenProblem(f"{source} is missing; run `renkei init` "
+                                       "(or set RENKEI_OPERATOR_TOKEN)") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise OperatorTokenProblem(f"{source} cannot be read ({exc}); {fix}") from None
+    if len(token) < MIN_TOKEN_CHARS:
+        raise OperatorTokenProblem(f"the operator token in {source} is {'empty' if not token else 'too short'} "
+                                   f"(at least {MIN_TOKEN_CHARS} characters); {fix}")
+    return token
+
+
+def ensure_operator_token() -> None:
+    """Generate RENKEI_HOME/keys/operator-token (0600) unless it or RENKEI_OPERATOR_TOKEN exists
+    (`renkei init` and `renkei demo` only; an existing one, even a bad one, is never replaced)."""
+    path = _token_path()
+    if "RENKEI_OPERATOR_TOKEN" in os.environ or path.exists():
+        return
+    private_directory(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_urlsafe(32))
 
 
 def require_operator(authorization: str = Header("", description="Bearer <operator token>")) -> None:
     """FastAPI dependency: only the operator may manage the federation's registry."""
     scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), operator_token().encode()):
+    try:
+        expected = operator_token()
+    except OperatorTokenProblem:
+        expected = None  # never compare against an empty or short token: nobody gets in
+    if scheme.lower() != "bearer" or expected is None or not hmac.compare_digest(token.encode(), expected.encode()):
         raise HTTPException(status_code=401, detail="operator token required",
                             headers={"WWW-Authenticate": "Bearer"})
 

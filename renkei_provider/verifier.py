@@ -4,7 +4,7 @@ The order of the checks is part of the contract:
 
 1. parse with the hardened parser (no DTDs, entities, PIs; size limit);
 2. verify the assertion's own enveloped signature against the signing keys pinned from the
-   hub's IdP metadata, and from then on read only the element the signature covers;
+   discovery service keys in the hub metadata, and from then on read only the element the signature covers;
 3. Issuer, Audience, Recipient, time window, OneTimeUse;
 4. only then decrypt the subject (EncryptedID) and the local-ID EncryptedAttribute, with this
    provider's keys: a forged token never reaches the decryption code (SECURITY.md, last row);
@@ -52,6 +52,10 @@ NAMEID_PERSISTENT = "urn:oasis:names:tc:SAML:2.0:nameid-format:persistent"
 NAMEID_ENTITY = "urn:oasis:names:tc:SAML:2.0:nameid-format:entity"
 ATTRNAME_URI = "urn:oasis:names:tc:SAML:2.0:attrname-format:uri"
 BEARER = "urn:oasis:names:tc:SAML:2.0:cm:bearer"
+XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
+DISCO_NS = "urn:liberty:disco:2006-08"
+RENKEI_MD_NS = "urn:renkei:metadata"
+DISCOVERY_DESCRIPTOR_TYPE = "DiscoveryServiceDescriptorType"
 
 ATTR_REQUESTER = "urn:renkei:attr:requester"
 ATTR_TASK = "urn:renkei:attr:task"
@@ -109,11 +113,15 @@ class AcceptedToken:
     assertion_id: str
 
 
-def hub_signing_certificates(metadata_xml: bytes | str) -> tuple[str, tuple[x509.Certificate, ...]]:
-    """(entityID, signing certificates) of the IdP described by the hub's metadata.
+def hub_signing_certificates(
+    metadata_xml: bytes | str, *, role: str = "idp"
+) -> tuple[str, tuple[x509.Certificate, ...]]:
+    """(entityID, signing certificates) of one of the hub's roles, read from its metadata.
 
-    Reads the one md:EntityDescriptor's IDPSSODescriptor: every KeyDescriptor with
-    use="signing" or without `use` (metadata §2.4.1.1), so a rotation's two keys both count.
+    role="idp" reads the one md:EntityDescriptor's IDPSSODescriptor (the keys that sign SSO
+    responses); role="discovery" reads its discovery service RoleDescriptor (the keys that sign
+    provider tokens and the discovery service's SOAP answers). Every KeyDescriptor with
+    use="signing" or without `use` counts (metadata §2.4.1.1), so a rotation's two keys do.
     """
     try:
         root = parse_xml(metadata_xml, max_bytes=MAX_METADATA_BYTES)
@@ -124,13 +132,22 @@ def hub_signing_certificates(metadata_xml: bytes | str) -> tuple[str, tuple[x509
     entity_id = (root.get("entityID") or "").strip()
     if not entity_id:
         raise HubMetadataError("the hub metadata has no entityID")
-    idps = root.findall(f"{{{MD_NS}}}IDPSSODescriptor")
-    if len(idps) != 1:
-        raise HubMetadataError(f"expected one IDPSSODescriptor, found {len(idps)}")
-    if PROTOCOL not in (idps[0].get("protocolSupportEnumeration") or ""):
-        raise HubMetadataError("the IDPSSODescriptor does not support SAML 2.0")
+    if role == "idp":
+        idps = root.findall(f"{{{MD_NS}}}IDPSSODescriptor")
+        if len(idps) != 1:
+            raise HubMetadataError(f"expected one IDPSSODescriptor, found {len(idps)}")
+        if PROTOCOL not in (idps[0].get("protocolSupportEnumeration") or "").split():
+            raise HubMetadataError("the IDPSSODescriptor does not support SAML 2.0")
+        descriptor_element = idps[0]
+    elif role == "discovery":
+        found = [r for r in root.findall(f"{{{MD_NS}}}RoleDescriptor") if _is_discovery_descriptor(r)]
+        if len(found) != 1:
+            raise HubMetadataError(f"expected one discovery service RoleDescriptor, found {len(found)}")
+        descriptor_element = found[0]
+    else:
+        raise ValueError(f"unknown hub role {role!r} (idp or discovery)")
     certificates: list[x509.Certificate] = []
-    for descriptor in idps[0].findall(f"{{{MD_NS}}}KeyDescriptor"):
+    for descriptor in descriptor_element.findall(f"{{{MD_NS}}}KeyDescriptor"):
         if descriptor.get("use") not in (None, "signing"):
             continue
         for element in descriptor.iterfind(f"{{{DS_NS}}}KeyInfo/{{{DS_NS}}}X509Data/{{{DS_NS}}}X509Certificate"):
@@ -140,15 +157,26 @@ def hub_signing_certificates(metadata_xml: bytes | str) -> tuple[str, tuple[x509
             except ValueError:
                 raise HubMetadataError("a KeyDescriptor holds an unreadable certificate") from None
     if not certificates:
-        raise HubMetadataError("the hub metadata publishes no signing certificate")
+        raise HubMetadataError(f"the hub metadata publishes no {role} signing certificate")
     return entity_id, tuple(certificates)
+
+
+def _is_discovery_descriptor(element: etree._Element) -> bool:
+    """Whether a RoleDescriptor is the hub's discovery service (its xsi:type, namespace-resolved)."""
+    prefix, _, local = (element.get(f"{{{XSI_NS}}}type") or "").rpartition(":")
+    return (
+        local == DISCOVERY_DESCRIPTOR_TYPE
+        and element.nsmap.get(prefix or None) == RENKEI_MD_NS
+        and DISCO_NS in (element.get("protocolSupportEnumeration") or "").split()
+    )
 
 
 class TokenVerifier:
     """Accepts provider tokens for one provider endpoint (or for any of its endpoints).
 
-    hub_metadata_xml   — the hub's IdP metadata (`{hub}/idp/metadata`): its entityID is the
-                         expected Issuer and its signing certificates the only trusted keys.
+    hub_metadata_xml   — the hub's metadata (`{hub}/idp/metadata`): its entityID is the
+                         expected Issuer and its discovery service's signing certificates
+                         the only trusted keys.
     provider_entity_id — this provider's SAML entityID: the token's Audience and the subject's
                          SPNameQualifier.
     endpoint           — the URL the token is presented at; must equal the token's
@@ -180,7 +208,7 @@ class TokenVerifier:
             raise TypeError("decryption_keys must be a non-empty sequence of RSA private keys")
         if skew_seconds < 0:
             raise ValueError("skew_seconds cannot be negative")
-        self.hub_entity_id, self.signing_certificates = hub_signing_certificates(hub_metadata_xml)
+        self.hub_entity_id, self.signing_certificates = hub_signing_certificates(hub_metadata_xml, role="discovery")
         self.provider_entity_id = provider_entity_id
         self.endpoint = endpoint
         self.replay_cache: ReplayCache = replay_cache if replay_cache is not None else InMemoryReplayCache()

@@ -50,6 +50,7 @@ def test_every_command_has_help(command):
 
 
 def test_unmigrated_database_refused_with_a_clear_message(home):
+    Path(home["RENKEI_HOME"]).mkdir(mode=0o700)
     proc = subprocess.run([RENKEI, "serve", "--port", "1"], capture_output=True, text=True,
                           env={**os.environ, **home}, timeout=60, check=False)
     assert proc.returncode != 0

@@ -235,11 +235,12 @@ def post(url: str, data: bytes) -> httpx.Response:
 
 
 def hub_keys() -> list:
-    return [c.public_key() for c in keystore().published_certificates("idp")]
+    """The discovery service's published keys: they, not the IdP's, sign answers and tokens."""
+    return [c.public_key() for c in keystore().published_certificates("discovery")]
 
 
-def idp_cert():
-    return keystore().ensure_signing_key("idp").certificate
+def discovery_cert():
+    return keystore().current_signing_key("discovery").certificate
 
 
 def verified_answer(r: httpx.Response):
@@ -314,7 +315,7 @@ def provider_token(epr: etree._Element) -> etree._Element:
 
 def decrypted_subject(world: World, name: str, assertion: etree._Element) -> etree._Element:
     standalone = etree.fromstring(etree.tostring(assertion))
-    verify_with_xmlsec(standalone, idp_cert())
+    verify_with_xmlsec(standalone, discovery_cert())
     encrypted = standalone.find("saml:Subject/saml:EncryptedID", NS)
     assert encrypted is not None and standalone.find("saml:Subject/saml:NameID", NS) is None
     return decrypt_element(encrypted, [world.providers[name].enc_key])
@@ -601,7 +602,7 @@ def nim_response(r: httpx.Response, *, signed: bool = True) -> etree._Element:
     envelope = etree.fromstring(r.content)
     response = envelope.find("soap:Body/samlp:NameIDMappingResponse", NS)
     if signed:
-        verify_with_xmlsec(response, idp_cert())
+        verify_with_xmlsec(response, discovery_cert())
     else:
         assert envelope.find(".//ds:Signature", NS) is None, "an unauthenticated refusal was signed"
     assert response.findtext("saml:Issuer", namespaces=NS) == world_idp_entity_id(r)

@@ -27,6 +27,7 @@ def env(tmp_path_factory):
     upgrade(url)
     keys = KeyStore(tmp / "keys")
     keys.ensure_secret(ps.PAIRWISE_SECRET)
+    keys.ensure_secret(ps.MASTER_ID_SECRET)  # as `renkei init` does: serving code never creates one
     return url, keys
 
 
