@@ -120,18 +120,20 @@ def init(create_missing_secrets: bool) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8000, show_default=True, type=int, help="TCP port.")
 @click.option("--workers", default=1, show_default=True, type=int, help="Worker processes.")
-def serve(host: str, port: int, workers: int) -> None:
-    """Serve every room (IdP, and more as they land) from one process."""
+@click.option("--fd", type=int, default=None,
+              help="Serve on this already bound socket (a file descriptor from a process manager) "
+                   "instead of --host/--port.")
+def serve(host: str, port: int, workers: int, fd: int | None) -> None:
+    """Serve every room (IdP, discovery, history, portal) from one process."""
     import uvicorn
 
     if not get_settings().home.is_dir():  # before the database: SQLite would create the home
         _ready_keys()
     _ready_db()
     _ready_keys()
-    uvicorn.run(
-        "renkei.app:create_app", factory=True, host=host, port=port, workers=workers,
-        log_level="warning", access_log=False,
-    )
+    where = {"fd": fd} if fd is not None else {"host": host, "port": port}
+    uvicorn.run("renkei.app:create_app", factory=True, workers=workers, log_level="warning",
+                access_log=False, **where)
 
 
 # --- people -------------------------------------------------------------------------------

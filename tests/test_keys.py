@@ -21,7 +21,7 @@ from lxml import etree
 
 from kernel.settings import reset_settings
 from renkei.cli import main
-from tests.conftest import free_port, fresh_database_url
+from tests.conftest import fresh_database_url, listening_socket, port_of
 from tests.saml_sp import NS, Browser, TestSP, response_from_page, verify_with_xmlsec
 
 RENKEI = str(Path(sys.executable).with_name("renkei"))
@@ -63,8 +63,9 @@ def ok(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
     return result.output
 
 
-def new_env(tmp: Path, *, database: bool = True) -> dict[str, str]:
-    env = {"RENKEI_HOME": str(tmp / "home"), "RENKEI_BASE_URL": f"http://127.0.0.1:{free_port()}"}
+def new_env(tmp: Path, *, database: bool = True, port: int = 8999) -> dict[str, str]:
+    """A fresh hub environment; `port` is only named in its base URL (served hubs bind their own)."""
+    env = {"RENKEI_HOME": str(tmp / "home"), "RENKEI_BASE_URL": f"http://127.0.0.1:{port}"}
     if database:
         env["RENKEI_DATABASE_URL"] = fresh_database_url(tmp, f"keys_{uuid.uuid4().hex[:8]}")
     return env
@@ -78,12 +79,15 @@ def tree(path: Path) -> dict[str, bytes]:
 class ServedHub:
     """`renkei serve` in a child process, waited for until /healthz answers."""
 
-    def __init__(self, env: dict[str, str]):
+    def __init__(self, env: dict[str, str], sock):
         self.env = env
         self.base_url = env["RENKEI_BASE_URL"]
-        port = self.base_url.rsplit(":", 1)[1]
-        self.proc = subprocess.Popen([RENKEI, "serve", "--port", port], env=child_env(env),
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:  # the test bound the socket (port 0) and hands it over: no free-port race
+            self.proc = subprocess.Popen([RENKEI, "serve", "--fd", str(sock.fileno())], env=child_env(env),
+                                         pass_fds=(sock.fileno(),), stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, text=True)
+        finally:
+            sock.close()
         deadline = time.monotonic() + 180  # generous: a loaded machine starts Python slowly
         while time.monotonic() < deadline and self.proc.poll() is None:
             try:
@@ -102,14 +106,15 @@ class ServedHub:
 
 @pytest.fixture
 def served(tmp_path):
-    env = new_env(tmp_path)
+    sock = listening_socket()
+    env = new_env(tmp_path, port=port_of(sock))
     ok(env, "init")
     ok(env, "person", "add", "--username", "alice", "--password-stdin", stdin="correct horse battery\n")
     sp = TestSP("https://rotating-city.example.jp/sp", "https://rotating-city.example.jp")
     md = tmp_path / "sp.xml"
     md.write_bytes(sp.metadata())
     ok(env, "agency", "add", "--metadata", str(md), "--class", "municipality")
-    hub = ServedHub(env)
+    hub = ServedHub(env, sock)
     yield hub, sp
     hub.stop()
 
@@ -202,7 +207,7 @@ def initialised(tmp_path):
 def refused(env: dict[str, str], home: Path, *expected: str) -> str:
     """`renkei serve` exits non-zero with a message holding `expected`, creating nothing."""
     before = tree(home) if home.exists() else None
-    result = cli(env, "serve", "--port", str(free_port()))
+    result = cli(env, "serve", "--port", "0")
     assert result.exit_code == 1, result.output
     for text in expected:
         assert text in result.output, result.output
@@ -260,8 +265,8 @@ def test_create_app_refuses_what_serve_refuses(initialised, monkeypatch):
         monkeypatch.setenv(k, v)
     reset_settings()
     try:
-        (home / "keys" / "log-v1.key.pem").unlink()
-        with pytest.raises(HubNotReady, match="log-v1.key.pem"):
+        (home / "keys" / "portal-v1.key.pem").unlink()
+        with pytest.raises(HubNotReady, match="portal-v1.key.pem"):
             create_app(get_settings())
     finally:
         monkeypatch.undo()
@@ -274,7 +279,7 @@ def test_serve_refuses_a_home_that_does_not_exist(tmp_path):
         refused(env, home, str(home), "does not exist", "renkei init")
         assert not home.exists()
     # and the real command, as an operator runs it: a message, no traceback, nothing created
-    proc = renkei(env, "serve", "--port", str(free_port()))
+    proc = renkei(env, "serve", "--port", "0")
     assert proc.returncode == 1 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
     assert not home.exists()
 

@@ -102,6 +102,7 @@ def test_serve_refuses_a_database_behind_head(db_url, tmp_path):
     command.upgrade(cfg, "head")
     command.downgrade(cfg, "-1")
     head = ScriptDirectory.from_config(cfg).get_current_head()
+    (tmp_path / "home").mkdir()  # a home exists: the schema is what is refused
     env = {**os.environ, "RENKEI_HOME": str(tmp_path / "home"), "RENKEI_DATABASE_URL": db_url}
     proc = subprocess.run([str(Path(sys.executable).with_name("renkei")), "serve", "--port", "1"],
                           capture_output=True, text=True, env=env, timeout=60, check=False)
