@@ -64,6 +64,13 @@ def current_session(request: Request, db_session: Session = DB) -> PortalSession
 PERSON = Depends(current_session)
 
 
+def portal_static():
+    """The portal's stylesheets (its own, and the Digital Agency's design tokens)."""
+    from fastapi.staticfiles import StaticFiles
+
+    return StaticFiles(directory=Path(__file__).resolve().parent / "static")
+
+
 def login_redirect_handler(_request: Request, exc: LoginRequired) -> Response:
     return RedirectResponse(f"/portal/login?next={exc.next_path}", status_code=303)
 

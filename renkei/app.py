@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from discovery.api import router as discovery_api
     from discovery.soap import router as discovery_soap
     from idp.views import router as idp_router
-    from portal.views import LoginRequired, login_redirect_handler
+    from portal.views import LoginRequired, login_redirect_handler, portal_static
     from portal.views import router as portal_router
     from renkei.operator_api import router as operator_api
 
@@ -79,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(discovery_soap)
     app.include_router(history_api)
     app.include_router(portal_router)
+    app.mount("/portal/static", portal_static(), name="portal-static")
     app.add_exception_handler(LoginRequired, login_redirect_handler)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

@@ -130,3 +130,15 @@ def test_english_switch_persists_and_every_page_is_translated(hub, fed, bootstra
         assert not leftover, (path, "".join(leftover)[:80])
     client.get("/portal/lang", params={"to": "ja", "next": "/portal/"})
     assert '<html lang="ja">' in client.get("/portal/").text
+
+
+def test_pages_use_the_digital_agency_design_tokens(hub, fed):
+    client = portal_login(hub, "disco-person", "disco password")
+    page = client.get("/portal/")
+    for sheet in ("/portal/static/vendor/digital-go-jp-design-tokens/tokens.css", "/portal/static/portal.css"):
+        assert f'href="{sheet}"' in page.text
+        css = client.get(sheet)
+        assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+    tokens = client.get("/portal/static/vendor/digital-go-jp-design-tokens/tokens.css").text
+    assert "--color-primitive-blue-1000" in tokens and "--font-family-sans" in tokens
+    assert "<style" not in page.text  # no inline styles on the portal's pages
