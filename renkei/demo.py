@@ -215,7 +215,8 @@ def run(*, config_file: Path | None, serve: bool, run_scenarios: bool = False) -
     click.echo(f"  hub (IdP):          {settings.base_url}/   metadata {settings.idp_entity_id}")
     for a in demo_agencies:
         click.echo(f"  {a.name}:\n                      {a.base_url}/")
-    click.echo("people (username / password):")
+    click.echo(f"  マイ連携ポータル (citizen portal):\n                      {settings.base_url}/portal/")
+    click.echo("people (username / password; each logs in at the agencies and at the portal):")
     for name, pw in passwords.items():
         extra = f"   TOTP secret {totp[name]} (e.g. `oathtool --totp -b {totp[name]}`)" if totp.get(name) else ""
         click.echo(f"  {name} / {pw}{extra}")
@@ -242,11 +243,20 @@ def run(*, config_file: Path | None, serve: bool, run_scenarios: bool = False) -
         if not ok:
             raise SystemExit(1)
         return
-    click.echo("Open an agency URL above and log in. Ctrl-C stops everything.")
+    thread = threading.Thread(target=lambda: asyncio.run(serve_all()), daemon=True)
+    thread.start()
+    seeded = settings.home / "demo-history-seeded"
+    if not seeded.exists():  # the first run leaves the scenarios' exchanges in the history
+        run_lookups(config, demo_agencies, passwords, totp, [server for server, _ in servers])
+        seeded.write_text("the demo scenarios ran once; the portal's history shows them\n")
+    click.echo("Open an agency URL or the portal above and log in. Ctrl-C stops everything.")
     try:
-        asyncio.run(serve_all())
+        while thread.is_alive():
+            thread.join(timeout=1)
     except KeyboardInterrupt:
-        pass
+        for server, _ in servers:
+            server.should_exit = True
+        thread.join(timeout=10)
 
 
 def run_lookups(config: dict, demo_agencies: list[DemoAgency], passwords: dict[str, str],
