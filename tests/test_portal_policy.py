@@ -164,8 +164,8 @@ def test_end_dates(hub, client, fed, bootstrap, entries):
     assert any(p["termination"].startswith(f"until {end.isoformat()}Z")
                for s in claims["services"] for p in s["purposes"])
     with session_scope() as db:  # the same decision the discovery service takes, at the end
-        ask = dict(db_session=db, person_key=fed["person_key"], requester=fed["r"].entity_id, provider=a,
-                   task_code="JUKI", info_type_code="JUMINHYO", classes_of={a: ["municipality"]})
+        ask = {"db_session": db, "person_key": fed["person_key"], "requester": fed["r"].entity_id, "provider": a,
+               "task_code": "JUKI", "info_type_code": "JUMINHYO", "classes_of": {a: ["municipality"]}}
         assert consent.decide(**ask, at=end - timedelta(seconds=1)).reason.value == "PERMITTED_BY_CONSENT"
         assert consent.decide(**ask, at=end).reason.value == "CONSENT_NOT_GIVEN"
     before = policy_version(fed)
