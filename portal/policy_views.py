@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from fastapi import APIRouter, Form, Path, Request
 from fastapi.responses import RedirectResponse, Response
@@ -18,6 +19,7 @@ from kernel.db import utcnow
 from kernel.keys import keystore
 from kernel.settings import get_settings
 from kernel.web import DB
+from portal import service
 from portal.models import PortalSession
 from portal.views import PERSON, _page
 from pseudonym import service as pseudonyms
@@ -44,8 +46,8 @@ class _Refused(Exception):
 class _Situation:
     """Everything the person's setting is judged against, read in the request's transaction."""
 
-    entries: list  # (whitelist entry, holders it names as provider)
-    rules: list  # the person's current rules (consent.PolicyRuleIn)
+    entries: list[tuple[Any, list[str]]]  # (whitelist entry, the holders it names as provider)
+    rules: list[Any]  # the person's current rules, as consent's PolicyRuleIn values
     classes: dict[str, set[str]]
     names: dict[str, str]
 
@@ -79,7 +81,8 @@ def _end_of(value: str | None, change: str) -> datetime | None:
     return end
 
 
-def _planned(situation: _Situation, entry_id: int, change: str, valid_until: str | None):
+def _planned(situation: _Situation, entry_id: int, change: str,
+             valid_until: str | None) -> tuple[Any, list[Any]]:
     """The whitelist entry (only one concerning this person) and the rules the change makes."""
     entry = next((e for e, _ in situation.entries if e.id == entry_id), None)
     if entry is None:
@@ -155,11 +158,7 @@ def consent_record(request: Request, db_session: Session = DB, session: PortalSe
     """同意の記録: every version of my policy, what changed, and its receipt."""
     changes = consent.policy_history(db_session=db_session, person_key=session.person_key)
     return _page(request, "consent.html", session, title="同意の記録", changes=changes,
-                 names=agencies_names(db_session))
-
-
-def agencies_names(db_session: Session) -> dict[str, str]:
-    return {a.entity_id: a.name for a in agencies.list_all(db_session=db_session)}
+                 names=service.agency_names(db_session=db_session))
 
 
 def _not_found(request: Request, session: PortalSession) -> Response:
@@ -193,4 +192,4 @@ def receipt_page(request: Request, db_session: Session = DB, session: PortalSess
               if claims else row.issued_at)
     return _page(request, "receipt.html", session, title="同意レシート", receipt=row, claims=claims,
                  issued=issued, rules=[r.as_input() for r in row.policy_version.rules],
-                 saved=request.query_params.get("saved") == "1", names=agencies_names(db_session))
+                 saved=request.query_params.get("saved") == "1", names=service.agency_names(db_session=db_session))
