@@ -41,6 +41,7 @@ SENSITIVE_CATEGORY = "特定個人情報"
 # Kantara CR v1.1 collectionMethod: the channel a change really came through, said by its caller
 COLLECTED_BY_OPERATOR_CLI = "operator-cli"  # `renkei policy add/remove`, on the person's behalf
 COLLECTED_AT_DEMO_SETUP = "demo-setup"  # `renkei demo` loading config/demo.yaml's policies
+COLLECTED_BY_PORTAL = "portal"  # the person themself, on the citizen portal's policy page
 
 
 @dataclass(frozen=True)
@@ -89,9 +90,10 @@ class ReceiptIssuer:
         return f"{self.signing_key.role}-v{self.signing_key.version}"
 
 
-def default_issuer() -> ReceiptIssuer:
-    """The issuer from settings: the newest `consent` key in RENKEI_HOME/keys, the operator's
-    privacy policy URL (no portal page: the portal does not exist yet)."""
+def default_issuer(*, policy_url: str | None = None) -> ReceiptIssuer:
+    """The issuer from settings: the newest `consent` key in RENKEI_HOME/keys; the policy URL
+    is the page the change was made on when the caller has one (the portal), else the
+    operator's privacy policy URL."""
     from kernel.keys import keystore
     from kernel.settings import get_settings
 
@@ -99,7 +101,7 @@ def default_issuer() -> ReceiptIssuer:
     base_url = settings.base_url.rstrip("/")
     return ReceiptIssuer(
         signing_key=keystore().current_signing_key(KEY_ROLE),
-        policy_url=settings.privacy_policy_url or f"{base_url}/",
+        policy_url=policy_url or settings.privacy_policy_url or f"{base_url}/",
         controller=PiiController(url=base_url),
     )
 

@@ -6,6 +6,7 @@ decision and its access-log entry (another room) commit together.
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,7 +16,12 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session, joinedload
 
 from consent import receipts
-from consent.errors import DuplicateWhitelistEntry, RuleNotFound, WhitelistImportError
+from consent.errors import (
+    DuplicateWhitelistEntry,
+    InvalidPolicyRule,
+    RuleNotFound,
+    WhitelistImportError,
+)
 from consent.models import (
     CLASS_PREFIX,
     ConsentMode,
@@ -583,3 +589,173 @@ def _weigh(entry: WhitelistEntry, policy_version: int | None, rules: list[Policy
     if override:
         return outcome(True, DecisionReason.PERMITTED_BY_LAW, None)
     return outcome(False, DecisionReason.CONSENT_NOT_GIVEN, None)
+
+
+# --- the person's rules for one whitelist entry (the portal's policy page) ------------------
+
+ENTRY_CHANGES = ("allow", "deny", "pause", "resume", "clear")
+
+
+@dataclass(frozen=True)
+class EntrySetting:
+    """The person's own rules for one whitelist entry, as the portal shows and sets them.
+
+    A pause is a deny beside a kept allow: deny beats allow, and resuming drops the deny alone.
+    """
+
+    effect: Effect | None  # what the entry's own rules do now (None: no rule of its own)
+    paused: bool
+    valid_until: datetime | None  # when the entry's own rule ends (None: until revoked)
+    general: Effect | None  # with no rule of its own, what a broader rule of the person does
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One exchange a whitelist entry allows, with one provider holding data about the person."""
+
+    entry: WhitelistEntry
+    provider: str
+    decision: Decision
+
+
+def entries_concerning(
+    *, db_session: Session, holders: Iterable[str], classes_of: ClassResolver
+) -> list[tuple[WhitelistEntry, list[str]]]:
+    """Active entries whose provider (itself or its class) holds data about the person, each
+    with those holders, oldest entry first."""
+    resolve = class_resolver(classes_of)
+    held = sorted(set(holders))
+    found = []
+    for entry in list_whitelist(db_session=db_session):
+        providers = [p for p in held if _party_matches(entry.provider, p, resolve(p))]
+        if providers:
+            found.append((entry, providers))
+    return found
+
+
+def entry_setting(
+    *, entry: WhitelistEntry, rules: Sequence[PolicyRuleIn], at: datetime | None = None
+) -> EntrySetting:
+    """The person's setting for `entry`: its own rules in force, else a broader rule's effect."""
+    at = naive_utc(at) if at else utcnow()
+    own = [r for r in _own_rules(entry, rules) if _in_force(r, at)]
+    deny = next((r for r in own if r.effect is Effect.DENY), None)
+    allow = next((r for r in own if r.effect is Effect.ALLOW), None)
+    chosen = deny or allow
+    general = None
+    if chosen is None:
+        broader = [r for r in rules if _in_force(r, at) and _covers(r, entry)]
+        general = Effect.DENY if any(r.effect is Effect.DENY for r in broader) else (
+            Effect.ALLOW if broader else None)
+    return EntrySetting(
+        effect=chosen.effect if chosen else None,
+        paused=deny is not None and allow is not None,
+        valid_until=chosen.valid_until if chosen else None,
+        general=general,
+    )
+
+
+def change_entry_rules(
+    *,
+    entry: WhitelistEntry,
+    rules: Sequence[PolicyRuleIn],
+    change: str,
+    valid_until: datetime | None = None,
+) -> list[PolicyRuleIn]:
+    """The person's rules with `change` (one of ENTRY_CHANGES) made to `entry`'s own rules.
+
+    allow/deny replace the entry's own rules (with an optional end), clear drops them, pause
+    adds a deny until further notice and keeps the allow, resume drops the deny again.
+    """
+    if change not in ENTRY_CHANGES:
+        raise InvalidPolicyRule(f"change must be one of {', '.join(ENTRY_CHANGES)}, got {change!r}")
+    if valid_until is not None and change not in ("allow", "deny"):
+        raise InvalidPolicyRule("only an allow or a deny takes an end date")
+    own = _own_rules(entry, rules)
+    others = [r for r in rules if r not in own]
+    kept_allows = [r for r in own if r.effect is Effect.ALLOW]
+    scope = {"requester": entry.requester, "provider": entry.provider,
+             "task_code": entry.task_code, "info_type_code": entry.info_type_code}
+    if change in ("allow", "deny"):
+        return [*others, PolicyRuleIn(effect=Effect(change), valid_until=valid_until, **scope)]
+    if change == "pause":
+        return [*others, *kept_allows, PolicyRuleIn(effect=Effect.DENY, **scope)]
+    if change == "resume":
+        return [*others, *kept_allows]
+    return others
+
+
+def weigh_exchanges(
+    *,
+    entries: Sequence[tuple[WhitelistEntry, Sequence[str]]],
+    rules: Sequence[PolicyRuleIn],
+    classes_of: ClassResolver,
+    at: datetime | None = None,
+) -> list[Exchange]:
+    """How `rules` (saved or only previewed) decide each entry's exchange with each provider:
+    the same weighing as `decide`, so a preview says what the next query will do."""
+    resolve = class_resolver(classes_of)
+    at = naive_utc(at) if at else utcnow()
+    rows = [_rule_row(rule, position) for position, rule in enumerate(rules)]  # never added
+    found = []
+    for entry, providers in entries:
+        # an entry naming a class of requesters: a rule about that class applies to it
+        requester_classes = (frozenset({entry.requester.removeprefix(CLASS_PREFIX)})
+                             if entry.requester.startswith(CLASS_PREFIX) else resolve(entry.requester))
+        for provider in providers:
+            question = _Question(
+                requester=entry.requester, provider=provider, task_code=entry.task_code,
+                info_type_code=entry.info_type_code, at=at,
+                requester_classes=requester_classes, provider_classes=resolve(provider),
+            )
+            applying = [r for r in rows if _applies(r, question)]
+            found.append(Exchange(entry=entry, provider=provider, decision=_weigh(entry, None, applying)))
+    return found
+
+
+def _own_rules(entry: WhitelistEntry, rules: Sequence[PolicyRuleIn]) -> list[PolicyRuleIn]:
+    key = _row_key(entry)
+    return [r for r in rules if (r.requester, r.provider, r.task_code, r.info_type_code) == key]
+
+
+def _in_force(rule: PolicyRuleIn, at: datetime) -> bool:
+    if rule.valid_from is not None and at < rule.valid_from:
+        return False
+    return rule.valid_until is None or at < rule.valid_until
+
+
+def _covers(rule: PolicyRuleIn, entry: WhitelistEntry) -> bool:
+    # a broader rule: every field it names is the entry's own (None matches anything)
+    return all(
+        mine is None or mine == theirs
+        for mine, theirs in zip(
+            (rule.requester, rule.provider, rule.task_code, rule.info_type_code),
+            _row_key(entry), strict=True,
+        )
+    )
+
+
+@dataclass(frozen=True)
+class PolicyChange:
+    """One version of the person's policy and what it changed from the version before."""
+
+    version: PolicyVersion
+    added: list[PolicyRuleIn]
+    removed: list[PolicyRuleIn]
+    receipt_id: str | None
+
+
+def policy_history(*, db_session: Session, person_key: str) -> list[PolicyChange]:
+    """Every version of the person's policy, newest first, with the rules each added and removed."""
+    versions = list_policy_versions(db_session=db_session, person_key=person_key)
+    changes = []
+    for newer, older in zip(versions, [*versions[1:], None], strict=True):
+        now_rules = Counter(r.as_input() for r in newer.rules)
+        before = Counter(r.as_input() for r in older.rules) if older else Counter()
+        changes.append(PolicyChange(
+            version=newer,
+            added=list((now_rules - before).elements()),
+            removed=list((before - now_rules).elements()),
+            receipt_id=newer.receipt.id if newer.receipt else None,
+        ))
+    return changes

@@ -117,12 +117,15 @@ def visible_text(html: str) -> str:
 
 
 def test_english_switch_persists_and_every_page_is_translated(hub, fed, bootstrap):
+    set_rules(fed, PolicyRuleIn(effect="deny", info_type_code="FUHYO"))  # a policy, and a receipt to read
     client = portal_login(hub, "disco-person", "disco password")
+    receipt = re.search(r'href="(/portal/consent/[0-9a-f-]{36})"', client.get("/portal/consent").text).group(1)
     page = client.get("/portal/history")
     assert '<html lang="ja">' in page.text and page.headers["content-language"] == "ja"
     r = client.get("/portal/lang", params={"to": "en", "next": "/portal/history"})
     assert r.status_code == 303 and r.headers["location"] == "/portal/history"
-    for path in ("/portal/", "/portal/data", "/portal/history", "/portal/logout"):
+    for path in ("/portal/", "/portal/data", "/portal/history", "/portal/logout", "/portal/policy",
+                 "/portal/consent", receipt):
         page = client.get(path)
         assert page.status_code == 200 and '<html lang="en">' in page.text
         # this federation's data (agency names, codes) is ASCII: any Japanese left is untranslated
