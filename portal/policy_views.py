@@ -24,9 +24,7 @@ from portal.models import PortalSession
 from portal.views import PERSON, _page
 from pseudonym import service as pseudonyms
 
-# no prefix of its own: portal.views' router (prefix /portal) includes this one, and FastAPI
-# joins the prefixes (a /portal prefix here would serve /portal/portal/policy)
-router = APIRouter(tags=["portal"], include_in_schema=False)
+router = APIRouter(prefix="/portal", tags=["portal"], include_in_schema=False)
 
 RECEIPT_ID_MAX = 36  # a UUID, as consent_receipt.id holds it
 # outcomes of a previewed exchange: refused on the person's account, or happening because of a law

@@ -205,4 +205,3 @@ def history_page(request: Request, db_session: Session = DB, session: PortalSess
     return _page(request, "history.html", session, title="やりとり履歴", page=page, outcomes=OUTCOMES.items(),
                  names=service.agency_names(db_session=db_session),
                  filters={"start": start or "", "end": end or "", "agency": agency or "", "outcome": outcome or ""})
-router.include_router(__import__("portal.policy_views", fromlist=["router"]).router)  # after PERSON and _page: it uses them

@@ -61,8 +61,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from discovery.api import router as discovery_api
     from discovery.soap import router as discovery_soap
     from idp.views import router as idp_router
+    from portal.routes import router as portal_router
     from portal.views import LoginRequired, login_redirect_handler, portal_static
-    from portal.views import router as portal_router
     from renkei.operator_api import router as operator_api
 
     app = FastAPI(title="Renkei", version=__version__, docs_url=None, redoc_url=None,

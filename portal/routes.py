@@ -1,0 +1,11 @@
+"""Every page of the portal, gathered for the app factory: the core pages (login, overview,
+where my data is, history) and each part's own module."""
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from portal import policy_views, views
+
+router = APIRouter()
+for part in (views, policy_views):
+    router.include_router(part.router)
