@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     login_lockout_seconds: int = 300
     # how often each app process integrates queued history entries into the Merkle tree
     history_integrate_seconds: float = 0.2
+    # how long entries are kept before `renkei history prune` drops their months (7 years)
+    history_retention_days: int = Field(default=7 * 365 + 2, ge=1)
+    operations_retention_days: int = Field(default=7 * 365 + 2, ge=1)
 
     @property
     def db_url(self) -> str:
