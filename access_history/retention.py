@@ -120,11 +120,12 @@ class LogPrune:
     cut: datetime
     entries: int = 0
     partitions: list[str] = field(default_factory=list)
+    in_default: int = 0  # PostgreSQL: old rows that landed in the DEFAULT partition
 
     def describe(self) -> dict[str, object]:
         return {"log": self.log, "retention_days": self.retention_days,
                 "pruned_before": self.cut.isoformat(), "entries": self.entries,
-                "partitions": self.partitions}
+                "partitions": self.partitions, "from_default_partition": self.in_default}
 
 
 def retention_cut(now: datetime, retention_days: int) -> datetime:
@@ -147,6 +148,9 @@ def plan(*, db_session: Session, retention: dict[str, int], now: datetime | None
                 if add_months(month, 1) <= item.cut:
                     item.partitions.append(name)
                     item.entries += conn.execute(text(f"SELECT count(*) FROM {name}")).scalar() or 0
+            item.in_default = conn.execute(text(f"SELECT count(*) FROM {table}_default WHERE recorded_at < :cut"),
+                                           {"cut": item.cut}).scalar() or 0
+            item.entries += item.in_default
         else:
             item.entries = db_session.scalar(
                 select(func.count()).select_from(entry).where(entry.recorded_at < item.cut)) or 0
@@ -157,7 +161,8 @@ def plan(*, db_session: Session, retention: dict[str, int], now: datetime | None
 def prune(*, db_session: Session, retention: dict[str, int], now: datetime | None = None) -> list[LogPrune]:
     """Drop each log's entries of whole months older than its retention; keep the tree.
 
-    PostgreSQL: DETACH and DROP the month partitions (DEFAULT keeps whatever landed there).
+    PostgreSQL: DETACH and DROP the month partitions, and delete what landed in DEFAULT (its
+    row trigger disabled for that statement only).
     SQLite: DELETE the rows, the append-only triggers dropped and re-created around it. All in
     the caller's transaction, so it happens whole or not at all; the caller commits.
     """
@@ -169,6 +174,11 @@ def prune(*, db_session: Session, retention: dict[str, int], now: datetime | Non
             for name in item.partitions:
                 conn.execute(text(f"ALTER TABLE {table} DETACH PARTITION {name}"))
                 conn.execute(text(f"DROP TABLE {name}"))
+            if item.in_default:  # months that had no partition when written
+                default = f"{table}_default"
+                conn.execute(text(f"ALTER TABLE {default} DISABLE TRIGGER {table}_no_change"))
+                conn.execute(text(f"DELETE FROM {default} WHERE recorded_at < :cut"), {"cut": item.cut})
+                conn.execute(text(f"ALTER TABLE {default} ENABLE TRIGGER {table}_no_change"))
         elif item.entries:
             entry = HistoryEntry if item.log == ACCESS_LOG else OperationEntry
             triggers = conn.execute(text(

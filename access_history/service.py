@@ -114,15 +114,20 @@ def append_many(*, db_session: Session, entries: Sequence[EntryIn]) -> list[Hist
     return rows
 
 
-def record_operation(*, db_session: Session, operation: OperationIn) -> OperationEntry:
-    """Record an administrative change or authentication event; flushes, the caller commits."""
+def _operation_row(operation: OperationIn, now: datetime) -> OperationEntry:
     row = OperationEntry(
-        entry_id=_new_id(), recorded_at=utcnow(), actor=operation.actor,
+        entry_id=_new_id(), recorded_at=now, actor=operation.actor,
         channel=operation.channel, action=operation.action, target=operation.target,
         outcome=operation.outcome, client=operation.client,
         detail=canonical_json(operation.detail).decode(), salt=os.urandom(32),
     )
     row.leaf_data = commitment(OPERATIONS_LOG, row.salt, operation_record(row))
+    return row
+
+
+def record_operation(*, db_session: Session, operation: OperationIn) -> OperationEntry:
+    """Record an administrative change or authentication event; flushes, the caller commits."""
+    row = _operation_row(operation, utcnow())
     try:
         db_session.add(row)
         db_session.flush()
