@@ -3,6 +3,7 @@ partitions on PostgreSQL, rows on SQLite), keeps the tree, and exports still ver
 from __future__ import annotations
 
 import json
+import secrets
 from datetime import datetime, timedelta
 
 import pytest
@@ -13,11 +14,24 @@ from sqlalchemy.exc import DBAPIError
 from access_history import audit, ledger, retention, service
 from access_history.models import HistoryEntry, OperationEntry, OperationIn
 from kernel.db import utcnow
+from kernel.keys import KeyStore
 from kernel.settings import reset_settings
 from renkei.cli import main
-from tests.test_access_history import Log, decision, keys, log  # noqa: F401
+from tests.test_access_history import Log, decision
 
 POSTGRES = "postgresql"
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory) -> KeyStore:
+    keys = KeyStore(tmp_path_factory.mktemp("keys"))
+    keys.create_secret(service.NOTE_SECRET)
+    return keys
+
+
+@pytest.fixture()
+def log(tmp_path, keys) -> Log:
+    return Log(tmp_path, f"retention_{secrets.token_hex(3)}", keys)
 
 
 def append_at(log: Log, when: datetime, entries) -> list[HistoryEntry]:
@@ -88,12 +102,10 @@ def test_prune_drops_old_months_keeps_the_tree_and_exports_still_verify(log):
         page = service.timeline(db_session=db, person_key="alice")
         assert {e.entry.entry_id for e in page.entries} == {kept[0].entry_id, recent[0].entry_id}
         # the append-only triggers are still there for normal use
-        with pytest.raises(DBAPIError):
-            with db.begin_nested():
-                db.execute(update(HistoryEntry).values(task_code="X"))
-        with pytest.raises(DBAPIError):
-            with db.begin_nested():
-                db.execute(text("DELETE FROM history_entries"))
+        with pytest.raises(DBAPIError), db.begin_nested():
+            db.execute(update(HistoryEntry).values(task_code="X"))
+        with pytest.raises(DBAPIError), db.begin_nested():
+            db.execute(text("DELETE FROM history_entries"))
     if log.engine.dialect.name == POSTGRES:
         names = partitions(log, "history_entries")
         assert retention.partition_name("history_entries", prev_month) not in names
@@ -184,3 +196,22 @@ def test_cli_prune_respects_retention_settings_and_dry_run(log, monkeypatch):
     finally:
         monkeypatch.undo()
         reset_settings()
+
+
+def test_the_integrator_keeps_partitions_ahead_at_most_once_an_hour(log):
+    if log.engine.dialect.name != POSTGRES:
+        pytest.skip("month partitions are PostgreSQL's")
+    ahead = retention.partition_name(
+        "history_entries", retention.add_months(retention.month_start(utcnow()), retention.MONTHS_AHEAD))
+
+    def drop_ahead() -> None:
+        with log.engine.begin() as conn:
+            conn.execute(text(f"DROP TABLE {ahead}"))
+
+    drop_ahead()
+    integrator = ledger.Integrator(log.session, lambda name: log.signer(name))
+    integrator.run_once()
+    assert ahead in partitions(log, "history_entries")
+    drop_ahead()
+    integrator.run_once()  # within the hour: no catalogue work on every round
+    assert ahead not in partitions(log, "history_entries")
