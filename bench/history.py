@@ -322,6 +322,9 @@ def build_entries(url: str, home: Path, total: int) -> dict:
              for g in random.sample(range(total), min(200, total))]))).all()
         leaves_ok = all(commitment("access", r.salt, service.access_record(r)) == r.leaf_data for r in sample)
         state = db.get(LogState, "access")
+        if state is None:  # run without phase [a]: no entry was integrated yet
+            state = LogState(log="access")
+            db.add(state)
         state.size, state.root_hash, state.frontier = size, root, b"".join(frontier)
         state.updated_at = utcnow()
         signer = service.log_signer(keys=_keys(home), scope=SCOPE, log="access")
