@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 from access_history import ledger, tlog
@@ -72,14 +72,13 @@ def _leaf_range(db_session: Session, log: str, f: ExportFilter, size: int) -> tu
     """The leaves [start, end) whose entries fall in the time window (all of them without one)."""
     if f.start is None and f.end is None:
         return 0, size
-    table = _entry_table(log)
+    # the leaves carry their entry's time: no join, and it holds for pruned entries too
     stmt = (select(func.min(LogLeaf.leaf_index), func.max(LogLeaf.leaf_index))
-            .join(table, table.id == LogLeaf.entry_ref)
             .where(LogLeaf.log == log, LogLeaf.leaf_index < size))
     if f.start is not None:
-        stmt = stmt.where(table.recorded_at >= f.start)
+        stmt = stmt.where(LogLeaf.entry_time >= f.start)
     if f.end is not None:
-        stmt = stmt.where(table.recorded_at < f.end)
+        stmt = stmt.where(LogLeaf.entry_time < f.end)
     lo, hi = db_session.execute(stmt).one()
     return (0, 0) if lo is None else (lo, hi + 1)
 
@@ -93,14 +92,18 @@ def export(*, db_session: Session, log: str, verifier_key: str, filters: ExportF
     With `since_size` (an auditor's saved checkpoint), the header carries a consistency proof
     from that size to the exported one.
     """
+    from access_history.retention import pruned_before
+
     checkpoint = ledger.latest_checkpoint(db_session=db_session, log=log)
     size = checkpoint.size if checkpoint else 0
     start, end = _leaf_range(db_session, log, filters, size)
+    pruned = pruned_before(db_session=db_session, log=log)
     header: dict[str, Any] = {
         "type": "header", "format": FORMAT, "log": log, "tree_size": size,
         "checkpoint": checkpoint.note if checkpoint else None, "verifier_key": verifier_key,
         "start_index": start, "end_index": end, "filters": filters.describe(),
         "complete": filters.is_full(),
+        "pruned_before": pruned.isoformat() if pruned else None,
         "range_proof": [_b64(h) for h in ledger.range_proof(
             db_session=db_session, log=log, start=start, end=end, size=size)] if end > start else [],
     }
@@ -110,22 +113,32 @@ def export(*, db_session: Session, log: str, verifier_key: str, filters: ExportF
     yield header
     table = _entry_table(log)
     to_record = access_record if log == ACCESS_LOG else operation_record
+    # joined on (id, recorded_at) so PostgreSQL reads only the months of the range; outer, so
+    # a leaf whose entry retention dropped still shows (its hash is all the proof needs)
+    on = [table.id == LogLeaf.entry_ref, table.recorded_at == LogLeaf.entry_time]
+    first, last = db_session.execute(select(func.min(LogLeaf.entry_time), func.max(LogLeaf.entry_time)).where(
+        LogLeaf.log == log, LogLeaf.leaf_index >= start, LogLeaf.leaf_index < end)).one()
+    if first is not None:
+        on.append(table.recorded_at.between(first, last))
     stmt = (select(LogLeaf.leaf_index, LogLeaf.leaf_hash, table)
-            .join(table, table.id == LogLeaf.entry_ref)
+            .outerjoin(table, and_(*on))
             .where(LogLeaf.log == log, LogLeaf.leaf_index >= start, LogLeaf.leaf_index < end)
             .order_by(LogLeaf.leaf_index).execution_options(yield_per=2000))
     count = 0
     for index, leaf_hash, row in db_session.execute(stmt):
-        record = to_record(row)
-        if filters.keeps(record, row.recorded_at):
-            yield {"type": "entry", "index": index, "leaf_data": _b64(row.leaf_data),
-                   "salt": _b64(row.salt), **record}
+        if row is None:
+            yield {"type": "leaf", "index": index, "leaf_hash": _b64(leaf_hash), "pruned": True}
         else:
-            yield {"type": "leaf", "index": index, "leaf_hash": _b64(leaf_hash)}
+            record = to_record(row)
+            if filters.keeps(record, row.recorded_at):
+                yield {"type": "entry", "index": index, "leaf_data": _b64(row.leaf_data),
+                       "salt": _b64(row.salt), **record}
+            else:
+                yield {"type": "leaf", "index": index, "leaf_hash": _b64(leaf_hash)}
+            db_session.expunge(row)
         count += 1
         if progress is not None and count % 1000 == 0:
             progress(1000)
-        db_session.expunge(row)
     if progress is not None:
         progress(count % 1000)
     yield {"type": "end", "leaves": count}

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import delete, select, update
@@ -40,16 +42,18 @@ class LogSigner:
         return tlog.verifier_key(self.name, self.private_key.public_key())
 
 
-def enqueue(*, db_session: Session, log: str, entry_ref: int, leaf_data: bytes) -> None:
+def enqueue(*, db_session: Session, log: str, entry_ref: int, entry_time: datetime,
+            leaf_data: bytes) -> None:
     """Queue an entry's commitment for its log's next integration; the caller commits."""
-    db_session.add(LogQueue(log=log, entry_ref=entry_ref, leaf_data=leaf_data))
+    db_session.add(LogQueue(log=log, entry_ref=entry_ref, entry_time=entry_time, leaf_data=leaf_data))
 
 
-def enqueue_many(*, db_session: Session, log: str, rows: list[tuple[int, bytes]]) -> None:
-    """`enqueue` for several entries in one statement."""
+def enqueue_many(*, db_session: Session, log: str, rows: list[tuple[int, datetime, bytes]]) -> None:
+    """`enqueue` for several entries (id, recorded_at, leaf data) in one statement."""
     if rows:
-        db_session.execute(LogQueue.__table__.insert(),
-                           [{"log": log, "entry_ref": ref, "leaf_data": data} for ref, data in rows])
+        db_session.execute(LogQueue.__table__.insert(), [
+            {"log": log, "entry_ref": ref, "entry_time": when, "leaf_data": data}
+            for ref, when, data in rows])
 
 
 def _frontier(blob: bytes) -> list[bytes]:
@@ -83,16 +87,17 @@ def integrate(*, db_session: Session, log: str, signer: LogSigner, batch: int = 
     if state is None:
         return 0
     queued = db_session.execute(
-        select(LogQueue.id, LogQueue.entry_ref, LogQueue.leaf_data)
+        select(LogQueue.id, LogQueue.entry_ref, LogQueue.entry_time, LogQueue.leaf_data)
         .where(LogQueue.log == log).order_by(LogQueue.id).limit(batch)
     ).all()
     if not queued:
         return 0
     size, frontier = state.size, _frontier(state.frontier)
     leaves, nodes = [], []
-    for _, entry_ref, leaf_data in queued:
+    for _, entry_ref, entry_time, leaf_data in queued:
         node = tlog.leaf_hash(leaf_data)
-        leaves.append({"log": log, "leaf_index": size, "entry_ref": entry_ref, "leaf_hash": node})
+        leaves.append({"log": log, "leaf_index": size, "entry_ref": entry_ref, "entry_time": entry_time,
+                       "leaf_hash": node})
         index, level = size, 0
         while index & 1:  # a right child: fold it with its left sibling on the frontier
             node = tlog.node_hash(frontier.pop(), node)
@@ -191,6 +196,8 @@ class Integrator:
     call to integrate everything queued before they read the tree).
     """
 
+    PARTITIONS_EVERY = 3600.0  # seconds between checks that next months' partitions exist
+
     def __init__(self, session_scope: Callable, signers: Callable[[str], LogSigner],
                  interval: float = 0.2):
         self._session_scope = session_scope
@@ -198,8 +205,21 @@ class Integrator:
         self._interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._partitions_checked: float | None = None
+
+    def keep_partitions_ahead(self) -> None:
+        """At most once an hour, create the coming months' partitions (PostgreSQL)."""
+        from access_history import retention
+
+        now = time.monotonic()
+        if self._partitions_checked is not None and now - self._partitions_checked < self.PARTITIONS_EVERY:
+            return
+        self._partitions_checked = now
+        with self._session_scope() as db:
+            retention.ensure_partitions(db.connection())
 
     def run_once(self) -> int:
+        self.keep_partitions_ahead()
         done = 0
         for log in LOG_NAMES:
             while True:

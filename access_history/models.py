@@ -26,9 +26,14 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
+    PrimaryKeyConstraint,
+    Sequence,
     SmallInteger,
     String,
     Text,
+    UniqueConstraint,
+    event,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -52,6 +57,10 @@ HASH_LEN = 32
 
 # SQLite only makes an INTEGER PRIMARY KEY an auto-incrementing rowid; PostgreSQL gets 64 bits.
 BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
+# Entries are partitioned by month on PostgreSQL, so their key is (id, recorded_at) and `id`
+# cannot autoincrement: PostgreSQL draws it from a sequence, SQLite from `entry_id_counters`.
+ENTRY_SEQUENCES = {"history_entries": "history_entries_id_seq",
+                   "operation_entries": "operation_entries_id_seq"}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -86,10 +95,14 @@ class HistoryEntry(Base):
         # one person's timeline, newest first, by keyset (recorded_at, id)
         Index("ix_history_entries_person_time", "person_key", "recorded_at", "id"),
         Index("ix_history_entries_recorded_at", "recorded_at", "id"),
+        # a partitioned table's keys must include its partition key
+        PrimaryKeyConstraint("id", "recorded_at"),
+        UniqueConstraint("entry_id", "recorded_at"),
     )
 
-    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True)
-    entry_id: Mapped[str] = mapped_column(String(ID_LEN), unique=True)
+    id: Mapped[int] = mapped_column(BigInteger, Sequence(ENTRY_SEQUENCES["history_entries"]),
+                                    autoincrement=False)
+    entry_id: Mapped[str] = mapped_column(String(ID_LEN))
     recorded_at: Mapped[datetime] = mapped_column(DateTime)
     kind: Mapped[str] = mapped_column(String(16))
     channel: Mapped[str] = mapped_column(String(16))
@@ -122,10 +135,15 @@ class OperationEntry(Base):
     """One entry of the operations log: an administrative change or an authentication event."""
 
     __tablename__ = "operation_entries"
-    __table_args__ = (Index("ix_operation_entries_recorded_at", "recorded_at", "id"),)
+    __table_args__ = (
+        Index("ix_operation_entries_recorded_at", "recorded_at", "id"),
+        PrimaryKeyConstraint("id", "recorded_at"),
+        UniqueConstraint("entry_id", "recorded_at"),
+    )
 
-    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True)
-    entry_id: Mapped[str] = mapped_column(String(ID_LEN), unique=True)
+    id: Mapped[int] = mapped_column(BigInteger, Sequence(ENTRY_SEQUENCES["operation_entries"]),
+                                    autoincrement=False)
+    entry_id: Mapped[str] = mapped_column(String(ID_LEN))
     recorded_at: Mapped[datetime] = mapped_column(DateTime)
     actor: Mapped[str] = mapped_column(String(STAFF_MAX))  # a named operator, or who tried
     channel: Mapped[str] = mapped_column(String(16))  # api | cli | login
@@ -136,6 +154,33 @@ class OperationEntry(Base):
     detail: Mapped[str] = mapped_column(Text)  # canonical JSON: before/after, reason
     salt: Mapped[bytes] = mapped_column(LargeBinary(SALT_LEN))
     leaf_data: Mapped[bytes] = mapped_column(LargeBinary(HASH_LEN))
+
+
+class EntryIdCounter(Base):
+    """The last id given to an entry table's row, on SQLite (PostgreSQL uses a sequence).
+
+    Bumped in the appending transaction itself: SQLite has one writer at a time, so the bump
+    takes the write lock first and no two transactions see the same value; a rollback gives
+    the id back with the entry. (A separate transaction would wait for the caller's own lock.)
+    """
+
+    __tablename__ = "entry_id_counters"
+
+    table_name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    last_id: Mapped[int] = mapped_column(BigInteger)
+
+
+def _assign_sqlite_id(mapper, connection, target) -> None:
+    if target.id is not None or connection.dialect.name != "sqlite":
+        return
+    table = mapper.local_table.name
+    target.id = connection.execute(
+        text("UPDATE entry_id_counters SET last_id = last_id + 1 WHERE table_name = :t RETURNING last_id"),
+        {"t": table}).scalar()
+    if target.id is None:  # a database made before the counter row: start after what is there
+        target.id = (connection.execute(text(f"SELECT coalesce(max(id), 0) + 1 FROM {table}")).scalar())
+        connection.execute(text("INSERT INTO entry_id_counters (table_name, last_id) VALUES (:t, :i)"),
+                           {"t": table, "i": target.id})
 
 
 class DisclosureReport(Base):
@@ -161,6 +206,7 @@ class LogQueue(Base):
     id: Mapped[int] = mapped_column(BIG_ID, primary_key=True)
     log: Mapped[str] = mapped_column(String(16))
     entry_ref: Mapped[int] = mapped_column(BigInteger)
+    entry_time: Mapped[datetime] = mapped_column(DateTime)  # the entry's recorded_at: its partition
     leaf_data: Mapped[bytes] = mapped_column(LargeBinary(HASH_LEN))
 
 
@@ -168,11 +214,15 @@ class LogLeaf(Base):
     """Leaf `leaf_index` of a log: which entry it is and its RFC 9162 leaf hash."""
 
     __tablename__ = "tlog_leaves"
-    __table_args__ = (Index("ix_tlog_leaves_entry", "log", "entry_ref", unique=True),)
+    __table_args__ = (Index("ix_tlog_leaves_entry", "log", "entry_ref", unique=True),
+                      Index("ix_tlog_leaves_time", "log", "entry_time"))
 
     log: Mapped[str] = mapped_column(String(16), primary_key=True)
     leaf_index: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     entry_ref: Mapped[int] = mapped_column(BigInteger)
+    # the entry's recorded_at: entries are joined on (id, recorded_at), so PostgreSQL reads
+    # only the month partitions it needs, and the leaf outlives its pruned entry
+    entry_time: Mapped[datetime] = mapped_column(DateTime)
     leaf_hash: Mapped[bytes] = mapped_column(LargeBinary(HASH_LEN))
 
 
@@ -198,6 +248,8 @@ class LogState(Base):
     root_hash: Mapped[bytes] = mapped_column(LargeBinary(HASH_LEN))
     frontier: Mapped[bytes] = mapped_column(LargeBinary)  # the right edge's subtree roots
     updated_at: Mapped[datetime] = mapped_column(DateTime)
+    # entries recorded before this were dropped by retention; their leaves and nodes stay
+    pruned_before: Mapped[datetime | None] = mapped_column(DateTime)
 
 
 class LogCheckpoint(Base):
@@ -210,6 +262,10 @@ class LogCheckpoint(Base):
     root_hash: Mapped[bytes] = mapped_column(LargeBinary(HASH_LEN))
     note: Mapped[str] = mapped_column(Text)
     signed_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+event.listen(HistoryEntry, "before_insert", _assign_sqlite_id)
+event.listen(OperationEntry, "before_insert", _assign_sqlite_id)
 
 
 # --- value objects ------------------------------------------------------------------------

@@ -108,26 +108,31 @@ def append_many(*, db_session: Session, entries: Sequence[EntryIn]) -> list[Hist
         db_session.add_all(rows)
         db_session.flush()
         ledger.enqueue_many(db_session=db_session, log=ACCESS_LOG,
-                            rows=[(row.id, row.leaf_data) for row in rows])
+                            rows=[(row.id, row.recorded_at, row.leaf_data) for row in rows])
     except SQLAlchemyError as exc:
         raise LogWriteFailed("the access history could not be written") from exc
     return rows
 
 
-def record_operation(*, db_session: Session, operation: OperationIn) -> OperationEntry:
-    """Record an administrative change or authentication event; flushes, the caller commits."""
+def _operation_row(operation: OperationIn, now: datetime) -> OperationEntry:
     row = OperationEntry(
-        entry_id=_new_id(), recorded_at=utcnow(), actor=operation.actor,
+        entry_id=_new_id(), recorded_at=now, actor=operation.actor,
         channel=operation.channel, action=operation.action, target=operation.target,
         outcome=operation.outcome, client=operation.client,
         detail=canonical_json(operation.detail).decode(), salt=os.urandom(32),
     )
     row.leaf_data = commitment(OPERATIONS_LOG, row.salt, operation_record(row))
+    return row
+
+
+def record_operation(*, db_session: Session, operation: OperationIn) -> OperationEntry:
+    """Record an administrative change or authentication event; flushes, the caller commits."""
+    row = _operation_row(operation, utcnow())
     try:
         db_session.add(row)
         db_session.flush()
         ledger.enqueue(db_session=db_session, log=OPERATIONS_LOG, entry_ref=row.id,
-                       leaf_data=row.leaf_data)
+                       entry_time=row.recorded_at, leaf_data=row.leaf_data)
         db_session.flush()
     except SQLAlchemyError as exc:
         raise LogWriteFailed("the operations log could not be written") from exc
@@ -230,7 +235,9 @@ def timeline(*, db_session: Session, person_key: str, limit: int = 50, cursor: s
     stmt = select(HistoryEntry).where(HistoryEntry.person_key == person_key, *_filters(filters))
     if cursor is not None:
         c = Cursor.decode(cursor)
-        stmt = stmt.where(or_(HistoryEntry.recorded_at < c.recorded_at,
+        # the plain `<=` lets PostgreSQL skip the month partitions after the cursor
+        stmt = stmt.where(HistoryEntry.recorded_at <= c.recorded_at,
+                          or_(HistoryEntry.recorded_at < c.recorded_at,
                               and_(HistoryEntry.recorded_at == c.recorded_at, HistoryEntry.id < c.id)))
     rows = list(db_session.scalars(
         stmt.order_by(HistoryEntry.recorded_at.desc(), HistoryEntry.id.desc()).limit(limit + 1)))

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     )
     # failures older than this are forgotten
     login_failure_window_seconds: int = 24 * 3600
+    # how long entries are kept before `renkei history prune` drops their months (7 years)
+    history_retention_days: int = Field(default=7 * 365 + 2, ge=1)
+    operations_retention_days: int = Field(default=7 * 365 + 2, ge=1)
 
     @property
     def db_url(self) -> str:

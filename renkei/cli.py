@@ -579,6 +579,7 @@ def demo(config_file: Path | None, no_serve: bool, run_scenarios: bool) -> None:
 
 
 main.add_command(audit)
+main.add_command(__import__("renkei.history_cli", fromlist=["history"]).history)
 
 if __name__ == "__main__":
     main()

@@ -39,9 +39,26 @@ def _append_only(table: str) -> list[str]:
             f"CREATE TRIGGER {table}_no_delete BEFORE DELETE ON {table} {refuse}"]
 
 
+def _entry_id(table: str) -> sa.Column:
+    """An entry's id: from a sequence on PostgreSQL, from `entry_id_counters` on SQLite (the
+    key is (id, recorded_at), which SQLite cannot autoincrement)."""
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(f"CREATE SEQUENCE {table}_id_seq AS bigint")
+        return sa.Column('id', sa.BigInteger(), server_default=sa.text(f"nextval('{table}_id_seq')"),
+                         nullable=False)
+    return sa.Column('id', sa.BigInteger(), nullable=False)
+
+
+def _partitioned() -> dict[str, str]:
+    """PostgreSQL: partition the entries by month of recorded_at (retention drops months)."""
+    if op.get_bind().dialect.name == "postgresql":
+        return {"postgresql_partition_by": "RANGE (recorded_at)"}
+    return {}
+
+
 def upgrade() -> None:
     op.create_table('history_entries',
-    sa.Column('id', BIG_ID, nullable=False),
+    _entry_id('history_entries'),
     sa.Column('entry_id', sa.String(length=32), nullable=False),
     sa.Column('recorded_at', sa.DateTime(), nullable=False),
     sa.Column('kind', sa.String(length=16), nullable=False),
@@ -71,15 +88,16 @@ def upgrade() -> None:
     sa.Column('leaf_data', sa.LargeBinary(length=32), nullable=False),
     sa.CheckConstraint("kind IN ('decision', 'disclosure', 'relay')", name=op.f('ck_history_entries_kind')),
     sa.CheckConstraint("permitted IS NOT NULL OR kind = 'disclosure'", name=op.f('ck_history_entries_permitted')),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_history_entries')),
-    sa.UniqueConstraint('entry_id', name=op.f('uq_history_entries_entry_id'))
+    sa.PrimaryKeyConstraint('id', 'recorded_at', name=op.f('pk_history_entries')),
+    sa.UniqueConstraint('entry_id', 'recorded_at', name=op.f('uq_history_entries_entry_id')),
+    **_partitioned(),
     )
     op.create_index(op.f('ix_history_entries_decision_id'), 'history_entries', ['decision_id'], unique=False)
     op.create_index('ix_history_entries_person_time', 'history_entries', ['person_key', 'recorded_at', 'id'], unique=False)
     op.create_index(op.f('ix_history_entries_query_group_id'), 'history_entries', ['query_group_id'], unique=False)
     op.create_index('ix_history_entries_recorded_at', 'history_entries', ['recorded_at', 'id'], unique=False)
     op.create_table('operation_entries',
-    sa.Column('id', BIG_ID, nullable=False),
+    _entry_id('operation_entries'),
     sa.Column('entry_id', sa.String(length=32), nullable=False),
     sa.Column('recorded_at', sa.DateTime(), nullable=False),
     sa.Column('actor', sa.String(length=256), nullable=False),
@@ -91,8 +109,14 @@ def upgrade() -> None:
     sa.Column('detail', sa.Text(), nullable=False),
     sa.Column('salt', sa.LargeBinary(length=32), nullable=False),
     sa.Column('leaf_data', sa.LargeBinary(length=32), nullable=False),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_operation_entries')),
-    sa.UniqueConstraint('entry_id', name=op.f('uq_operation_entries_entry_id'))
+    sa.PrimaryKeyConstraint('id', 'recorded_at', name=op.f('pk_operation_entries')),
+    sa.UniqueConstraint('entry_id', 'recorded_at', name=op.f('uq_operation_entries_entry_id')),
+    **_partitioned(),
+    )
+    op.create_table('entry_id_counters',
+    sa.Column('table_name', sa.String(length=32), nullable=False),
+    sa.Column('last_id', sa.BigInteger(), nullable=False),
+    sa.PrimaryKeyConstraint('table_name', name=op.f('pk_entry_id_counters'))
     )
     op.create_index('ix_operation_entries_recorded_at', 'operation_entries', ['recorded_at', 'id'], unique=False)
     op.create_table('disclosure_reports',
@@ -114,10 +138,12 @@ def upgrade() -> None:
     sa.Column('log', sa.String(length=16), nullable=False),
     sa.Column('leaf_index', sa.BigInteger(), autoincrement=False, nullable=False),
     sa.Column('entry_ref', sa.BigInteger(), nullable=False),
+    sa.Column('entry_time', sa.DateTime(), nullable=False),
     sa.Column('leaf_hash', sa.LargeBinary(length=32), nullable=False),
     sa.PrimaryKeyConstraint('log', 'leaf_index', name=op.f('pk_tlog_leaves'))
     )
     op.create_index('ix_tlog_leaves_entry', 'tlog_leaves', ['log', 'entry_ref'], unique=True)
+    op.create_index('ix_tlog_leaves_time', 'tlog_leaves', ['log', 'entry_time'], unique=False)
     op.create_table('tlog_nodes',
     sa.Column('log', sa.String(length=16), nullable=False),
     sa.Column('level', sa.SmallInteger(), autoincrement=False, nullable=False),
@@ -129,6 +155,7 @@ def upgrade() -> None:
     sa.Column('id', BIG_ID, nullable=False),
     sa.Column('log', sa.String(length=16), nullable=False),
     sa.Column('entry_ref', sa.BigInteger(), nullable=False),
+    sa.Column('entry_time', sa.DateTime(), nullable=False),
     sa.Column('leaf_data', sa.LargeBinary(length=32), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_tlog_queue'))
     )
@@ -139,6 +166,7 @@ def upgrade() -> None:
     sa.Column('root_hash', sa.LargeBinary(length=32), nullable=False),
     sa.Column('frontier', sa.LargeBinary(), nullable=False),
     sa.Column('updated_at', sa.DateTime(), nullable=False),
+    sa.Column('pruned_before', sa.DateTime(), nullable=True),
     sa.PrimaryKeyConstraint('log', name=op.f('pk_tlog_state'))
     )
     for table in APPEND_ONLY:
@@ -151,30 +179,36 @@ def upgrade() -> None:
 def _carry_over_old_entries() -> None:
     """Each entry of the old per-owner chains becomes an entry of the new log, queued in order."""
     from access_history.record import commitment, iso_utc, person_ref
+    from access_history.retention import ensure_partitions
 
     bind = op.get_bind()
     old = bind.execute(sa.text(
         "SELECT owner, seq, recorded_at, kind, decision_id, requester, provider, person_key, staff, "
         "task_code, info_type_code, permitted, reason, detail FROM access_log_entries ORDER BY id"
     )).mappings().all()
+    from datetime import datetime
+
+    oldest = min((r["recorded_at"] for r in old), default=None)
+    if isinstance(oldest, str):
+        oldest = datetime.fromisoformat(oldest)
+    ensure_partitions(bind, since=oldest)  # the old entries' months, and the next three
     entries = sa.table("history_entries", *[sa.column(c) for c in (
-        "entry_id", "recorded_at", "kind", "channel", "owner", "asked_at", "provided_at", "requester",
+        "id", "entry_id", "recorded_at", "kind", "channel", "owner", "asked_at", "provided_at", "requester",
         "staff", "provider", "person_key", "task_code", "legal_basis", "whitelist_entry",
         "info_type_code", "permitted", "outcome", "person_rule", "overridden", "decision_id",
         "query_id", "query_group_id", "sealed_until", "sealed_reason", "detail", "salt", "leaf_data")])
-    queue = sa.table("tlog_queue", sa.column("log"), sa.column("entry_ref"), sa.column("leaf_data"))
-    for row in old:
+    queue = sa.table("tlog_queue", sa.column("log"), sa.column("entry_ref"), sa.column("entry_time"),
+                     sa.column("leaf_data"))
+    for ref, row in enumerate(old, start=1):
         detail = json.loads(row["detail"] or "{}")
         recorded_at = row["recorded_at"]
         if isinstance(recorded_at, str):
-            from datetime import datetime
-
             recorded_at = datetime.fromisoformat(recorded_at)
         whitelist_entry = detail.pop("whitelist_entry", None)
         overridden = bool(detail.pop("overridden", False))
         detail["carried_over_from"] = f"{row['owner']}#{row['seq']}"
         values = {
-            "entry_id": secrets.token_hex(16), "recorded_at": recorded_at, "kind": row["kind"],
+            "id": ref, "entry_id": secrets.token_hex(16), "recorded_at": recorded_at, "kind": row["kind"],
             "channel": "name_mapping" if "NameIDMapping" in str(detail.get("service_type")) else "discovery",
             "owner": row["owner"], "asked_at": recorded_at, "provided_at": None,
             "requester": row["requester"], "staff": row["staff"], "provider": row["provider"],
@@ -188,12 +222,20 @@ def _carry_over_old_entries() -> None:
             "detail": json.dumps(detail, sort_keys=True, separators=(",", ":"), ensure_ascii=False),
             "salt": os.urandom(32),
         }
-        record = {k: values[k] for k in values if k not in ("person_key", "salt")}
+        record = {k: values[k] for k in values if k not in ("id", "person_key", "salt")}
         record.update(recorded_at=iso_utc(recorded_at), asked_at=iso_utc(recorded_at),
                       person_ref=person_ref(row["owner"], row["person_key"]), detail=detail)
         values["leaf_data"] = commitment("access", values["salt"], record)
-        ref = bind.execute(entries.insert().values(**values).returning(sa.column("id"))).scalar_one()
-        bind.execute(queue.insert().values(log="access", entry_ref=ref, leaf_data=values["leaf_data"]))
+        bind.execute(entries.insert().values(**values))
+        bind.execute(queue.insert().values(log="access", entry_ref=ref, entry_time=recorded_at,
+                                           leaf_data=values["leaf_data"]))
+    # the ids given here are taken: the next append continues after them
+    if bind.dialect.name == "postgresql":
+        if old:
+            bind.execute(sa.text("SELECT setval('history_entries_id_seq', :n)"), {"n": len(old)})
+    else:
+        bind.execute(sa.text("INSERT INTO entry_id_counters (table_name, last_id) VALUES "
+                             "('history_entries', :n), ('operation_entries', 0)"), {"n": len(old)})
 
 
 def _drop_old_tables() -> None:
@@ -221,11 +263,14 @@ def downgrade() -> None:
         if op.get_bind().dialect.name == "postgresql":
             op.execute(f"DROP TRIGGER {table}_no_truncate ON {table}")
             op.execute(f"DROP TRIGGER {table}_no_change ON {table}")
-            op.execute(f"DROP FUNCTION {table}_append_only()")
+            op.execute(f"DROP FUNCTION {table}_append_only() CASCADE")  # and the partitions' triggers
         else:
             op.execute(f"DROP TRIGGER {table}_no_delete")
             op.execute(f"DROP TRIGGER {table}_no_update")
     for table in ("disclosure_reports", "tlog_state", "tlog_queue", "tlog_nodes", "tlog_leaves", "tlog_checkpoints",
-                  "operation_entries", "history_entries"):
-        op.drop_table(table)
+                  "entry_id_counters", "operation_entries", "history_entries"):
+        op.drop_table(table)  # a partitioned table takes its partitions with it
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP SEQUENCE IF EXISTS history_entries_id_seq")
+        op.execute("DROP SEQUENCE IF EXISTS operation_entries_id_seq")
     importlib.import_module("migrations.versions.0003_access_history").upgrade()
