@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     history_integrate_seconds: float = 0.2
     # the interactive API docs page (/api/docs); /api/openapi.json is served either way
     api_docs: bool = False
+    # notices (お知らせ) by e-mail: sent only when an SMTP host is set (plain SMTP, port 25 by default)
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_from: str = "renkei@localhost"
+    # how often each app process turns newly integrated history entries into notices
+    notice_seconds: float = 0.5
 
     @property
     def db_url(self) -> str:

@@ -15,11 +15,13 @@ from kernel.settings import get_settings
 from kernel.web import DB
 from portal import history_files, i18n, service
 from portal.models import PortalSession
+from portal.notice_views import router as notice_router
 from portal.views import PERSON, _page, _when
 
 # no prefix of its own: portal.views includes this router, and its "/portal" prefix applies
 # (a child prefix "/portal" would make /portal/portal/...)
 router = APIRouter(tags=["portal"], include_in_schema=False)
+router.include_router(notice_router)
 
 
 def _filters(start: str | None, end: str | None, agency: str | None, outcome: str | None) -> history.TimelineFilter:

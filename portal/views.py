@@ -13,7 +13,7 @@ from access_history import service as history
 from kernel.db import utcnow
 from kernel.settings import Settings, get_settings
 from kernel.web import DB, Pages, raw_query
-from portal import history_chart, i18n, service
+from portal import history_chart, i18n, notices, service
 from portal.models import PortalSession
 from portal.wording import OUTCOMES, outcome_text
 
@@ -161,7 +161,8 @@ def overview(request: Request, db_session: Session = DB, session: PortalSession 
     }
     latest = service.history_page(db_session=db_session, person_key=session.person_key, cursor=None,
                                   filters=history.TimelineFilter(), limit=5)
-    return _page(request, "overview.html", session, title="概要", counts=counts, latest=latest.entries,
+    unread = notices.unread_count(db_session=db_session, person_key=session.person_key)
+    return _page(request, "overview.html", session, title="概要", counts=counts, latest=latest.entries, unread=unread,
                  names=service.agency_names(db_session=db_session), more=page.next_cursor is not None)
 
 
