@@ -19,7 +19,7 @@ from kernel.settings import reset_settings
 from tests.conftest import listening_socket, port_of
 from tests.federation import RESIDENT, set_rules
 from tests.test_discovery_api import query
-from tests.test_portal import portal_login
+from tests.test_portal import JAPANESE, portal_login, visible_text
 
 
 def csrf(page: str) -> str:
@@ -133,6 +133,13 @@ def test_refusals_become_notices_and_can_be_marked_read(hub, fed, bootstrap):
     assert count > before and "やりとりが拒否されました" in page
     assert "あなたの情報のやりとりがありました" not in page  # the permitted one made no notice
     assert f"{count}" in client.get("/portal/").text.split("未読のお知らせ")[1][:40]
+
+    client.get("/portal/lang", params={"to": "en", "next": "/portal/"})
+    for path in ("/portal/notices", "/portal/history", "/portal/"):  # with notices, a chart and rows
+        english = client.get(path).text
+        assert '<html lang="en">' in english and not JAPANESE.findall(visible_text(english)), path
+    assert "An exchange was refused" in client.get("/portal/notices").text
+    client.get("/portal/lang", params={"to": "ja", "next": "/portal/"})
 
     token = csrf(page)
     assert client.post("/portal/notices/read", data={"csrf_token": "forged"}).status_code == 403
