@@ -138,6 +138,11 @@ def integrated_after(*, db_session: Session, start_index: int,
     return [(index, row) for index, row in rows]
 
 
+def integrated_count(*, db_session: Session) -> int:
+    """How many access entries the tree holds (the next leaf index)."""
+    return ledger.integrated_size(db_session=db_session, log=ACCESS_LOG)
+
+
 # --- the offline checker (pure) -----------------------------------------------------------------
 
 @dataclass

@@ -134,6 +134,9 @@ def produce(*, db_session: Session, mail_enabled: bool, batch: int = BATCH, now:
     """Turn the next integrated history entries into notices; returns how many entries were read.
 
     The caller commits: the notices and the cursor's move are one unit."""
+    known = db_session.get(NoticeCursor, CURSOR)
+    if known is not None and known.next_index >= history_person.integrated_count(db_session=db_session):
+        return 0  # nothing new: no write, so an idle round never takes SQLite's write lock
     cursor = _lock_cursor(db_session)
     if cursor is None:
         return 0

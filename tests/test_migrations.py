@@ -23,7 +23,7 @@ from tests.conftest import fresh_database_url
 
 # every module that declares tables on the shared metadata
 MODEL_MODULES = ("kernel.replay", "federation.models", "idp.models", "pseudonym.models",
-                 "consent.models", "discovery.models", "access_history.models")
+                 "consent.models", "discovery.models", "access_history.models", "portal.models")
 
 
 def metadata():
