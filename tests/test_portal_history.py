@@ -107,3 +107,18 @@ def test_downloads_need_a_login(hub, fed, bootstrap):
     anonymous = httpx.Client(base_url=hub.base_url, follow_redirects=False, timeout=20)
     for path in ("/portal/history/download.csv", "/portal/history/download.pdf", "/portal/history/download.json"):
         assert anonymous.get(path).status_code == 303
+
+
+def test_pdf_is_refused_clearly_without_a_font_or_beyond_its_row_limit(hub, fed, bootstrap, monkeypatch):
+    import portal.history_views
+
+    set_rules(fed, PolicyRuleIn(effect="allow"))
+    query(hub, fed, bootstrap, RESIDENT, "JUKI")
+    client = portal_login(hub, "disco-person", "disco password")
+    monkeypatch.setenv("RENKEI_PDF_FONT", "/nonexistent/font.ttc")  # the hub serves from this process
+    r = client.get("/portal/history/download.pdf")
+    assert r.status_code == 503 and "日本語フォント" in r.text and not r.content.startswith(b"%PDF")
+    monkeypatch.delenv("RENKEI_PDF_FONT")
+    monkeypatch.setattr(portal.history_views, "PDF_MAX_ROWS", 0)
+    r = client.get("/portal/history/download.pdf")
+    assert r.status_code == 400 and "CSV" in r.text
