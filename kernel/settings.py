@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     # how long entries are kept before `renkei history prune` drops their months (7 years)
     history_retention_days: int = Field(default=7 * 365 + 2, ge=1)
     operations_retention_days: int = Field(default=7 * 365 + 2, ge=1)
+    # notices (お知らせ) by e-mail: sent only when an SMTP host is set (plain SMTP, port 25 by default)
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_from: str = "renkei@localhost"
+    # how often each app process turns newly integrated history entries into notices
+    notice_seconds: float = 0.5
 
     @property
     def db_url(self) -> str:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, String
+from sqlalchemy import BigInteger, Boolean, DateTime, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from kernel.db import Base
@@ -34,3 +34,55 @@ class PortalPending(Base):
     kind: Mapped[str] = mapped_column(String(8))  # login | logout
     next_path: Mapped[str] = mapped_column(String(256))
     expires_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+
+
+# --- notices (お知らせ) ---------------------------------------------------------------------
+
+NOTICE_KINDS = ("access", "refusal", "override", "anomaly")  # any access ⊇ the others
+EMAIL_MAX = 254  # RFC 5321 §4.5.3.1.3, a forward-path less its angle brackets
+
+
+class NoticePreference(Base):
+    """Which kinds of event a person wants to be told of, and where to e-mail them."""
+
+    __tablename__ = "portal_notice_preferences"
+
+    person_key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    on_access: Mapped[bool] = mapped_column(Boolean, default=False)
+    on_refusal: Mapped[bool] = mapped_column(Boolean, default=False)
+    on_override: Mapped[bool] = mapped_column(Boolean, default=False)
+    on_anomaly: Mapped[bool] = mapped_column(Boolean, default=False)
+    email: Mapped[str | None] = mapped_column(String(EMAIL_MAX))
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Notice(Base):
+    """A notice to a person about one entry of their access history."""
+
+    __tablename__ = "portal_notices"
+    __table_args__ = (
+        UniqueConstraint("person_key", "entry_id", name="uq_portal_notices_person_entry"),
+        Index("ix_portal_notices_person_unread", "person_key", "read_at", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True)
+    person_key: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16))  # one of NOTICE_KINDS, the most specific
+    entry_id: Mapped[str] = mapped_column(String(32))
+    recorded_at: Mapped[datetime] = mapped_column(DateTime)
+    requester: Mapped[str] = mapped_column(String(1024))
+    provider: Mapped[str] = mapped_column(String(1024))
+    outcome: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    read_at: Mapped[datetime | None] = mapped_column(DateTime)
+    mail: Mapped[str | None] = mapped_column(String(8), index=True)  # pending | sent; None: no mail
+
+
+class NoticeCursor(Base):
+    """How far the notifier has read the access log: the next leaf index to look at."""
+
+    __tablename__ = "portal_notice_cursor"
+
+    name: Mapped[str] = mapped_column(String(16), primary_key=True)
+    next_index: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)

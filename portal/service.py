@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from access_history import person as history_person
 from access_history import service as history
 from discovery import service as location
 from federation import service as agencies
@@ -182,3 +183,8 @@ def history_page(*, db_session: Session, person_key: str, cursor: str | None,
 
 def agency_names(*, db_session: Session) -> dict[str, str]:
     return {a.entity_id: a.name for a in agencies.list_all(db_session=db_session)}
+
+
+def monthly_outcomes(*, db_session: Session, person_key: str) -> list[history_person.MonthCount]:
+    """The person's exchanges per month and outcome over the last twelve months."""
+    return history_person.monthly_outcomes(db_session=db_session, person_key=person_key)

@@ -13,7 +13,7 @@ from access_history import service as history
 from kernel.db import utcnow
 from kernel.settings import Settings, get_settings
 from kernel.web import DB, Pages, raw_query
-from portal import i18n, service
+from portal import history_chart, i18n, notices, service
 from portal.models import PortalSession
 from portal.wording import OUTCOMES, outcome_text
 
@@ -168,7 +168,8 @@ def overview(request: Request, db_session: Session = DB, session: PortalSession 
     }
     latest = service.history_page(db_session=db_session, person_key=session.person_key, cursor=None,
                                   filters=history.TimelineFilter(), limit=5)
-    return _page(request, "overview.html", session, title="概要", counts=counts, latest=latest.entries,
+    unread = notices.unread_count(db_session=db_session, person_key=session.person_key)
+    return _page(request, "overview.html", session, title="概要", counts=counts, latest=latest.entries, unread=unread,
                  names=service.agency_names(db_session=db_session), more=page.next_cursor is not None)
 
 
@@ -202,6 +203,9 @@ def history_page(request: Request, db_session: Session = DB, session: PortalSess
     except ValueError:
         return _page(request, "message.html", session, status_code=400, title="要求を処理できません",
                      message="ページの指定が正しくありません。")
+    chart = history_chart.build(service.monthly_outcomes(db_session=db_session, person_key=session.person_key),
+                                utcnow())
     return _page(request, "history.html", session, title="やりとり履歴", page=page, outcomes=OUTCOMES.items(),
-                 names=service.agency_names(db_session=db_session),
+                 names=service.agency_names(db_session=db_session), chart=chart, bar_width=history_chart.BAR_WIDTH,
                  filters={"start": start or "", "end": end or "", "agency": agency or "", "outcome": outcome or ""})
+

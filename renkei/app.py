@@ -35,9 +35,15 @@ def _history_integrator(settings: Settings):
             interval=settings.history_integrate_seconds,
         )
         integrator.start()
+        # notices are made from integrated entries, never inside a discovery request
+        from portal.notices import Notifier
+
+        notifier = Notifier(lambda: session_scope(settings.db_url), get_settings, interval=settings.notice_seconds)
+        notifier.start()
         try:
             yield
         finally:
+            notifier.stop()
             integrator.stop()
 
     return lifespan

@@ -159,3 +159,30 @@ def audit_checkpoint(log: str, out: Path | None) -> None:
     else:
         out.write_text(note, encoding="utf-8")
         click.echo(f"saved the checkpoint of size {latest.size} to {out}")
+
+
+@audit.command("check-proof")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--key", "key", help="The hub's verifier key (GET /history/checkpoint.vkey), or a file holding it.")
+def audit_check_proof(file: Path, key: str | None) -> None:
+    """Check a person's history download (JSON with inclusion proofs) offline.
+
+    Exit 0 when every entry is included in the signed checkpoint, 1 when not, 2 when the file
+    cannot be read.
+    """
+    import json
+
+    from access_history.person import check_bundle
+
+    try:
+        if key is not None and Path(key).is_file():
+            key = Path(key).read_text(encoding="utf-8").strip()
+        bundle = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        click.echo(f"cannot read the file: {exc}", err=True)
+        sys.exit(2)
+    report = check_bundle(bundle, verifier_key=key)
+    for note in report.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(report.summary())
+    sys.exit(0 if report.ok else 1)
