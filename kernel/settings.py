@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     )
     # failures older than this are forgotten
     login_failure_window_seconds: int = 24 * 3600
+    # a permitted discovery decision no provider reported within this long is listed to auditors
+    disclosure_report_within_seconds: int = 24 * 3600
+    # the largest export an auditor may upload to the portal for verification
+    audit_upload_max_bytes: int = 64 * 1024 * 1024
 
     @property
     def db_url(self) -> str:

@@ -198,3 +198,8 @@ def history_page(request: Request, db_session: Session = DB, session: PortalSess
     return _page(request, "history.html", session, title="やりとり履歴", page=page, outcomes=OUTCOMES.items(),
                  names=service.agency_names(db_session=db_session),
                  filters={"start": start or "", "end": end or "", "agency": agency or "", "outcome": outcome or ""})
+
+
+from portal import people_views  # last: it imports this module
+
+router.include_router(people_views.router)

@@ -122,7 +122,7 @@ def test_english_switch_persists_and_every_page_is_translated(hub, fed, bootstra
     assert '<html lang="ja">' in page.text and page.headers["content-language"] == "ja"
     r = client.get("/portal/lang", params={"to": "en", "next": "/portal/history"})
     assert r.status_code == 303 and r.headers["location"] == "/portal/history"
-    for path in ("/portal/", "/portal/data", "/portal/history", "/portal/logout"):
+    for path in ("/portal/", "/portal/data", "/portal/history", "/portal/logout", "/portal/representatives"):
         page = client.get(path)
         assert page.status_code == 200 and '<html lang="en">' in page.text
         # this federation's data (agency names, codes) is ASCII: any Japanese left is untranslated
