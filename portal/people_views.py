@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import BinaryIO
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
@@ -62,9 +62,12 @@ def _csrf_ok(session: PortalSession, token: str) -> bool:
 def _moment(value: str) -> datetime | None:
     """A datetime-local (or date) field, read as UTC; None if it is no date."""
     try:
-        return datetime.fromisoformat(value).replace(tzinfo=None) if value else None
+        moment = datetime.fromisoformat(value) if value else None
     except ValueError:
         return None
+    if moment is not None and moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment
 
 
 def _representatives_page(request: Request, db_session: Session, session: PortalSession,
@@ -116,7 +119,7 @@ def revoke(grant_id: str, request: Request, db_session: Session = DB, session: P
     return RedirectResponse("/portal/representatives", status_code=303)
 
 
-def acting_grant(grant_id: str, request: Request, db_session: Session = DB,
+def acting_grant(grant_id: str, db_session: Session = DB,
                  session: PortalSession = PERSON) -> Representative:
     """Route dependency: the live grant the logged-in person acts on, or 404 (checked per request)."""
     grant = people.acting_grant(db_session=db_session, representative_key=session.person_key,
