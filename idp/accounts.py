@@ -23,7 +23,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from idp.models import LoginThrottle, Person
+from idp.models import LoginThrottle, Person, PersonRole
 from kernel.db import utcnow
 from kernel.errors import UserError
 from kernel.keys import KeyStore, keystore
@@ -312,3 +312,58 @@ def totp_secret_of(*, keys: KeyStore, person: Person) -> str | None:
 def find(*, db_session: Session, username: str) -> Person | None:
     """The account with this username, if any."""
     return db_session.scalar(select(Person).where(Person.username == username.strip()))
+
+
+# --- roles --------------------------------------------------------------------------------
+
+AUDITOR = "auditor"  # 監査: exports and verifies the history, reads the anomaly reports
+ROLES = (AUDITOR,)
+
+
+def _person_or_error(db_session: Session, username: str) -> Person:
+    person = find(db_session=db_session, username=username) if valid_username(username.strip()) else None
+    if person is None:
+        raise AccountError(f"no person {username.strip()!r}")
+    return person
+
+
+def _role_or_error(role: str) -> str:
+    if role not in ROLES:
+        raise AccountError(f"unknown role {role!r}; roles are: {', '.join(ROLES)}")
+    return role
+
+
+def add_role(*, db_session: Session, username: str, role: str) -> bool:
+    """Grant a role; False if the person already held it."""
+    person, role = _person_or_error(db_session, username), _role_or_error(role)
+    if role in roles_of(db_session=db_session, person_key=person.person_key):
+        return False
+    db_session.add(PersonRole(person_key=person.person_key, role=role, granted_at=utcnow()))
+    db_session.flush()
+    return True
+
+
+def remove_role(*, db_session: Session, username: str, role: str) -> bool:
+    """Take a role away; False if the person did not hold it."""
+    person, role = _person_or_error(db_session, username), _role_or_error(role)
+    gone = db_session.execute(delete(PersonRole).where(PersonRole.person_key == person.person_key,
+                                                       PersonRole.role == role))
+    return gone.rowcount > 0
+
+
+def roles_of(*, db_session: Session, person_key: str) -> frozenset[str]:
+    """The roles a person holds (read on every request, so a removal applies at once)."""
+    return frozenset(db_session.scalars(select(PersonRole.role).where(PersonRole.person_key == person_key)))
+
+
+def list_roles(*, db_session: Session, role: str | None = None) -> list[tuple[str, str]]:
+    """(username, role) of every grant, optionally of one role, by username."""
+    stmt = select(Person.username, PersonRole.role).join(PersonRole, PersonRole.person_key == Person.person_key)
+    if role is not None:
+        stmt = stmt.where(PersonRole.role == _role_or_error(role))
+    return [(u, r) for u, r in db_session.execute(stmt.order_by(Person.username, PersonRole.role))]
+
+
+def username_of(*, db_session: Session, person_key: str) -> str | None:
+    """The login name of a person key (shown to the people a person chose, never to agencies)."""
+    return db_session.scalar(select(Person.username).where(Person.person_key == person_key))

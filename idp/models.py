@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, Integer, String, Text
+from sqlalchemy import BigInteger, DateTime, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from kernel.db import Base, utcnow
@@ -63,3 +63,15 @@ class PendingAuthn(Base):
     request_json: Mapped[str] = mapped_column(Text)
     password_ok_person: Mapped[str | None] = mapped_column(String(64), nullable=True)
     expires_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+
+
+class PersonRole(Base):
+    """A role a person holds beyond their own pages (e.g. `auditor`, 監査), granted by the operator."""
+
+    __tablename__ = "person_roles"
+    __table_args__ = (UniqueConstraint("person_key", "role"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    person_key: Mapped[str] = mapped_column(String(64), index=True)
+    role: Mapped[str] = mapped_column(String(32))
+    granted_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -19,6 +19,8 @@ from lxml import etree
 from sqlalchemy import delete, func
 from sqlalchemy.orm import Session
 
+from access_history import service as history
+from access_history.models import Channel, EntryIn, EntryKind
 from federation import service as agencies
 from federation.service import RegisteredAgency
 from idp import saml
@@ -313,6 +315,10 @@ def answer_success(
         agency=agency.entity_id,
         scope=settings.scope,
     )
+    # what leaves the hub in this answer lands in the person's history first (log before
+    # disclose); flushed with the session's own writes, committed by the caller's transaction
+    record_release(db_session=db_session, settings=settings, agency=agency.entity_id,
+                   person_key=session.person_key, authn_context=authn_context)
     key = signing_key()
     assertion = saml.assertion(
         saml.AssertionFacts(
@@ -344,6 +350,23 @@ def answer_success(
     if settings.sign_response:
         sign_enveloped(response, key.private_key, certificate=key.certificate)
     return Answer(request.acs_location, "SAMLResponse", _serialize(response), request.relay_state)
+
+
+# SSO releases the pairwise pseudonym because the person logs in to that agency themself:
+# their own act is the consent (profiles §4.1.4.2; no other attribute is released today)
+SSO_INFO_TYPE = "pairwise-id"
+SSO_TASK = "sso"
+SSO_OUTCOME = "PERMITTED_BY_CONSENT"
+
+
+def record_release(*, db_session: Session, settings: Settings, agency: str, person_key: str,
+                   authn_context: str) -> None:
+    """Record an SSO answer's release of the person's pseudonym to an agency (channel sso)."""
+    history.append(db_session=db_session, entry=EntryIn(
+        kind=EntryKind.DECISION, channel=Channel.SSO, requester=agency, provider=settings.idp_entity_id,
+        person_key=person_key, task_code=SSO_TASK, info_type_code=SSO_INFO_TYPE, outcome=SSO_OUTCOME,
+        permitted=True, decision_id=secrets.token_hex(16), asked_at=utcnow(),
+        detail={"authn_context": authn_context}))
 
 
 def _discovery_epr(

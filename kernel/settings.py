@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     smtp_from: str = "renkei@localhost"
     # how often each app process turns newly integrated history entries into notices
     notice_seconds: float = 0.5
+    # a permitted discovery decision no provider reported within this long is listed to auditors
+    disclosure_report_within_seconds: int = 24 * 3600
+    # the largest export an auditor may upload to the portal for verification
+    audit_upload_max_bytes: int = 64 * 1024 * 1024
 
     @property
     def db_url(self) -> str:

@@ -1,4 +1,5 @@
-"""Tables of the portal room: the person's portal sessions and the logins they started."""
+"""Tables of the portal room: the person's portal sessions and the logins they started, and the
+representatives (代理人) people appoint, with what each representative did."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -86,3 +87,31 @@ class NoticeCursor(Base):
     name: Mapped[str] = mapped_column(String(16), primary_key=True)
     next_index: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Representative(Base):
+    """A person (the principal) lets another registered person act for them for a period."""
+
+    __tablename__ = "portal_representatives"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # random hex, shown in URLs
+    principal_key: Mapped[str] = mapped_column(String(64), index=True)
+    representative_key: Mapped[str] = mapped_column(String(64), index=True)
+    principal_name: Mapped[str] = mapped_column(String(128))  # usernames, shown to the other side
+    representative_name: Mapped[str] = mapped_column(String(128))
+    starts_at: Mapped[datetime] = mapped_column(DateTime)
+    ends_at: Mapped[datetime] = mapped_column(DateTime)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class RepresentativeAction(Base):
+    """Something a representative did for the principal (also in the operations log)."""
+
+    __tablename__ = "portal_representative_actions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    grant_id: Mapped[str] = mapped_column(String(32), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime)
+    action: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(String(256))

@@ -1,6 +1,7 @@
 """The `renkei` command: init, serve, demo, and the operator's people/agency/link/key tools."""
 from __future__ import annotations
 
+import getpass
 import os
 import sys
 from pathlib import Path
@@ -172,6 +173,58 @@ def person_add(username: str, password_stdin: bool, master_id: str | None, displ
     if secret:
         click.echo(f"TOTP secret: {secret}")
         click.echo(f"TOTP URI:    {accounts.totp_uri(secret, username)}")
+
+
+@person.group("role")
+def person_role() -> None:
+    """Roles beyond a person's own pages (auditor: 監査 pages in the portal)."""
+
+
+def _change_role(username: str, role: str, grant: bool) -> bool:
+    from access_history import service as history
+    from access_history.models import OperationIn
+    from idp import accounts
+    from kernel.db import session_scope
+
+    with session_scope(_ready_db()) as db:
+        change = accounts.add_role if grant else accounts.remove_role
+        changed = change(db_session=db, username=username, role=role)
+        if changed:  # who may read everyone's history is itself an administrative change
+            history.record_operation(db_session=db, operation=OperationIn(
+                actor=f"cli:{getpass.getuser()}", channel="cli",
+                action="person.role.add" if grant else "person.role.remove", target=username.strip(),
+                detail={"role": role}))
+    return changed
+
+
+@person_role.command("add")
+@click.option("--username", required=True, help="Login name.")
+@click.argument("role")
+def person_role_add(username: str, role: str) -> None:
+    """Grant ROLE (auditor) to a person."""
+    changed = _change_role(username, role, grant=True)
+    click.echo(f"{username} is {role}" + ("" if changed else " already"))
+
+
+@person_role.command("remove")
+@click.option("--username", required=True, help="Login name.")
+@click.argument("role")
+def person_role_remove(username: str, role: str) -> None:
+    """Take ROLE away from a person; it applies to their very next request."""
+    changed = _change_role(username, role, grant=False)
+    click.echo(f"{username} is no longer {role}" if changed else f"{username} was not {role}")
+
+
+@person_role.command("list")
+@click.option("--role", default=None, help="Only this role.")
+def person_role_list(role: str | None) -> None:
+    """Every person with a role, one `username<TAB>role` a line."""
+    from idp import accounts
+    from kernel.db import session_scope
+
+    with session_scope(_ready_db()) as db:
+        for username, held in accounts.list_roles(db_session=db, role=role):
+            click.echo(f"{username}\t{held}")
 
 
 # --- agencies -----------------------------------------------------------------------------

@@ -125,7 +125,8 @@ def test_english_switch_persists_and_every_page_is_translated(hub, fed, bootstra
     r = client.get("/portal/lang", params={"to": "en", "next": "/portal/history"})
     assert r.status_code == 303 and r.headers["location"] == "/portal/history"
     for path in ("/portal/", "/portal/data", "/portal/history", "/portal/logout", "/portal/policy",
-                 "/portal/consent", receipt, "/portal/notices", "/portal/notices/settings"):
+                 "/portal/consent", receipt, "/portal/notices", "/portal/notices/settings",
+                 "/portal/representatives"):
         page = client.get(path)
         assert page.status_code == 200 and '<html lang="en">' in page.text
         # this federation's data (agency names, codes) is ASCII: any Japanese left is untranslated

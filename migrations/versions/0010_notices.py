@@ -1,7 +1,7 @@
 """portal notices: a person's notice preferences, their notices, and the notifier's cursor
 
 Revision ID: 0010_notices
-Revises: 0008_portal
+Revises: 0009_roles
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0010_notices"
-down_revision = "0008_portal"
+down_revision = "0009_roles"
 branch_labels = None
 depends_on = None
 
