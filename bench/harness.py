@@ -403,19 +403,26 @@ def group_cpu_seconds(pgid: int) -> float:
     return sum(cpu for _pid, _cmd, cpu in group_members(pgid))
 
 
-def start_server(hub: HubBase, workers: int, log_path: Path) -> subprocess.Popen:
+def start_server(hub: HubBase, workers: int, log_path: Path, counts_dir: Path | None = None) -> subprocess.Popen:
     """The hub app under uvicorn with N workers (what `renkei serve` runs), in its own process
-    group, once /healthz answers."""
+    group, once /healthz answers. Served through bench/counted_app.py, which writes each
+    worker's database counters into `counts_dir` (read them with `server_counts`)."""
     import httpx
 
     env = dict(os.environ)
     env.update(hub.env)
+    if counts_dir is not None:
+        env["RENKEI_BENCH_COUNTS"] = str(counts_dir)
     log = open(log_path, "wb")  # noqa: SIM115 - closed with the process
-    sock = RESERVED.pop(hub.port)
+    sock = RESERVED.pop(hub.port, None)
+    if sock is None:  # a second server on the same hub: the first one has let the port go
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", hub.port))
     # uvicorn serves the socket bound in set_up_home (its file descriptor, inherited), so the
     # port cannot change hands between choosing it and serving on it
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "renkei.app:create_app", "--factory", "--fd", str(sock.fileno()),
+        [sys.executable, "-m", "uvicorn", "bench.counted_app:create_app", "--factory", "--fd", str(sock.fileno()),
          "--workers", str(workers), "--log-level", "warning", "--no-access-log"],
         env=env, cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         start_new_session=True, pass_fds=(sock.fileno(),),
@@ -436,6 +443,68 @@ def start_server(hub: HubBase, workers: int, log_path: Path) -> subprocess.Popen
         raise SystemExit("renkei serve did not answer /healthz within 60 s")
     time.sleep(1.0)  # /healthz may be answered by one worker before the other is up
     return proc
+
+
+def server_counts(counts_dir: Path) -> dict[str, int]:
+    """The database counters of every worker that wrote into `counts_dir`, summed. Waits 0.3 s
+    first: each worker rewrites its file every 0.1 s."""
+    time.sleep(0.3)
+    total = {"statements": 0, "commits": 0, "rollbacks": 0, "checkouts": 0}
+    for path in counts_dir.glob("*.json"):
+        try:
+            for name, value in json.loads(path.read_text()).items():
+                total[name] = total.get(name, 0) + value
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def counts_per_op(before: dict[str, int], after: dict[str, int], ops: int, postgres: bool) -> dict[str, float]:
+    """Per operation: statements, commits, rollbacks and round trips (statements + commits +
+    rollbacks, plus a pre-ping per pool checkout on PostgreSQL; psycopg's implicit BEGIN rides
+    with the first statement of a transaction only on SQLite, so on PostgreSQL one BEGIN per
+    transaction is added too)."""
+    d = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    n = max(ops, 1)
+    trips = d["statements"] + d["commits"] + d["rollbacks"]
+    if postgres:
+        trips += d["checkouts"] + d["commits"] + d["rollbacks"]  # pre-ping; BEGIN of each transaction
+    return {"statements": d["statements"] / n, "commits": d["commits"] / n, "rollbacks": d["rollbacks"] / n,
+            "checkouts": d["checkouts"] / n, "round_trips": trips / n}
+
+
+def postgres_backend_cpu(database: str) -> float:
+    """user+system CPU seconds of the live PostgreSQL backends serving `database` (from /proc;
+    their process title names the database). Background writers are not included."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if not cmdline.startswith("postgres: ") or f" {database} " not in cmdline:
+                continue
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def py_spy_record(server: subprocess.Popen, seconds: float, out: Path, fmt: str = "speedscope") -> subprocess.Popen | None:
+    """Start py-spy on one of the server's worker processes (not the supervisor), if installed:
+    `fmt` is speedscope, flamegraph (SVG) or raw (collapsed stacks)."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not os.path.exists(exe):
+        return None
+    workers = [pid for pid, cmd, _cpu in group_members(server.pid)
+               if pid != server.pid and "resource_tracker" not in cmd and "multiprocessing" in cmd]
+    workers = workers or [server.pid]
+    return start_group([exe, "record", "--pid", str(min(workers)), "--duration", str(int(seconds)),
+                        "--rate", "200", "--nonblocking", "--format", fmt, "--output", str(out)],
+                       subprocess.DEVNULL)
 
 
 def run_watched(cmd: list[str], out_path: Path, label: str, seconds: float,
