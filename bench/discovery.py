@@ -455,7 +455,7 @@ def bench_peak(hub: Hub, fed: Federation, args, tmp: Path, server: subprocess.Po
     cpu_before = harness.group_cpu_seconds(server.pid)
     spy = py_spy_worker(server, args.duration, profile_to) if profile_to else None
     if flame is not None:
-        spy = harness.py_spy_record(server, args.duration, flame)
+        spy = harness.FlameRecording(server, args.duration, flame)
     wrk_log = tmp / f"wrk-{hub.label}.log"
     rc, wrk_cpu = harness.run_watched(command(jwt_file, args.duration, latency=True), wrk_log,
                                       f"wrk against {hub.label}", args.duration)
@@ -869,7 +869,7 @@ def run_database(label: str, db_url: str, fed: Federation, args, tmp: Path) -> d
 
         say(f"  [a] peak: wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency")
         spy_raw = tmp / f"py-spy-{label}.txt" if args.profile and label == args.profile_db else None
-        flame = args.flame / f"discovery-{label}-worker.speedscope.json" \
+        flame = args.flame / f"discovery-{label}-worker" \
             if args.flame and label == args.profile_db else None
         peak = bench_peak(hub, fed, args, tmp, server, spy_raw, counts_dir, flame)
         result["peak"] = peak
@@ -893,7 +893,7 @@ def run_database(label: str, db_url: str, fed: Federation, args, tmp: Path) -> d
             f"{db['rollbacks']:.2f} rollbacks, {db['checkouts']:.2f} pool checkouts = ~{db['round_trips']:.1f} "
             "round trips (the integrator's batches included)")
         if flame:
-            say(f"      py-spy flame graph of one worker: {flame}")
+            say(f"      py-spy of one worker: {flame}.svg (flame graph), {flame}.txt (collapsed stacks)")
         peak_ok = (peak["non2xx"] == 0 and peak["bad"] == 0 and peak["socket_errors"] == 0
                    and peak["wrapped"] == 0 and peak["log_rows"] >= peak["ops"] and peak["jti_rows"] >= peak["ops"])
         if not peak_ok:

@@ -394,8 +394,21 @@ def group_members(pgid: int) -> list[tuple[int, str, float]]:
             continue
         fields = stat[stat.rindex(")") + 2:].split()
         if int(fields[2]) == pgid:  # field 5, pgrp
-            members.append((int(entry), cmdline, (int(fields[11]) + int(fields[12])) / tick))
+            members.append((int(entry), cmdline, process_cpu_seconds(entry, fields, tick)))
     return members
+
+
+def process_cpu_seconds(pid: str, stat_fields: list[str], tick: int) -> float:
+    """A process's CPU seconds: from /proc/<pid>/schedstat (nanoseconds, all its threads) where
+    the kernel has it, else utime+stime of /proc/<pid>/stat (clock ticks, 10 ms each: too coarse
+    for the many short-lived CPU slices of PostgreSQL backends)."""
+    try:
+        total = 0
+        for task in os.listdir(f"/proc/{pid}/task"):
+            total += int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[0])
+        return total / 1e9
+    except (OSError, ValueError, IndexError):
+        return (int(stat_fields[11]) + int(stat_fields[12])) / tick
 
 
 def group_cpu_seconds(pgid: int) -> float:
@@ -489,7 +502,7 @@ def postgres_backend_cpu(database: str) -> float:
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2:].split()
-        total += (int(fields[11]) + int(fields[12])) / tick
+        total += process_cpu_seconds(entry, fields, tick)
     return total
 
 
@@ -505,6 +518,23 @@ def py_spy_record(server: subprocess.Popen, seconds: float, out: Path, fmt: str 
     return start_group([exe, "record", "--pid", str(min(workers)), "--duration", str(int(seconds)),
                         "--rate", "200", "--nonblocking", "--format", fmt, "--output", str(out)],
                        subprocess.DEVNULL)
+
+
+class FlameRecording:
+    """py-spy on one worker of a server: an SVG flame graph (`<stem>.svg`) and the collapsed
+    stacks (`<stem>.txt`, for bench/breakdown.py), recorded side by side over the same run."""
+
+    def __init__(self, server: subprocess.Popen, seconds: float, stem: Path):
+        self.paths = [stem.with_suffix(".svg"), stem.with_suffix(".txt")]
+        self.procs = [p for p in (py_spy_record(server, seconds, self.paths[0], "flamegraph"),
+                                  py_spy_record(server, seconds, self.paths[1], "raw")) if p is not None]
+
+    def wait(self, timeout: float = 60) -> None:
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                kill_group(proc)
 
 
 def run_watched(cmd: list[str], out_path: Path, label: str, seconds: float,

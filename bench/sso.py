@@ -453,7 +453,7 @@ def bench_http(hub: Hub, args, tmp: Path, label: str, expected_rate: float, work
         db_before = harness.server_counts(counts_dir)
         pg_cpu_before = harness.postgres_backend_cpu(pg_name) if pg_name else 0.0
         cpu_before = harness.group_cpu_seconds(server.pid)
-        spy = harness.py_spy_record(server, args.duration, flame) if flame else None
+        spy = harness.FlameRecording(server, args.duration, flame) if flame else None
         cmd = harness.wrk_command(wrk, script, hub.base_url,
                                   [str(req_file), hub.token, str(args.threads), str(min_len), args.binding],
                                   threads=args.threads, connections=args.connections, seconds=args.duration)
@@ -567,14 +567,14 @@ def run(args: argparse.Namespace, bench: harness.Bench) -> int:
                 f"{db['rollbacks']:.2f} rollbacks, {db['checkouts']:.2f} pool checkouts = "
                 f"~{db['round_trips']:.1f} round trips")
             if flame:
-                say(f"      py-spy flame graph of one worker: {flame}")
+                say(f"      py-spy of one worker: {flame}.svg (flame graph), {flame}.txt (collapsed stacks)")
 
         run_http(hub, "sqlite", args.workers)
         if pg_admin:
             say("\n[3b] the same against PostgreSQL (fresh database), with 2 and with 1 worker")
             pg_url = bench.postgres_database(pg_admin, f"renkei_bench_{os.getpid()}")
             pg_hub = prepare_hub(home, pg_url, sp_md)
-            flame = args.flame / "sso-postgresql-worker.speedscope.json" if args.flame else None
+            flame = args.flame / "sso-postgresql-worker" if args.flame else None
             run_http(pg_hub, "postgresql", args.workers, flame)
             if args.workers != 1:
                 run_http(pg_hub, "postgresql", 1)
