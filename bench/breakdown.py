@@ -3,7 +3,8 @@
 
     .venv/bin/python bench/breakdown.py bench/profiles/sso-postgresql-worker.txt [--ms-per-op 8.5]
 
-Each sample is put in ONE bucket: the first rule below that any frame of its stack matches, so
+Samples whose innermost frame is a wait (a PostgreSQL round trip in flight, an idle pool
+thread, the event loop's select) are off-CPU and counted apart. Each other sample is put in ONE bucket: the first rule below that any frame of its stack matches, so
 the buckets add up to 100 % (of the samples of busy threads; py-spy skips idle ones). With
 --ms-per-op (the server's CPU ms per operation the benchmark printed for the same run) each
 share is also given in ms per operation.
@@ -43,6 +44,16 @@ RULES: list[tuple[str, str, str | None]] = [
     ("threadpool hand-off (anyio, threading)", "concurrent/futures", None),
     ("asyncio event loop", "asyncio/", None),
 ]
+# leaf frames of a thread that waits (py-spy's idle detection does not work in every container,
+# so blocked threads are sampled too): these samples are off-CPU time, reported apart
+WAITS: list[tuple[str, str]] = [
+    ("Connection.wait", "psycopg/connection.py"),  # a PostgreSQL round trip in flight
+    ("Condition.wait", "threading.py"), ("Event.wait", "threading.py"),
+    ("EpollSelector.select", "selectors.py"), ("Runner.run", "runners.py"),
+    ("_ConnectionBase.recv", "multiprocessing/connection.py"), ("Connection._recv", "multiprocessing/connection.py"),
+    ("wait_conn", "psycopg/waiting.py"), ("wait", "psycopg/waiting.py"),
+]
+INSTRUMENT = "bench/counted_app.py"  # the benchmark's own counter thread: neither the app's CPU nor a wait
 FRAME = re.compile(r"^(.*) \((.*?)(?::\d+)?\)$")
 
 
@@ -54,9 +65,10 @@ def bucket_of(frames: list[tuple[str, str]]) -> str:
     return "other (the rooms' own Python)"
 
 
-def breakdown(raw: Path) -> tuple[int, dict[str, int]]:
+def breakdown(raw: Path) -> tuple[int, dict[str, int], int, int]:
+    """(on-CPU samples, samples per bucket, waiting samples, instrument samples)."""
     totals: dict[str, int] = {}
-    samples = 0
+    samples = waiting = instrument = 0
     for line in raw.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
         if not n.isdigit():
@@ -67,10 +79,16 @@ def breakdown(raw: Path) -> tuple[int, dict[str, int]]:
             if m:
                 frames.append((m.group(1), m.group(2)))
         count = int(n)
+        if any(INSTRUMENT in path for _f, path in frames):
+            instrument += count
+            continue
+        if frames and any(frames[-1][0] == f and part in frames[-1][1] for f, part in WAITS):
+            waiting += count
+            continue
         samples += count
         b = bucket_of(frames)
         totals[b] = totals.get(b, 0) + count
-    return samples, totals
+    return samples, totals, waiting, instrument
 
 
 def main() -> int:
@@ -78,11 +96,12 @@ def main() -> int:
     parser.add_argument("raw", type=Path)
     parser.add_argument("--ms-per-op", type=float, default=None)
     args = parser.parse_args()
-    samples, totals = breakdown(args.raw)
+    samples, totals, waiting, instrument = breakdown(args.raw)
     if not samples:
         print("no samples")
         return 1
-    print(f"{args.raw.name}: {samples} samples of busy threads")
+    print(f"{args.raw.name}: {samples} on-CPU samples (left out: {waiting} of threads waiting on a "
+          f"socket, queue or lock; {instrument} of the benchmark's counter thread)")
     for name, count in sorted(totals.items(), key=lambda kv: -kv[1]):
         share = count / samples
         ms = f"  {share * args.ms_per_op:6.2f} ms/op" if args.ms_per_op else ""

@@ -2,7 +2,7 @@
 
 `uvicorn bench.counted_app:create_app --factory` serves exactly `renkei.app.create_app()`; it
 only listens to SQLAlchemy's engine events in each worker process and writes the running
-totals to `$RENKEI_BENCH_COUNTS/<pid>.json` every 0.1 s, so a benchmark reads, per response,
+totals to `$RENKEI_BENCH_COUNTS/<pid>.json` every 0.5 s, so a benchmark reads, per response,
 how many statements, commits, rollbacks and pool pre-pings (each a round trip) the server did.
 Nothing in the request path changes: a counter increment per event is all it adds.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -19,10 +20,25 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import Pool
 
 COUNTS = {"statements": 0, "commits": 0, "rollbacks": 0, "checkouts": 0}
+SQL_MIX: dict[str, int] = {}  # statement head (verb and table) -> times executed
 
 
-def _statement(*_args, **_kwargs) -> None:
+def _statement(_conn, _cursor, statement: str, *_args, **_kwargs) -> None:
     COUNTS["statements"] += 1
+    head = _head(statement)
+    SQL_MIX[head] = SQL_MIX.get(head, 0) + 1
+
+
+_TABLE = re.compile(r"\b(?:FROM|INTO|UPDATE|JOIN)\s+([\w.\"]+)", re.IGNORECASE)
+
+
+def _head(statement: str) -> str:
+    """`VERB table[, joined table...]` (and FOR UPDATE), e.g. "SELECT pseudonyms"."""
+    words = statement.split(None, 1)
+    verb = words[0].upper() if words else "?"
+    tables = list(dict.fromkeys(t.strip('"') for t in _TABLE.findall(statement)))
+    lock = " FOR UPDATE" if "FOR UPDATE" in statement.upper() else ""
+    return f"{verb} {', '.join(tables[:3])}{lock}"[:100]
 
 
 def _commit(*_args) -> None:
@@ -39,11 +55,14 @@ def _checkout(*_args) -> None:
 
 def _writer(directory: Path) -> None:
     path = directory / f"{os.getpid()}.json"
+    mix = directory / f"{os.getpid()}.sqlmix"
     tmp = directory / f".{os.getpid()}.tmp"
     while True:
         tmp.write_text(json.dumps(COUNTS))
         os.replace(tmp, path)  # readers never see half a file
-        time.sleep(0.1)
+        tmp.write_text(json.dumps(dict(SQL_MIX)))
+        os.replace(tmp, mix)
+        time.sleep(0.5)
 
 
 def create_app():

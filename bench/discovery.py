@@ -376,6 +376,25 @@ def counts(hub: Hub, nonce: str | None = None) -> dict:
     return {"log": log, "jtis": jtis}
 
 
+def storage_per_decision(hub: Hub) -> dict | None:
+    """PostgreSQL only: bytes on disk (heap + indexes + TOAST) per hub-log entry of the tables a
+    decision writes to, after the runs (the integrator has drained the queue or nearly)."""
+    from sqlalchemy import text
+
+    from kernel.db import dispose_engines, get_engine
+
+    if not hub.db_url.startswith("postgresql"):
+        return None
+    tables = ("history_entries", "tlog_queue", "tlog_leaves", "tlog_nodes", "seen_messages", "pseudonyms")
+    with get_engine(hub.db_url).connect() as conn:
+        entries = conn.execute(text("SELECT count(*) FROM history_entries")).scalar_one()
+        sizes = {t: conn.execute(text("SELECT pg_total_relation_size(:t)"), {"t": t}).scalar_one() for t in tables}
+        rows = {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one() for t in tables}
+    dispose_engines()
+    return {"entries": entries, "bytes": sizes, "rows": rows,
+            "bytes_per_entry": {t: sizes[t] / max(entries, 1) for t in tables}}
+
+
 # --- [a] peak: wrk -----------------------------------------------------------------------
 
 WRK_SCRIPT = harness.wrk_script(r"""
@@ -448,8 +467,10 @@ def bench_peak(hub: Hub, fed: Federation, args, tmp: Path, server: subprocess.Po
                      tmp / f"wrk-warm-{hub.label}.log", f"warm-up against {hub.label}", warm_seconds)
     floor = harness.web_stack_floor(wrk, hub.base_url, server, threads=args.threads,
                                     connections=args.connections, seconds=1 if args.quick else 2)
+    idle = harness.idle_cpu(server, 1 if args.quick else 3)
     before = counts(hub)
     db_before = harness.server_counts(counts_dir) if counts_dir else None
+    mix_before = harness.server_sql_mix(counts_dir) if counts_dir else {}
     pg_name = hub.db_url.rsplit("/", 1)[1] if hub.db_url.startswith("postgresql") else None
     pg_cpu_before = harness.postgres_backend_cpu(pg_name) if pg_name else 0.0
     cpu_before = harness.group_cpu_seconds(server.pid)
@@ -469,10 +490,12 @@ def bench_peak(hub: Hub, fed: Federation, args, tmp: Path, server: subprocess.Po
     figures = harness.wrk_figures(rc, wrk_log.read_text())
     after = counts(hub, nonce)
     db_after = harness.server_counts(counts_dir) if counts_dir else None
+    mix_after = harness.server_sql_mix(counts_dir) if counts_dir else {}
     return {
         "db": harness.counts_per_op(db_before, db_after, figures["ops"], postgres=pg_name is not None)
         if counts_dir else None,
-        "db_cpu_s": pg_cpu,
+        "db_cpu_s": pg_cpu, "idle_cores": idle,
+        "sql_mix": harness.sql_mix_lines(mix_before, mix_after, figures["ops"]),
         **figures, "jwts": count,
         "jwt_us_each": made["us_each"],
         "log_rows": after["log"] - before["log"], "jti_rows": after["jtis"],
@@ -892,6 +915,12 @@ def run_database(label: str, db_url: str, fed: Federation, args, tmp: Path) -> d
         say(f"      database per decision: {db['statements']:.1f} statements, {db['commits']:.2f} commits, "
             f"{db['rollbacks']:.2f} rollbacks, {db['checkouts']:.2f} pool checkouts = ~{db['round_trips']:.1f} "
             "round trips (the integrator's batches included)")
+        say(f"      idle server (no requests): {peak['idle_cores']:.3f} cores busy = "
+            f"{peak['idle_cores'] / max(peak['rate'], 1e-9) * 1000:.2f} ms of each decision's CPU at this rate "
+            "(the history integrators' polls)")
+        say("      statements per decision (verb, tables):")
+        for line in peak["sql_mix"]:
+            say(f"        {line}")
         if flame:
             say(f"      py-spy of one worker: {flame}.svg (flame graph), {flame}.txt (collapsed stacks)")
         peak_ok = (peak["non2xx"] == 0 and peak["bad"] == 0 and peak["socket_errors"] == 0
@@ -942,6 +971,14 @@ def run_database(label: str, db_url: str, fed: Federation, args, tmp: Path) -> d
                 and one["log_rows"] >= one["ops"]):
             result["checks"].append("1-worker peak run checks")
 
+    store = storage_per_decision(hub)
+    if store:
+        result["storage"] = store
+        per = store["bytes_per_entry"]
+        say(f"      storage after the runs: {store['entries']} hub-log entries; bytes per entry: "
+            + ", ".join(f"{t} {per[t]:,.0f}" for t in ("history_entries", "tlog_queue", "tlog_leaves", "tlog_nodes",
+                                                         "seen_messages"))
+            + f" (rows: {store['rows']})")
     say("  [c] in-process, one core: JWT check + discover + commit, no HTTP (server stopped)")
     inproc = bench_inprocess(hub, fed, args.inproc_seconds, args.profile and label == args.profile_db)
     result["inproc_profile"] = inproc.pop("profile", None)

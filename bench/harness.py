@@ -459,9 +459,9 @@ def start_server(hub: HubBase, workers: int, log_path: Path, counts_dir: Path | 
 
 
 def server_counts(counts_dir: Path) -> dict[str, int]:
-    """The database counters of every worker that wrote into `counts_dir`, summed. Waits 0.3 s
-    first: each worker rewrites its file every 0.1 s."""
-    time.sleep(0.3)
+    """The database counters of every worker that wrote into `counts_dir`, summed. Waits 1.1 s
+    first: each worker rewrites its file every 0.5 s."""
+    time.sleep(1.1)
     total = {"statements": 0, "commits": 0, "rollbacks": 0, "checkouts": 0}
     for path in counts_dir.glob("*.json"):
         try:
@@ -470,6 +470,32 @@ def server_counts(counts_dir: Path) -> dict[str, int]:
         except (OSError, ValueError):
             continue
     return total
+
+
+def idle_cpu(server: subprocess.Popen, seconds: float) -> float:
+    """Cores the server keeps busy with no request in flight (background threads), over `seconds`."""
+    before = group_cpu_seconds(server.pid)
+    started = time.perf_counter()
+    time.sleep(seconds)  # the measurement interval itself, not a wait for a condition
+    return (group_cpu_seconds(server.pid) - before) / (time.perf_counter() - started)
+
+
+def server_sql_mix(counts_dir: Path) -> dict[str, int]:
+    """How often each statement head (verb and table) ran in the server's workers, summed."""
+    total: dict[str, int] = {}
+    for path in counts_dir.glob("*.sqlmix"):
+        try:
+            for head, n in json.loads(path.read_text()).items():
+                total[head] = total.get(head, 0) + n
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def sql_mix_lines(before: dict[str, int], after: dict[str, int], ops: int, top: int = 14) -> list[str]:
+    """The statements per operation between two `server_sql_mix` readings, most frequent first."""
+    delta = {h: n - before.get(h, 0) for h, n in after.items() if n - before.get(h, 0) > 0}
+    return [f"{n / max(ops, 1):6.2f}  {h}" for h, n in sorted(delta.items(), key=lambda kv: -kv[1])[:top]]
 
 
 def counts_per_op(before: dict[str, int], after: dict[str, int], ops: int, postgres: bool) -> dict[str, float]:

@@ -450,7 +450,9 @@ def bench_http(hub: Hub, args, tmp: Path, label: str, expected_rate: float, work
             wrk, hub.base_url, server, threads=args.threads, connections=args.connections,
             seconds=1 if args.quick else 3,
         ) if label == "sqlite" else None
+        idle = harness.idle_cpu(server, 1 if args.quick else 3)
         db_before = harness.server_counts(counts_dir)
+        mix_before = harness.server_sql_mix(counts_dir)
         pg_cpu_before = harness.postgres_backend_cpu(pg_name) if pg_name else 0.0
         cpu_before = harness.group_cpu_seconds(server.pid)
         spy = harness.FlameRecording(server, args.duration, flame) if flame else None
@@ -464,6 +466,7 @@ def bench_http(hub: Hub, args, tmp: Path, label: str, expected_rate: float, work
         if spy is not None:
             spy.wait(timeout=60)
         db_after = harness.server_counts(counts_dir)
+        mix_after = harness.server_sql_mix(counts_dir)
         seen = count_seen(hub, nonce)
     finally:
         harness.kill_group(server)
@@ -474,6 +477,8 @@ def bench_http(hub: Hub, args, tmp: Path, label: str, expected_rate: float, work
         **figures,
         "db": harness.counts_per_op(db_before, db_after, figures["ops"], postgres=pg_name is not None),
         "db_cpu_s": pg_cpu,
+        "sql_mix": harness.sql_mix_lines(mix_before, mix_after, figures["ops"]),
+        "idle_cores": idle,
         "precomputed": count,
         "replay_rows": seen,
         "server_cpu_s": cpu_after - cpu_before, "wrk_cpu_s": wrk_cpu,
@@ -566,6 +571,12 @@ def run(args: argparse.Namespace, bench: harness.Bench) -> int:
             say(f"      database per response: {db['statements']:.1f} statements, {db['commits']:.2f} commits, "
                 f"{db['rollbacks']:.2f} rollbacks, {db['checkouts']:.2f} pool checkouts = "
                 f"~{db['round_trips']:.1f} round trips")
+            say(f"      idle server (no requests): {h['idle_cores']:.3f} cores busy = "
+                f"{h['idle_cores'] / max(h['rate'], 1e-9) * 1000:.2f} ms of each response's CPU at this rate "
+                "(the history integrators' polls)")
+            say("      statements per response (verb, tables):")
+            for line in h["sql_mix"]:
+                say(f"        {line}")
             if flame:
                 say(f"      py-spy of one worker: {flame}.svg (flame graph), {flame}.txt (collapsed stacks)")
 
@@ -624,7 +635,6 @@ def run(args: argparse.Namespace, bench: harness.Bench) -> int:
     for line in target_lines(base, floor, inproc, http, args.workers):
         say("  " + line)
     results["targets"] = target_lines(base, floor, inproc, http, args.workers)
-    report(rows, base["rate"])
     failure = "HTTP checks failed: see the counts above" + (f" and {tmp}" if args.keep else "")
     return harness.finish(bench, args, failure if failed else None)
 
