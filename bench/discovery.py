@@ -474,7 +474,7 @@ def bench_peak(hub: Hub, fed: Federation, args, tmp: Path, server: subprocess.Po
     pg_name = hub.db_url.rsplit("/", 1)[1] if hub.db_url.startswith("postgresql") else None
     pg_cpu_before = harness.postgres_backend_cpu(pg_name) if pg_name else 0.0
     cpu_before = harness.group_cpu_seconds(server.pid)
-    spy = py_spy_worker(server, args.duration, profile_to) if profile_to else None
+    spy = py_spy_worker(server, args.duration, profile_to) if profile_to and flame is None else None
     if flame is not None:
         spy = harness.FlameRecording(server, args.duration, flame)
     wrk_log = tmp / f"wrk-{hub.label}.log"
@@ -992,6 +992,12 @@ def run_database(label: str, db_url: str, fed: Federation, args, tmp: Path) -> d
         f"{os.cpu_count()} cores could not exceed {floor['cap_rate']:,.0f} decisions/s")
     say(f"      with an ECDSA P-256 hub key: ES256 sign {floor['ec_sign_ms']:.2f} ms instead, "
         f"{floor['per_decision_ec_ms']:.2f} ms per decision, cap {floor['cap_rate_ec']:,.0f} decisions/s")
+    if label == "postgresql":
+        trip = harness.round_trip_costs(db_url)
+        result["round_trip"] = trip
+        say(f"      a database round trip's client CPU: raw psycopg {trip['raw_ms']:.3f} ms, SQLAlchemy Core "
+            f"{trip['core_ms']:.3f} ms, a short transaction (checkout + pre-ping + BEGIN + 1 statement + COMMIT) "
+            f"{trip['transaction_ms']:.3f} ms")
     return result
 
 

@@ -715,6 +715,42 @@ def web_stack_floor(wrk: str, base_url: str, server: subprocess.Popen, *, thread
     return {"rate": float(rate.group(1)), "cpu_ms_per_op": cpu / int(total.group(1)) * 1000}
 
 
+def round_trip_costs(db_url: str, count: int = 1000) -> dict[str, float]:
+    """Client-side CPU ms of one database round trip on `db_url` (PostgreSQL): raw psycopg, a
+    SQLAlchemy Core statement, and a whole short transaction the way the hub opens one (pool
+    checkout with pre-ping, BEGIN, one statement, COMMIT). What each round trip the hot path
+    saves is worth, measured in the same run."""
+    import psycopg
+    from sqlalchemy import create_engine, text
+
+    def cpu_ms(fn: Callable[[], object]) -> float:
+        fn()
+        start = time.process_time()
+        for _ in range(count):
+            fn()
+        return (time.process_time() - start) / count * 1000
+
+    raw = psycopg.connect(db_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
+    try:
+        raw_ms = cpu_ms(lambda: raw.execute("SELECT 1").fetchone())
+    finally:
+        raw.close()
+    engine = create_engine(_psycopg(db_url), pool_pre_ping=True)
+    try:
+        with engine.connect() as conn:
+            core_ms = cpu_ms(lambda: conn.execute(text("SELECT 1")).scalar())
+
+        def transaction() -> None:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1")).scalar()
+                conn.commit()
+
+        txn_ms = cpu_ms(transaction)
+    finally:
+        engine.dispose()
+    return {"raw_ms": raw_ms, "core_ms": core_ms, "transaction_ms": txn_ms}
+
+
 # --- PostgreSQL ----------------------------------------------------------------------------
 
 def _psycopg(url: str) -> str:

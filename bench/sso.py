@@ -589,6 +589,11 @@ def run(args: argparse.Namespace, bench: harness.Bench) -> int:
             run_http(pg_hub, "postgresql", args.workers, flame)
             if args.workers != 1:
                 run_http(pg_hub, "postgresql", 1)
+            trip = harness.round_trip_costs(pg_url)
+            results["round_trip"] = trip
+            say(f"    a database round trip's client CPU: raw psycopg {trip['raw_ms']:.3f} ms, SQLAlchemy Core "
+                f"{trip['core_ms']:.3f} ms, a short transaction (checkout + pre-ping + BEGIN + 1 statement + "
+                f"COMMIT) {trip['transaction_ms']:.3f} ms")
         else:
             say("\n[3b] PostgreSQL skipped (set RENKEI_BENCH_POSTGRES_URL to run it)")
         results["http"] = [{k: v for k, v in h.items() if k != "wrk_output"} for h in http]
