@@ -21,7 +21,7 @@ RULES: list[tuple[str, str, str | None]] = [
     ("signing (RSA/ECDSA private-key op)", "kernel/xml/_dsig.py", "_sign_octets"),
     ("encryption (AES-GCM + RSA-OAEP)", "kernel/xml/_enc.py", "encrypt_element"),
     ("commit (flush + COMMIT, incl. history rows)", "sqlalchemy/orm/session.py", "commit"),
-    ("history: integrator (batch, hashes, checkpoint)", "access_history/service.py", "integrate_all"),
+    ("history: integrator thread (polls, batches, checkpoint)", "access_history/ledger.py", None),
     ("history: append (entry + queue row)", "access_history/", None),
     ("JWT client assertion (joserfc, ES256 verify)", "kernel/jose.py", None),
     ("XML: signature c14n + digest", "kernel/xml/_dsig.py", "sign_enveloped"),

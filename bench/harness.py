@@ -401,16 +401,19 @@ def group_members(pgid: int) -> list[tuple[int, str, float]]:
 
 
 def process_cpu_seconds(pid: str, stat_fields: list[str], tick: int) -> float:
-    """A process's CPU seconds: from /proc/<pid>/schedstat (nanoseconds, all its threads) where
-    the kernel has it, else utime+stime of /proc/<pid>/stat (clock ticks, 10 ms each: too coarse
-    for the many short-lived CPU slices of PostgreSQL backends)."""
+    """utime+stime of /proc/<pid>/stat: clock ticks, but monotonic and counting threads that
+    have exited (a worker's threadpool threads come and go)."""
+    return (int(stat_fields[11]) + int(stat_fields[12])) / tick
+
+
+def single_thread_cpu_seconds(pid: str, stat_fields: list[str], tick: int) -> float:
+    """CPU seconds of a one-thread process (a PostgreSQL backend): /proc/<pid>/schedstat in
+    nanoseconds where the kernel has it — clock ticks (10 ms) are too coarse for the many short
+    slices of a backend — else utime+stime."""
     try:
-        total = 0
-        for task in os.listdir(f"/proc/{pid}/task"):
-            total += int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[0])
-        return total / 1e9
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
     except (OSError, ValueError, IndexError):
-        return (int(stat_fields[11]) + int(stat_fields[12])) / tick
+        return process_cpu_seconds(pid, stat_fields, tick)
 
 
 def group_cpu_seconds(pgid: int) -> float:
@@ -530,7 +533,7 @@ def postgres_backend_cpu(database: str) -> float:
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2:].split()
-        total += process_cpu_seconds(entry, fields, tick)
+        total += single_thread_cpu_seconds(entry, fields, tick)
     return total
 
 

@@ -449,7 +449,7 @@ def bench_http(hub: Hub, args, tmp: Path, label: str, expected_rate: float, work
         floor = harness.web_stack_floor(
             wrk, hub.base_url, server, threads=args.threads, connections=args.connections,
             seconds=1 if args.quick else 3,
-        ) if label == "sqlite" else None
+        ) if label.startswith("sqlite") else None
         idle = harness.idle_cpu(server, 1 if args.quick else 3)
         db_before = harness.server_counts(counts_dir)
         mix_before = harness.server_sql_mix(counts_dir)
