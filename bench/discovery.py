@@ -75,6 +75,9 @@ How to run (from the repository root)
     .venv/bin/python bench/discovery.py --profile          # + cProfile stage breakdown, and
                                                            #   py-spy on one worker if installed
     .venv/bin/python bench/discovery.py --postgres-url postgresql://user@host:5432/postgres
+                                                           # (default: RENKEI_BENCH_POSTGRES_URL)
+    .venv/bin/python bench/discovery.py --flame bench/profiles   # py-spy flame graph + stacks
+                                                           #   of one worker (PostgreSQL run)
 
 Needs pysaml2 and python-xmlsec (the `test` extra), the `xmlsec1` binary and `wrk` (Debian
 packages), PostgreSQL for the second half; py-spy (pip) only for --profile's worker profile.
@@ -1155,8 +1158,11 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="short runs: a smoke run under 60 s")
     parser.add_argument("--duration", type=int, default=None,
                         help="seconds of each timed HTTP run (default 10, --quick 3; at most 240)")
-    parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
-                        help="server on which a fresh database is created and dropped (default %(default)s)")
+    parser.add_argument("--postgres-url",
+                        default=os.environ.get("RENKEI_BENCH_POSTGRES_URL",
+                                               "postgresql://postgres@127.0.0.1:5432/postgres"),
+                        help="server on which a fresh database is created and dropped (default: "
+                             "RENKEI_BENCH_POSTGRES_URL, else %(default)s)")
     parser.add_argument("--skip-postgres", action="store_true", help="SQLite only")
     harness.add_run_arguments(parser, baseline_help="pysaml2 signatures to time (default 30, --quick 5)",
                               inproc_help="time box of the in-process phase (default 3, --quick 1)",
