@@ -261,12 +261,14 @@ def time_box(label: str, fn: Callable[[int], object], seconds: float, limit: int
 
 
 def per_call_seconds(fn: Callable[[], object], count: int) -> float:
-    """Wall-clock seconds per call of fn, over `count` calls after one untimed call."""
+    """CPU seconds of this process per call of fn, over `count` calls after one untimed call (CPU,
+    not wall-clock: on a shared machine the wall clock also counts other processes' turns, and
+    the floors are compared with the server's CPU per operation)."""
     fn()
-    start = time.perf_counter()
+    start = time.process_time()
     for _ in range(count):
         fn()
-    return (time.perf_counter() - start) / count
+    return (time.process_time() - start) / count
 
 
 def idp_rsa_sign_seconds(count: int) -> float:
@@ -394,8 +396,24 @@ def group_members(pgid: int) -> list[tuple[int, str, float]]:
             continue
         fields = stat[stat.rindex(")") + 2:].split()
         if int(fields[2]) == pgid:  # field 5, pgrp
-            members.append((int(entry), cmdline, (int(fields[11]) + int(fields[12])) / tick))
+            members.append((int(entry), cmdline, process_cpu_seconds(entry, fields, tick)))
     return members
+
+
+def process_cpu_seconds(pid: str, stat_fields: list[str], tick: int) -> float:
+    """utime+stime of /proc/<pid>/stat: clock ticks, but monotonic and counting threads that
+    have exited (a worker's threadpool threads come and go)."""
+    return (int(stat_fields[11]) + int(stat_fields[12])) / tick
+
+
+def single_thread_cpu_seconds(pid: str, stat_fields: list[str], tick: int) -> float:
+    """CPU seconds of a one-thread process (a PostgreSQL backend): /proc/<pid>/schedstat in
+    nanoseconds where the kernel has it — clock ticks (10 ms) are too coarse for the many short
+    slices of a backend — else utime+stime."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return process_cpu_seconds(pid, stat_fields, tick)
 
 
 def group_cpu_seconds(pgid: int) -> float:
@@ -403,19 +421,26 @@ def group_cpu_seconds(pgid: int) -> float:
     return sum(cpu for _pid, _cmd, cpu in group_members(pgid))
 
 
-def start_server(hub: HubBase, workers: int, log_path: Path) -> subprocess.Popen:
+def start_server(hub: HubBase, workers: int, log_path: Path, counts_dir: Path | None = None) -> subprocess.Popen:
     """The hub app under uvicorn with N workers (what `renkei serve` runs), in its own process
-    group, once /healthz answers."""
+    group, once /healthz answers. Served through bench/counted_app.py, which writes each
+    worker's database counters into `counts_dir` (read them with `server_counts`)."""
     import httpx
 
     env = dict(os.environ)
     env.update(hub.env)
+    if counts_dir is not None:
+        env["RENKEI_BENCH_COUNTS"] = str(counts_dir)
     log = open(log_path, "wb")  # noqa: SIM115 - closed with the process
-    sock = RESERVED.pop(hub.port)
+    sock = RESERVED.pop(hub.port, None)
+    if sock is None:  # a second server on the same hub: the first one has let the port go
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", hub.port))
     # uvicorn serves the socket bound in set_up_home (its file descriptor, inherited), so the
     # port cannot change hands between choosing it and serving on it
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "renkei.app:create_app", "--factory", "--fd", str(sock.fileno()),
+        [sys.executable, "-m", "uvicorn", "bench.counted_app:create_app", "--factory", "--fd", str(sock.fileno()),
          "--workers", str(workers), "--log-level", "warning", "--no-access-log"],
         env=env, cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         start_new_session=True, pass_fds=(sock.fileno(),),
@@ -436,6 +461,111 @@ def start_server(hub: HubBase, workers: int, log_path: Path) -> subprocess.Popen
         raise SystemExit("renkei serve did not answer /healthz within 60 s")
     time.sleep(1.0)  # /healthz may be answered by one worker before the other is up
     return proc
+
+
+def server_counts(counts_dir: Path) -> dict[str, int]:
+    """The database counters of every worker that wrote into `counts_dir`, summed. Waits 1.1 s
+    first: each worker rewrites its file every 0.5 s."""
+    time.sleep(1.1)
+    total = {"statements": 0, "commits": 0, "rollbacks": 0, "checkouts": 0}
+    for path in counts_dir.glob("*.json"):
+        try:
+            for name, value in json.loads(path.read_text()).items():
+                total[name] = total.get(name, 0) + value
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def idle_cpu(server: subprocess.Popen, seconds: float) -> float:
+    """Cores the server keeps busy with no request in flight (background threads), over `seconds`."""
+    before = group_cpu_seconds(server.pid)
+    started = time.perf_counter()
+    time.sleep(seconds)  # the measurement interval itself, not a wait for a condition
+    return (group_cpu_seconds(server.pid) - before) / (time.perf_counter() - started)
+
+
+def server_sql_mix(counts_dir: Path) -> dict[str, int]:
+    """How often each statement head (verb and table) ran in the server's workers, summed."""
+    total: dict[str, int] = {}
+    for path in counts_dir.glob("*.sqlmix"):
+        try:
+            for head, n in json.loads(path.read_text()).items():
+                total[head] = total.get(head, 0) + n
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def sql_mix_lines(before: dict[str, int], after: dict[str, int], ops: int, top: int = 14) -> list[str]:
+    """The statements per operation between two `server_sql_mix` readings, most frequent first."""
+    delta = {h: n - before.get(h, 0) for h, n in after.items() if n - before.get(h, 0) > 0}
+    return [f"{n / max(ops, 1):6.2f}  {h}" for h, n in sorted(delta.items(), key=lambda kv: -kv[1])[:top]]
+
+
+def counts_per_op(before: dict[str, int], after: dict[str, int], ops: int, postgres: bool) -> dict[str, float]:
+    """Per operation: statements, commits, rollbacks and round trips (statements + commits +
+    rollbacks, plus a pre-ping per pool checkout on PostgreSQL; psycopg's implicit BEGIN rides
+    with the first statement of a transaction only on SQLite, so on PostgreSQL one BEGIN per
+    transaction is added too)."""
+    d = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    n = max(ops, 1)
+    trips = d["statements"] + d["commits"] + d["rollbacks"]
+    if postgres:
+        trips += d["checkouts"] + d["commits"] + d["rollbacks"]  # pre-ping; BEGIN of each transaction
+    return {"statements": d["statements"] / n, "commits": d["commits"] / n, "rollbacks": d["rollbacks"] / n,
+            "checkouts": d["checkouts"] / n, "round_trips": trips / n}
+
+
+def postgres_backend_cpu(database: str) -> float:
+    """user+system CPU seconds of the live PostgreSQL backends serving `database` (from /proc;
+    their process title names the database). Background writers are not included."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if not cmdline.startswith("postgres: ") or f" {database} " not in cmdline:
+                continue
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        total += single_thread_cpu_seconds(entry, fields, tick)
+    return total
+
+
+def py_spy_record(server: subprocess.Popen, seconds: float, out: Path, fmt: str = "speedscope") -> subprocess.Popen | None:
+    """Start py-spy on one of the server's worker processes (not the supervisor), if installed:
+    `fmt` is speedscope, flamegraph (SVG) or raw (collapsed stacks)."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not os.path.exists(exe):
+        return None
+    workers = [pid for pid, cmd, _cpu in group_members(server.pid)
+               if pid != server.pid and "resource_tracker" not in cmd and "multiprocessing" in cmd]
+    workers = workers or [server.pid]
+    return start_group([exe, "record", "--pid", str(min(workers)), "--duration", str(int(seconds)),
+                        "--rate", "200", "--nonblocking", "--format", fmt, "--output", str(out)],
+                       subprocess.DEVNULL)
+
+
+class FlameRecording:
+    """py-spy on one worker of a server: an SVG flame graph (`<stem>.svg`) and the collapsed
+    stacks (`<stem>.txt`, for bench/breakdown.py), recorded side by side over the same run."""
+
+    def __init__(self, server: subprocess.Popen, seconds: float, stem: Path):
+        self.paths = [stem.with_suffix(".svg"), stem.with_suffix(".txt")]
+        self.procs = [p for p in (py_spy_record(server, seconds, self.paths[0], "flamegraph"),
+                                  py_spy_record(server, seconds, self.paths[1], "raw")) if p is not None]
+
+    def wait(self, timeout: float = 60) -> None:
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                kill_group(proc)
 
 
 def run_watched(cmd: list[str], out_path: Path, label: str, seconds: float,
@@ -588,6 +718,42 @@ def web_stack_floor(wrk: str, base_url: str, server: subprocess.Popen, *, thread
     if not rate or not total or re.search(r"Non-2xx", out):
         return {"rate": None, "output": out}
     return {"rate": float(rate.group(1)), "cpu_ms_per_op": cpu / int(total.group(1)) * 1000}
+
+
+def round_trip_costs(db_url: str, count: int = 1000) -> dict[str, float]:
+    """Client-side CPU ms of one database round trip on `db_url` (PostgreSQL): raw psycopg, a
+    SQLAlchemy Core statement, and a whole short transaction the way the hub opens one (pool
+    checkout with pre-ping, BEGIN, one statement, COMMIT). What each round trip the hot path
+    saves is worth, measured in the same run."""
+    import psycopg
+    from sqlalchemy import create_engine, text
+
+    def cpu_ms(fn: Callable[[], object]) -> float:
+        fn()
+        start = time.process_time()
+        for _ in range(count):
+            fn()
+        return (time.process_time() - start) / count * 1000
+
+    raw = psycopg.connect(db_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
+    try:
+        raw_ms = cpu_ms(lambda: raw.execute("SELECT 1").fetchone())
+    finally:
+        raw.close()
+    engine = create_engine(_psycopg(db_url), pool_pre_ping=True)
+    try:
+        with engine.connect() as conn:
+            core_ms = cpu_ms(lambda: conn.execute(text("SELECT 1")).scalar())
+
+        def transaction() -> None:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1")).scalar()
+                conn.commit()
+
+        txn_ms = cpu_ms(transaction)
+    finally:
+        engine.dispose()
+    return {"raw_ms": raw_ms, "core_ms": core_ms, "transaction_ms": txn_ms}
 
 
 # --- PostgreSQL ----------------------------------------------------------------------------

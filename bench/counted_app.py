@@ -1,0 +1,80 @@
+"""The hub app as `renkei serve` builds it, plus database counters for the benchmarks.
+
+`uvicorn bench.counted_app:create_app --factory` serves exactly `renkei.app.create_app()`; it
+only listens to SQLAlchemy's engine events in each worker process and writes the running
+totals to `$RENKEI_BENCH_COUNTS/<pid>.json` every 0.5 s, so a benchmark reads, per response,
+how many statements, commits, rollbacks and pool pre-pings (each a round trip) the server did.
+Nothing in the request path changes: a counter increment per event is all it adds.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import Pool
+
+COUNTS = {"statements": 0, "commits": 0, "rollbacks": 0, "checkouts": 0}
+SQL_MIX: dict[str, int] = {}  # statement head (verb and table) -> times executed
+
+
+def _statement(_conn, _cursor, statement: str, *_args, **_kwargs) -> None:
+    COUNTS["statements"] += 1
+    head = _head(statement)
+    SQL_MIX[head] = SQL_MIX.get(head, 0) + 1
+
+
+_TABLE = re.compile(r"\b(?:FROM|INTO|UPDATE|JOIN)\s+([\w.\"]+)", re.IGNORECASE)
+
+
+def _head(statement: str) -> str:
+    """`VERB table[, joined table...]` (and FOR UPDATE), e.g. "SELECT pseudonyms"."""
+    words = statement.split(None, 1)
+    verb = words[0].upper() if words else "?"
+    tables = list(dict.fromkeys(t.strip('"') for t in _TABLE.findall(statement)))
+    lock = " FOR UPDATE" if "FOR UPDATE" in statement.upper() else ""
+    return f"{verb} {', '.join(tables[:3])}{lock}"[:100]
+
+
+def _commit(*_args) -> None:
+    COUNTS["commits"] += 1
+
+
+def _rollback(*_args) -> None:
+    COUNTS["rollbacks"] += 1
+
+
+def _checkout(*_args) -> None:
+    COUNTS["checkouts"] += 1  # with pool_pre_ping (PostgreSQL), one ping round trip each
+
+
+def _writer(directory: Path) -> None:
+    path = directory / f"{os.getpid()}.json"
+    mix = directory / f"{os.getpid()}.sqlmix"
+    tmp = directory / f".{os.getpid()}.tmp"
+    while True:
+        tmp.write_text(json.dumps(COUNTS))
+        os.replace(tmp, path)  # readers never see half a file
+        tmp.write_text(json.dumps(dict(SQL_MIX)))
+        os.replace(tmp, mix)
+        time.sleep(0.5)
+
+
+def create_app():
+    """renkei.app.create_app(), with the counters listening in this worker."""
+    from renkei.app import create_app as renkei_app
+
+    event.listen(Engine, "before_cursor_execute", _statement)
+    event.listen(Engine, "commit", _commit)
+    event.listen(Engine, "rollback", _rollback)
+    event.listen(Pool, "checkout", _checkout)
+    directory = os.environ.get("RENKEI_BENCH_COUNTS")
+    if directory:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        threading.Thread(target=_writer, args=(Path(directory),), daemon=True, name="bench-counts").start()
+    return renkei_app()
