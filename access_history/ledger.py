@@ -83,6 +83,10 @@ def integrate(*, db_session: Session, log: str, signer: LogSigner, batch: int = 
     Returns how many entries were integrated (0 if none waited, or another process is
     integrating this log right now). The caller commits; until then nothing is visible.
     """
+    # a plain read first: an idle poll must not open a write transaction (SQLite's one write
+    # lock, a PostgreSQL row lock and a WAL flush, several times a second in every process)
+    if db_session.scalar(select(LogQueue.id).where(LogQueue.log == log).limit(1)) is None:
+        return 0
     state = _lock_state(db_session, log)
     if state is None:
         return 0
