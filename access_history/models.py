@@ -24,7 +24,6 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     Index,
-    Integer,
     LargeBinary,
     PrimaryKeyConstraint,
     Sequence,
@@ -38,7 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from access_history.errors import InvalidLogEntry
-from kernel.db import Base
+from kernel.db import BIG_ID, Base
 
 HUB_OWNER = "hub"  # the owner of the hub's own decisions
 ACCESS_LOG = "access"
@@ -55,8 +54,6 @@ ID_LEN = 32  # hex of 16 random bytes
 SALT_LEN = 32
 HASH_LEN = 32
 
-# SQLite only makes an INTEGER PRIMARY KEY an auto-incrementing rowid; PostgreSQL gets 64 bits.
-BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
 # Entries are partitioned by month on PostgreSQL, so their key is (id, recorded_at) and `id`
 # cannot autoincrement: PostgreSQL draws it from a sequence, SQLite from `entry_id_counters`.
 ENTRY_SEQUENCES = {"history_entries": "history_entries_id_seq",

@@ -7,10 +7,10 @@ from __future__ import annotations
 import random
 from datetime import datetime
 
-from sqlalchemy import DateTime, Integer, String, UniqueConstraint, delete
+from sqlalchemy import DateTime, String, UniqueConstraint, delete
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from kernel.db import Base, insert_or_ignore, utcnow
+from kernel.db import BIG_ID, Base, insert_or_ignore, utcnow
 
 
 class ReplayDetected(Exception):
@@ -21,7 +21,7 @@ class SeenMessage(Base):
     __tablename__ = "seen_messages"
     __table_args__ = (UniqueConstraint("issuer", "message_id"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True)
     issuer: Mapped[str] = mapped_column(String(1024))
     message_id: Mapped[str] = mapped_column(String(256))
     expires_at: Mapped[datetime] = mapped_column(DateTime, index=True)

@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import DateTime, Index, Integer, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from kernel.db import Base, utcnow
+from kernel.db import BIG_ID, Base, utcnow
 
 
 class Pseudonym(Base):
@@ -27,7 +27,7 @@ class Pseudonym(Base):
         ),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True)
     person_key: Mapped[str] = mapped_column(String(64))
     agency: Mapped[str] = mapped_column(String(1024))
     value: Mapped[str] = mapped_column(String(256), unique=True)
@@ -51,7 +51,7 @@ class Rotation(Base):
 
     __tablename__ = "pseudonym_rotations"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True)
     agency: Mapped[str] = mapped_column(String(1024), index=True)
     old_value: Mapped[str] = mapped_column(String(256), unique=True)
     new_value: Mapped[str] = mapped_column(String(256))
@@ -80,7 +80,7 @@ class LocalLink(Base):
         Index("ix_local_links_person_agency", "person_key", "agency"),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True)
     agency: Mapped[str] = mapped_column(String(1024), index=True)
     local_id: Mapped[str] = mapped_column(String(256))
     person_key: Mapped[str] = mapped_column(String(64), index=True)
