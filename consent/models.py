@@ -33,6 +33,7 @@ PARTY_MAX = 1024
 CODE_MAX = 64
 NAME_MAX = 512
 PERSON_KEY_MAX = 128
+LEGAL_BASIS_MAX = 512  # as long as the access history stores the law a decision cites
 
 _CLASS_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:\S+")
@@ -215,7 +216,7 @@ def whitelist_entry_problems(values: Mapping[str, object]) -> list[tuple[str, st
         if problem := party_problem(values.get(field)):
             problems.append((field, f"{field} {problem}"))
     limits = {"task_code": CODE_MAX, "info_type_code": CODE_MAX, "task_name": NAME_MAX,
-              "info_type_name": NAME_MAX, "legal_basis": None}
+              "info_type_name": NAME_MAX, "legal_basis": LEGAL_BASIS_MAX}
     for field, limit in limits.items():
         value = values.get(field)
         if not isinstance(value, str) or not value.strip():

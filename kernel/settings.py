@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     )
     # failures older than this are forgotten
     login_failure_window_seconds: int = 24 * 3600
+    # the shared operator token (keys/operator-token, RENKEI_OPERATOR_TOKEN) is a bootstrap
+    # credential: turn it off once named operators exist (`renkei operator add`)
+    operator_bootstrap: bool = True
+    # JSON-lines request log: "stderr", "off" or a file path
+    request_log: str = "stderr"
 
     @property
     def db_url(self) -> str:

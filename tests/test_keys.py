@@ -21,10 +21,16 @@ from lxml import etree
 
 from kernel.settings import reset_settings
 from renkei.cli import main
-from tests.conftest import free_port, fresh_database_url
+from tests.conftest import fresh_database_url, listening_socket, port_of
 from tests.saml_sp import NS, Browser, TestSP, response_from_page, verify_with_xmlsec
 
 RENKEI = str(Path(sys.executable).with_name("renkei"))
+
+
+def free_port() -> int:
+    """A port for a URL or a server that is refused before it listens (nothing binds it)."""
+    with listening_socket() as sock:
+        return port_of(sock)
 MD = "urn:oasis:names:tc:SAML:2.0:metadata"
 
 
@@ -260,8 +266,8 @@ def test_create_app_refuses_what_serve_refuses(initialised, monkeypatch):
         monkeypatch.setenv(k, v)
     reset_settings()
     try:
-        (home / "keys" / "log-v1.key.pem").unlink()
-        with pytest.raises(HubNotReady, match="log-v1.key.pem"):
+        (home / "keys" / "consent-v1.key.pem").unlink()
+        with pytest.raises(HubNotReady, match="consent-v1.key.pem"):
             create_app(get_settings())
     finally:
         monkeypatch.undo()

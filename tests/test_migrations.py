@@ -23,7 +23,8 @@ from tests.conftest import fresh_database_url
 
 # every module that declares tables on the shared metadata
 MODEL_MODULES = ("kernel.replay", "federation.models", "idp.models", "pseudonym.models",
-                 "consent.models", "discovery.models", "access_history.models", "portal.models")
+                 "consent.models", "discovery.models", "access_history.models", "portal.models",
+                 "renkei.operators")
 
 
 def metadata():
@@ -102,6 +103,7 @@ def test_serve_refuses_a_database_behind_head(db_url, tmp_path):
     command.upgrade(cfg, "head")
     command.downgrade(cfg, "-1")
     head = ScriptDirectory.from_config(cfg).get_current_head()
+    (tmp_path / "home").mkdir()  # serve checks the home exists before the database
     env = {**os.environ, "RENKEI_HOME": str(tmp_path / "home"), "RENKEI_DATABASE_URL": db_url}
     proc = subprocess.run([str(Path(sys.executable).with_name("renkei")), "serve", "--port", "1"],
                           capture_output=True, text=True, env=env, timeout=60, check=False)
