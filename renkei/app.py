@@ -9,7 +9,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from kernel.db import check_migrated, upgrade
 from kernel.settings import Settings, get_settings
-from kernel.web import Pages, SecurityHeaders, add_security_headers
+from kernel.web import Pages, RequestLog, SecurityHeaders, add_security_headers, request_log_sink
 from renkei import __version__
 
 _pages = Pages(Path(__file__).resolve().parent / "templates")
@@ -69,6 +69,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   openapi_url="/api/openapi.json", lifespan=_history_integrator(settings))
     hsts = settings.base_url.startswith("https://")
     app.add_middleware(SecurityHeaders, hsts=hsts)
+    if (sink := request_log_sink(settings.request_log)) is not None:
+        app.add_middleware(RequestLog, sink=sink)  # outermost: it times and sees every answer
     if settings.api_docs:
         from renkei.api_docs import mount_api_docs
 
