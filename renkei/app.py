@@ -1,11 +1,13 @@
 """The app factory: one ASGI app serving every room (`renkei serve`)."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from sqlalchemy.exc import SQLAlchemyError
 
 from kernel.db import check_migrated, upgrade
 from kernel.settings import Settings, get_settings
@@ -97,6 +99,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if request.url.path.startswith("/api/"):
             return JSONResponse({"error": "invalid_request", "message": f"bad input: {fields}"}, 400)
         return error_page(400, f"入力が不正です。Bad input: {fields or 'request'}")
+
+    @app.exception_handler(SQLAlchemyError)
+    async def database_refused(request: Request, _exc: SQLAlchemyError) -> Response:
+        # the request's unit of work rolled back (kernel.db.session_scope): nothing was written;
+        # a database failure is the hub's, never the client's, and never shown in detail
+        logging.getLogger("renkei").warning("database error on %s: %s", request.url.path, type(_exc).__name__)
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": "temporarily_unavailable",
+                                 "message": "the hub cannot answer right now; nothing was written"}, 503)
+        return error_page(503, "ただいま処理できません。The hub cannot answer right now; please try again.")
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, _exc: Exception) -> Response:
