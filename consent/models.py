@@ -26,7 +26,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from consent.errors import InvalidPolicyRule, WhitelistImportError
 from kernel.db import Base, utcnow
 from kernel.errors import shown
-from kernel.validate import identifier_problem
+from kernel.validate import control_problem, identifier_problem
 
 CLASS_PREFIX = "class:"
 PARTY_MAX = 1024
@@ -225,8 +225,9 @@ def whitelist_entry_problems(values: Mapping[str, object]) -> list[tuple[str, st
             problems.append((field, f"{field} {problem}"))
         elif limit and len(value) > limit:
             problems.append((field, f"{field} is longer than {limit} characters"))
-        elif "\x00" in value:  # PostgreSQL refuses NUL in text
-            problems.append((field, f"{field} must not contain NUL characters"))
+        # PostgreSQL refuses NUL, bidi overrides mislead readers; a long name or law may break lines
+        elif problem := control_problem(value, allow="\n"):
+            problems.append((field, f"{field} {problem}"))
     consent = values.get("consent")
     if consent not in tuple(ConsentMode):
         problems.append(("consent", f"consent must be 'required' or 'override', got {shown(consent)}"))

@@ -26,10 +26,11 @@ def identifier_problem(value: object, *, max_length: int) -> str | None:
     return None
 
 
-def control_problem(value: str) -> str | None:
+def control_problem(value: str, *, allow: str = "") -> str | None:
     """Why free text (a display name, a URL) is refused, or None: controls and invisible format
-    characters, which PostgreSQL refuses (NUL) or a terminal or log reader would hide."""
-    bad = next((c for c in value if unicodedata.category(c) in ("Cc", "Cf", "Cs")), None)
+    characters, which PostgreSQL refuses (NUL) or a terminal or log reader would hide; `allow`
+    names the few a field may hold (a line break in a cited law)."""
+    bad = next((c for c in value if unicodedata.category(c) in ("Cc", "Cf", "Cs") and c not in allow), None)
     return None if bad is None else f"must not contain control characters (found U+{ord(bad):04X})"
 
 
