@@ -25,7 +25,9 @@ def header_of(token: str) -> dict:
 
 @pytest.fixture()
 def keys(tmp_path: Path) -> KeyStore:
-    return KeyStore(tmp_path / "keys")
+    store = KeyStore(tmp_path / "keys")
+    store.ensure_secret(BOOTSTRAP_SECRET)  # what `renkei init` does: nothing else creates a secret
+    return store
 
 
 def issue(keys: KeyStore, **over) -> str:
