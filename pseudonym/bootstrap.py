@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kernel.jose import JwsInvalid, sign_jws, verify_jws
-from kernel.keys import KeyStore
+from kernel.keys import KeyProblem, KeyStore
 
 BOOTSTRAP_SECRET = "bootstrap"
 ALGORITHM = "HS256"  # only the hub issues and checks it, so a shared secret suffices
@@ -46,7 +46,7 @@ def read_bootstrap(token: str, *, keys: KeyStore, audience: str, requester: str,
         match = _KID.fullmatch(header["kid"]) if isinstance(header.get("kid"), str) else None
         try:
             return [bootstrap_secret(keys, int(match.group(1)))] if match else []
-        except FileNotFoundError:
+        except (FileNotFoundError, KeyProblem):  # a kid of a version never made: the key store says so
             raise BootstrapInvalid("the bootstrap token names no known secret version") from None
 
     try:
