@@ -100,7 +100,7 @@ def _authenticated_name(db: Session, authorization: str) -> tuple[str | None, st
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         return None, "no bearer token"
-    if len(token) > 256 or control_problem(token):  # no credential looks like this: not even a lookup
+    if len(token) > 1024 or control_problem(token):  # no credential looks like this: not even a lookup
         return None, "malformed token"
     if name := operators.authenticate(db_session=db, token=token):
         return name, "ok"

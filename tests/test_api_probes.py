@@ -8,6 +8,7 @@ import uuid
 
 import httpx
 import pytest
+from lxml import etree
 from sqlalchemy import func, select, text
 
 from access_history.models import OperationEntry
@@ -16,8 +17,8 @@ from discovery import service as location
 from kernel.db import get_engine, session_scope
 from kernel.jose import sign_client_assertion
 from renkei.operator_api import operator_token
-from tests.federation import ANNEX, ask, set_rules
-from tests.saml_sp import TestSP
+from tests.federation import ANNEX, ask, bootstrap_of
+from tests.saml_sp import NS, Browser, TestSP, response_from_page
 from tests.test_idp_sso import register
 
 NESTED = "[" * 100_000 + "]" * 100_000  # deeper than any JSON parser's recursion limit
@@ -150,21 +151,34 @@ def _fail_inserts(table: str, on: bool) -> None:
                                   "FOR EACH ROW EXECUTE FUNCTION probe_down()"))
 
 
-def test_a_database_error_outside_the_log_is_not_reported_as_a_log_failure(hub, fed, bootstrap, tmp_path):
+def test_a_database_error_outside_the_log_is_not_reported_as_a_log_failure(hub, fed, tmp_path):
     """A provider met for the first time needs a new pseudonym row; when that insert fails the
-    answer is a generic 503, not LOG_WRITE_FAILED, and nothing is disclosed."""
-    newcomer = register(TestSP(f"https://new-{uuid.uuid4().hex[:6]}.disco.example.jp/sp",
-                               "https://newcomer.disco.example.jp"), tmp_path, "municipality")
+    answer is a generic 503, not LOG_WRITE_FAILED, and nothing is disclosed. A person of its own,
+    held only by a newcomer agency, so no other test sees either."""
+    from consent import service as consent
+    from idp import accounts
     from kernel.keys import keystore
     from pseudonym import service as pseudonyms
 
+    newcomer = register(TestSP(f"https://new-{uuid.uuid4().hex[:6]}.disco.example.jp/sp",
+                               "https://newcomer.disco.example.jp"), tmp_path, "municipality")
+    name, master_id = f"probe-{uuid.uuid4().hex[:6]}", f"99-{uuid.uuid4().hex[:8]}"
     with session_scope() as db:
+        person = accounts.add_person(db_session=db, username=name, password="probe password")
+        pseudonyms.register_master_id(db_session=db, keys=keystore(), person_key=person.person_key,
+                                      master_id=master_id)
         pseudonyms.import_local_links(db_session=db, keys=keystore(), agency=newcomer.entity_id,
-                                      csv_text="NEW-1,77-77-77")
+                                      csv_text=f"NEW-1,{master_id}")
         location.add_offering(db_session=db, provider=newcomer.entity_id, service_type=ANNEX,
                               endpoint=f"{newcomer.base_url}/provide")
-    set_rules(fed, PolicyRuleIn(effect="allow"))
-    body = {"service_type": ANNEX, "task": "JUKI", "person": {"bootstrap_token": bootstrap}}
+        consent.set_policy(collection_method="test-setup", db_session=db, person_key=person.person_key,
+                           rules=[PolicyRuleIn(effect="allow")], principal_id=name)
+    browser = Browser(hub.base_url)
+    _, root = fed["r"].authn_request(f"{hub.base_url}/idp/sso")
+    page = browser.login(browser.start(fed["r"], etree.tostring(root)), name, "probe password")
+    _, response, _ = response_from_page(page.text)
+    body = {"service_type": ANNEX, "task": "JUKI",
+            "person": {"bootstrap_token": bootstrap_of(response.find("saml:Assertion", NS))}}
     try:
         _fail_inserts("pseudonyms", True)
         try:
@@ -174,8 +188,8 @@ def test_a_database_error_outside_the_log_is_not_reported_as_a_log_failure(hub, 
         assert r.status_code == 503 and r.json()["error"] == "TEMPORARILY_UNAVAILABLE", r.text
         assert "token" not in r.text and "probe" not in r.text
         again = ask(hub, fed["r"], body)
-        assert again.status_code == 200 and any(
-            o["provider"] == newcomer.entity_id and o["token"] for o in again.json()["offerings"])
+        assert again.status_code == 200 and [o["provider"] for o in again.json()["offerings"] if o["token"]] \
+            == [newcomer.entity_id]
     finally:
         with session_scope() as db:
             location.remove_offering(db_session=db, provider=newcomer.entity_id, service_type=ANNEX)
