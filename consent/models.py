@@ -26,13 +26,14 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from consent.errors import InvalidPolicyRule, WhitelistImportError
 from kernel.db import Base, utcnow
 from kernel.errors import shown
-from kernel.validate import identifier_problem
+from kernel.validate import control_problem, identifier_problem
 
 CLASS_PREFIX = "class:"
 PARTY_MAX = 1024
 CODE_MAX = 64
 NAME_MAX = 512
 PERSON_KEY_MAX = 128
+LEGAL_BASIS_MAX = 512  # as long as the access history stores the law a decision cites
 
 _CLASS_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:\S+")
@@ -215,7 +216,7 @@ def whitelist_entry_problems(values: Mapping[str, object]) -> list[tuple[str, st
         if problem := party_problem(values.get(field)):
             problems.append((field, f"{field} {problem}"))
     limits = {"task_code": CODE_MAX, "info_type_code": CODE_MAX, "task_name": NAME_MAX,
-              "info_type_name": NAME_MAX, "legal_basis": None}
+              "info_type_name": NAME_MAX, "legal_basis": LEGAL_BASIS_MAX}
     for field, limit in limits.items():
         value = values.get(field)
         if not isinstance(value, str) or not value.strip():
@@ -224,8 +225,9 @@ def whitelist_entry_problems(values: Mapping[str, object]) -> list[tuple[str, st
             problems.append((field, f"{field} {problem}"))
         elif limit and len(value) > limit:
             problems.append((field, f"{field} is longer than {limit} characters"))
-        elif "\x00" in value:  # PostgreSQL refuses NUL in text
-            problems.append((field, f"{field} must not contain NUL characters"))
+        # PostgreSQL refuses NUL, bidi overrides mislead readers; a long name or law may break lines
+        elif problem := control_problem(value, allow="\n"):
+            problems.append((field, f"{field} {problem}"))
     consent = values.get("consent")
     if consent not in tuple(ConsentMode):
         problems.append(("consent", f"consent must be 'required' or 'override', got {shown(consent)}"))

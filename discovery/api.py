@@ -7,33 +7,48 @@ from __future__ import annotations
 import base64
 import binascii
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
+from access_history import service as history
+from access_history.models import CODE_MAX, OperationIn
 from discovery import pipeline
+from discovery import service as location
 from discovery.errors import DiscoveryRefused, StaffAssertionRejected
 from federation import service as agencies
 from kernel.jose import ClientAuthFailed, verify_client_assertion
 from kernel.settings import get_settings
+from kernel.validate import bounded_text
 from kernel.web import DB
+from pseudonym.service import PSEUDONYM_MAX
 
 router = APIRouter(prefix="/api/discovery", tags=["discovery"])
+
+
+# a bootstrap token is a few hundred characters; a staff assertion at most the SOAP faces'
+# message limit (RENKEI_MAX_MESSAGE_BYTES, 256 KiB by default) in base64
+BOOTSTRAP_TOKEN_MAX = 4096
+STAFF_ASSERTION_MAX = 4 * (256 * 1024) // 3 + 4
 
 
 class PersonIn(BaseModel):
     """Name the person by a bootstrap token, or by your own pseudonym with a staff assertion."""
 
-    bootstrap_token: str | None = Field(None, description="From the DiscoveryEPR of the person's SSO assertion")
-    pseudonym: str | None = Field(None, description="Your agency's pseudonym for the person")
-    staff_assertion: str | None = Field(None, description="Base64 of the staff member's SSO assertion")
+    bootstrap_token: bounded_text(BOOTSTRAP_TOKEN_MAX) | None = Field(
+        None, description="From the DiscoveryEPR of the person's SSO assertion")
+    pseudonym: bounded_text(PSEUDONYM_MAX) | None = Field(None, description="Your agency's pseudonym for the person")
+    staff_assertion: bounded_text(STAFF_ASSERTION_MAX) | None = Field(
+        None, description="Base64 of the staff member's SSO assertion")
 
 
 class DiscoveryQueryIn(BaseModel):
-    service_type: str = Field(..., description="Service type URN, e.g. urn:renkei:service:resident-record")
-    task: str = Field(..., description="Administrative task (事務) code the query is for")
-    info_type: str | None = Field(None, description="One information type (特定個人情報) of the service type")
+    service_type: bounded_text(location.URN_MAX) = Field(
+        ..., description="Service type URN, e.g. urn:renkei:service:resident-record")
+    task: bounded_text(CODE_MAX) = Field(..., description="Administrative task (事務) code the query is for")
+    info_type: bounded_text(location.INFO_TYPE_CODE_MAX) | None = Field(
+        None, description="One information type (特定個人情報) of the service type")
     person: PersonIn
 
 
@@ -73,6 +88,15 @@ def _refused(exc: DiscoveryRefused, *, status: int | None = None) -> JSONRespons
     return _error(status or exc.status, exc.code, exc.message)
 
 
+def _record_client_auth_failure(db: Session, request: Request, issuer: str | None, reason: str) -> None:
+    """A refused client assertion in the operations log: the agency it claimed to be, and why
+    (the JWT itself never: it may be a valid one replayed)."""
+    history.record_operation(db_session=db, operation=OperationIn(
+        actor="unknown", channel="api", action="discovery.client_auth_failed",
+        target=issuer or "unknown", outcome="refused",
+        client=request.client.host[:64] if request.client else None, detail={"reason": reason[:300]}))
+
+
 @router.post(
     "/query",
     response_model=DiscoveryQueryOut,
@@ -81,6 +105,7 @@ def _refused(exc: DiscoveryRefused, *, status: int | None = None) -> JSONRespons
     summary="Discovery query (ID-WSF DS Query, JSON face)",
 )
 def query(
+    request: Request,
     body: DiscoveryQueryIn,
     authorization: str = Header("", description="Bearer <client assertion JWT signed with your registered key>"),
     db: Session = DB,
@@ -93,15 +118,20 @@ def query(
     settings = get_settings()
     scheme, _, jwt = authorization.partition(" ")
     if scheme.lower() != "bearer" or not jwt:
+        _record_client_auth_failure(db, request, None, "no bearer client assertion")
         return _error(401, "invalid_client", "send Authorization: Bearer <client assertion JWT>")
 
+    claimed: list[str] = []  # the issuer the JWT names, once it passed the length and control checks
+
     def keys_for(entity_id: str):
+        claimed.append(entity_id)
         agency = agencies.lookup(db_session=db, entity_id=entity_id)
         return agency.signing_keys if agency else ()
 
     try:
         claims = verify_client_assertion(jwt, keys_for=keys_for, audience=query_url(), db_session=db)
     except ClientAuthFailed as exc:
+        _record_client_auth_failure(db, request, claimed[0] if claimed else None, str(exc))
         return _error(401, "invalid_client", str(exc))
     requester = agencies.lookup(db_session=db, entity_id=claims["iss"])
     staff = None

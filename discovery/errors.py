@@ -84,3 +84,22 @@ class LogWriteFailed(DiscoveryRefused):
 
     def __init__(self, message: str = "the decision could not be logged; nothing was disclosed"):
         super().__init__(message)
+
+
+class InvalidQuery(DiscoveryRefused):
+    """A value of the query cannot be recorded as it is (too long, control characters): the
+    requester's mistake, refused before anything is decided."""
+
+    code = "INVALID_QUERY"
+    status = 400
+
+
+class HubUnavailable(DiscoveryRefused):
+    """The hub's database failed on something other than the log write (a lost connection, a
+    conflicting row); nothing was decided or disclosed. Only LogWriteFailed says the log failed."""
+
+    code = "TEMPORARILY_UNAVAILABLE"
+    status = 503
+
+    def __init__(self, message: str = "the hub cannot answer right now; nothing was disclosed, try again"):
+        super().__init__(message)

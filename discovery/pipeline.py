@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from access_history import service as history
+from access_history.errors import InvalidLogEntry
 from access_history.errors import LogWriteFailed as HistoryWriteFailed
 from access_history.models import Channel, EntryIn, EntryKind
 from consent import service as consent
@@ -27,6 +29,8 @@ from discovery import service as location
 from discovery import tokens
 from discovery.errors import (
     BootstrapTokenRejected,
+    HubUnavailable,
+    InvalidQuery,
     LogWriteFailed,
     PersonMismatch,
     PersonNotNamed,
@@ -52,6 +56,8 @@ from kernel.xml import (
 )
 from pseudonym import bootstrap
 from pseudonym import service as pseudonyms
+
+log = logging.getLogger(__name__)
 
 _Decided = TypeVar("_Decided")
 NO_ENCRYPTION_KEY = "PROVIDER_HAS_NO_ENCRYPTION_KEY"
@@ -102,18 +108,34 @@ def discovery_entity_id(settings: Settings) -> str:
 
 
 def _nothing_disclosed_on_database_failure(decide: Callable[..., _Decided]) -> Callable[..., _Decided]:
-    """A database failure while deciding or logging rolls back and refuses the query as
-    LogWriteFailed: no token exists before the commit, so nothing was disclosed."""
+    """A database failure while deciding or logging rolls back and refuses the query: as
+    LogWriteFailed when the log write (or the commit that makes it durable) failed, as
+    HubUnavailable when anything else did. No token exists before the commit either way."""
 
     @functools.wraps(decide)
     def guarded(*, db_session: Session, **kwargs) -> _Decided:
         try:
             return decide(db_session=db_session, **kwargs)
-        except (HistoryWriteFailed, SQLAlchemyError) as exc:
+        except HistoryWriteFailed as exc:
             db_session.rollback()
             raise LogWriteFailed() from exc
+        except InvalidLogEntry as exc:
+            db_session.rollback()
+            raise InvalidQuery(str(exc)) from exc
+        except SQLAlchemyError as exc:
+            db_session.rollback()
+            log.warning("discovery: the database failed outside the log write: %s", type(exc).__name__)
+            raise HubUnavailable() from exc
 
     return guarded
+
+
+def _commit_log(db_session: Session) -> None:
+    """Make the decisions' log entries durable: a failure here is the log write failing."""
+    try:
+        db_session.commit()
+    except SQLAlchemyError as exc:
+        raise HistoryWriteFailed("the decisions could not be committed") from exc
 
 
 @_nothing_disclosed_on_database_failure
@@ -151,7 +173,7 @@ def discover(
         agencies=[d.provider for d in decisions if d.permitted], scope=settings.scope,
     )
     _log(db_session, requester, subject, decisions, task, channel=Channel.DISCOVERY, asked_at=now)
-    db_session.commit()  # log before disclose: the decisions are durable before any token exists
+    _commit_log(db_session)  # log before disclose: the decisions are durable before any token exists
     for d in decisions:
         if d.permitted:
             d.token = _token_for(db_session, settings, keys, requester, d, provider_pseudonyms[d.provider],
@@ -329,7 +351,7 @@ def map_name_id(
         p_target = pseudonyms.get_or_create(db_session=db_session, keys=keys, person_key=subject.person_key,
                                             agency=target, scope=settings.scope)
     _log(db_session, requester, subject, [decision], task, channel=Channel.NAME_MAPPING, asked_at=now)
-    db_session.commit()  # log before disclose
+    _commit_log(db_session)  # log before disclose
     if p_target is None:
         return decision, None
     name_id = etree.Element(

@@ -19,6 +19,12 @@ from kernel.validate import identifier_problem
 # ID-WSF security mechanism: TLS to the provider, the hub's SAML assertion as bearer token
 BEARER_SAML = "urn:liberty:security:2005-02:TLS:SAMLV2"
 INFO_TYPE_CODE_MAX = 64  # as long as consent stores an information type code
+# the columns' lengths, for boundaries that validate before calling in here
+URN_MAX = ServiceType.__table__.c.urn.type.length
+SERVICE_NAME_MAX = ServiceType.__table__.c.name.type.length
+PROVIDER_MAX = Offering.__table__.c.provider.type.length
+ENDPOINT_MAX = Offering.__table__.c.endpoint.type.length
+MECHANISM_MAX = Offering.__table__.c.security_mechanism.type.length
 _URN = re.compile(r"^urn:[a-z0-9][a-z0-9-]{0,31}:\S+$", re.IGNORECASE)
 
 

@@ -42,7 +42,13 @@ from lxml import etree
 from sqlalchemy.orm import Session
 
 from discovery import pipeline
-from discovery.errors import DiscoveryRefused, LogWriteFailed, UnknownPerson, UnknownTarget
+from discovery.errors import (
+    DiscoveryRefused,
+    HubUnavailable,
+    LogWriteFailed,
+    UnknownPerson,
+    UnknownTarget,
+)
 from discovery.tokens import DISCOVERY_ROLE
 from federation import service as agencies
 from federation.service import RegisteredAgency
@@ -227,7 +233,7 @@ def _discovery(db: Session, settings: Settings, raw: bytes) -> Response:
 def _query_refused(settings: Settings, message_id: str, exc: DiscoveryRefused) -> Response:
     """A refused query: a QueryResponse with status Failed and the reason code (ID-WSF DS 2.0
     §4.2.3), except a log failure, which is the hub's fault: a soap:Server Fault (SOAP 1.1 §4.4)."""
-    if isinstance(exc, LogWriteFailed):
+    if isinstance(exc, (LogWriteFailed, HubUnavailable)):
         return _fault(settings, SoapFault(SERVER, exc.code, exc.message, relates_to=message_id))
     return _query_response(settings, message_id, [], refused=exc)
 
@@ -484,6 +490,8 @@ def _nim_refusal(exc: DiscoveryRefused) -> _SamlRefusal:
     failure is Responder, anything else Requester with the closest second-level code."""
     if isinstance(exc, LogWriteFailed):
         return _SamlRefusal(saml.RESPONDER, None, exc.code, "the decision could not be logged")
+    if isinstance(exc, HubUnavailable):
+        return _SamlRefusal(saml.RESPONDER, None, exc.code, exc.message)
     if isinstance(exc, UnknownPerson):
         return _SamlRefusal(saml.REQUESTER, UNKNOWN_PRINCIPAL, exc.code, exc.message)
     if isinstance(exc, UnknownTarget):

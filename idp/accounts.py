@@ -309,6 +309,27 @@ def totp_secret_of(*, keys: KeyStore, person: Person) -> str | None:
     return base64.b32encode(seed).decode().rstrip("=")
 
 
+def login_name_ref(*, username: str, keys: KeyStore | None = None) -> str:
+    """How the operations log names who tried to log in: a keyed hash of the typed name.
+
+    Failed logins are full of mistyped names, other people's names and passwords typed into
+    the name field; the hash lets an auditor correlate attempts on one name (and, holding the
+    hub's keys, test whether a given name was tried) without the log spelling any of them out.
+    Keyed with the first `totp` secret version, so it survives rotations and cannot be
+    computed from a dictionary by whoever reads an export."""
+    keys = keys or keystore()
+    first = keys.secret_versions(TOTP_SECRET)[0]
+    mac = hmac.new(keys.secret(TOTP_SECRET, first), b"renkei/login-name/v1\0" + username.strip().encode(
+        "utf-8", "surrogatepass"), "sha256")
+    return "login:" + mac.hexdigest()[:32]
+
+
+def login_name_ref_of(*, db_session: Session, person_key: str, keys: KeyStore | None = None) -> str:
+    """The login-name reference of an existing account (for second-factor events)."""
+    person = db_session.scalar(select(Person).where(Person.person_key == person_key))
+    return login_name_ref(username=person.username if person else "", keys=keys)
+
+
 def find(*, db_session: Session, username: str) -> Person | None:
     """The account with this username, if any."""
     return db_session.scalar(select(Person).where(Person.username == username.strip()))

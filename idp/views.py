@@ -9,6 +9,8 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
+from access_history import service as history
+from access_history.models import OperationIn
 from federation import service as agencies
 from idp import accounts, saml, service
 from kernel.keys import keystore
@@ -160,6 +162,13 @@ def _client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
+def _record_login(db: Session, request: Request, action: str, who: str, outcome: str, sp: str) -> None:
+    """An authentication event in the operations log, committed with the throttle's counters."""
+    history.record_operation(db_session=db, operation=OperationIn(
+        actor=who, channel="login", action=action, target=sp[:1024], outcome=outcome,
+        client=_client_address(request)[:64]))
+
+
 @router.post("/login")
 def login_submit(
     request: Request,
@@ -179,12 +188,18 @@ def login_submit(
             client_address=_client_address(request), limits=accounts.LoginLimits.from_settings(settings),
         )
     except accounts.LoginThrottled as exc:
+        _record_login(db, request, "login.throttled", accounts.login_name_ref(username=username), "refused",
+                      authn.issuer)
         # the same answer for known and unknown names, right or wrong password
         response = _login_page(db, authn, pending, _throttled_text(exc.retry_after), username, status=429)
         response.headers["Retry-After"] = str(exc.retry_after)
         return response
     except accounts.LoginFailed:
+        _record_login(db, request, "login.failed", accounts.login_name_ref(username=username), "refused",
+                      authn.issuer)
         return _login_page(db, authn, pending, _WRONG_PASSWORD, username, status=401)
+    _record_login(db, request, "login.password_ok" if result.needs_totp else "login.ok",
+                  accounts.login_name_ref(username=username), "ok", authn.issuer)
     if result.needs_totp:
         row.password_ok_person = result.person_key
         return page("totp.html", title="確認コード / One-time code", pending=pending)
@@ -208,13 +223,19 @@ def totp_submit(
             client_address=_client_address(request), limits=accounts.LoginLimits.from_settings(settings),
         )
     except accounts.LoginThrottled as exc:
+        _record_login(db, request, "totp.throttled", accounts.login_name_ref_of(
+            db_session=db, person_key=row.password_ok_person), "refused", authn.issuer)
         response = page("totp.html", status_code=429, title="確認コード", pending=pending,
                         error=_throttled_text(exc.retry_after))
         response.headers["Retry-After"] = str(exc.retry_after)
         return response
     except accounts.LoginFailed:
+        _record_login(db, request, "totp.failed", accounts.login_name_ref_of(
+            db_session=db, person_key=row.password_ok_person), "refused", authn.issuer)
         return page("totp.html", status_code=401, title="確認コード", pending=pending,
                     error="確認コードが違うか、使用済みです。Wrong or already used one-time code.")
+    _record_login(db, request, "login.ok", accounts.login_name_ref_of(
+        db_session=db, person_key=row.password_ok_person), "ok", authn.issuer)
     return _finish(request, db, authn, row, row.password_ok_person, level=2)
 
 

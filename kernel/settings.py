@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     disclosure_report_within_seconds: int = 24 * 3600
     # the largest export an auditor may upload to the portal for verification
     audit_upload_max_bytes: int = 64 * 1024 * 1024
+    # the shared operator token (keys/operator-token, RENKEI_OPERATOR_TOKEN) is a bootstrap
+    # credential: turn it off once named operators exist (`renkei operator add`)
+    operator_bootstrap: bool = True
+    # JSON-lines request log: "stderr", "off" or a file path
+    request_log: str = "stderr"
 
     @property
     def db_url(self) -> str:

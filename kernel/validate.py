@@ -4,6 +4,9 @@ refuses or a terminal hides, so they are refused at the boundary, before any wri
 from __future__ import annotations
 
 import unicodedata
+from typing import Annotated
+
+from pydantic import AfterValidator, StringConstraints
 
 from kernel.errors import UserError, shown
 
@@ -21,6 +24,27 @@ def identifier_problem(value: object, *, max_length: int) -> str | None:
     if bad is not None:
         return f"must not contain control characters (found U+{ord(bad):04X})"
     return None
+
+
+def control_problem(value: str, *, allow: str = "") -> str | None:
+    """Why free text (a display name, a URL) is refused, or None: controls and invisible format
+    characters, which PostgreSQL refuses (NUL) or a terminal or log reader would hide; `allow`
+    names the few a field may hold (a line break in a cited law)."""
+    bad = next((c for c in value if unicodedata.category(c) in ("Cc", "Cf", "Cs") and c not in allow), None)
+    return None if bad is None else f"must not contain control characters (found U+{ord(bad):04X})"
+
+
+def _no_controls(value: str) -> str:
+    if problem := control_problem(value):
+        raise ValueError(problem)
+    return value
+
+
+def bounded_text(max_length: int, *, min_length: int = 1) -> object:
+    """A pydantic string type for an API boundary: at most the column's length, no control
+    characters; a violation is a 422 that names the field, before anything is written."""
+    return Annotated[str, StringConstraints(min_length=min_length, max_length=max_length),
+                     AfterValidator(_no_controls)]
 
 
 class UndecodableText(UserError, ValueError):

@@ -2,8 +2,13 @@
 dependency, security headers."""
 from __future__ import annotations
 
+import json
+import os
 import secrets
-from collections.abc import Iterable, Iterator
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
@@ -109,6 +114,59 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_secured)
+
+
+def request_log_sink(target: str) -> Callable[[str], None] | None:
+    """Where request lines go (RENKEI_REQUEST_LOG): "stderr", "off", or a file path (appended,
+    0600; one write per line, so processes sharing the file never interleave within a line)."""
+    if target == "off":
+        return None
+    if target == "stderr":
+        return lambda line: (sys.stderr.write(line), sys.stderr.flush())
+    fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    return lambda line: os.write(fd, line.encode("utf-8"))
+
+
+class RequestLog:
+    """Pure ASGI middleware: one JSON line per HTTP request (time, method, path, status,
+    duration, client address, request ID), answered with an X-Request-ID header to quote.
+
+    The path only: a query string carries SAMLRequest, tokens and search terms; cookies,
+    authorization headers and bodies never come near it, so no personal data does either."""
+
+    def __init__(self, app: ASGIApp, *, sink: Callable[[str], None]) -> None:
+        self.app = app
+        self.sink = sink
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = secrets.token_hex(8)  # ours, never the client's: a log line cannot be forged
+        status = 500  # what the server answers if the app fails before it starts an answer
+
+        async def send_logged(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_logged)
+        finally:
+            client = scope.get("client")
+            line = {
+                "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                "method": scope.get("method", "")[:16], "path": scope.get("path", "")[:512],
+                "status": status, "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "client": client[0] if client else None, "request_id": request_id,
+            }
+            try:
+                self.sink(json.dumps(line, ensure_ascii=True) + "\n")
+            except OSError:
+                pass  # a full disk must not turn answers into errors; the operations log is the record
 
 
 _kernel_pages = Pages()

@@ -35,6 +35,7 @@ PAIRWISE_SECRET = "pseudonym"
 MASTER_ID_SECRET = "master-id"
 _DOMAIN = b"renkei/pairwise-id/v1\x00"
 LOCAL_ID_MAX = LocalLink.__table__.c.local_id.type.length  # what PostgreSQL will accept
+PSEUDONYM_MAX = Pseudonym.__table__.c.value.type.length  # for boundaries that look one up
 MASTER_ID_MAX = 256  # only hashed, never stored; a マイナンバー is 12 digits
 
 

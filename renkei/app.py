@@ -1,15 +1,17 @@
 """The app factory: one ASGI app serving every room (`renkei serve`)."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from sqlalchemy.exc import SQLAlchemyError
 
 from kernel.db import check_migrated, upgrade
 from kernel.settings import Settings, get_settings
-from kernel.web import Pages, SecurityHeaders, add_security_headers
+from kernel.web import Pages, RequestLog, SecurityHeaders, add_security_headers, request_log_sink
 from renkei import __version__
 
 _pages = Pages(Path(__file__).resolve().parent / "templates")
@@ -75,6 +77,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   openapi_url="/api/openapi.json", lifespan=_history_integrator(settings))
     hsts = settings.base_url.startswith("https://")
     app.add_middleware(SecurityHeaders, hsts=hsts)
+    if (sink := request_log_sink(settings.request_log)) is not None:
+        app.add_middleware(RequestLog, sink=sink)  # outermost: it times and sees every answer
     if settings.api_docs:
         from renkei.api_docs import mount_api_docs
 
@@ -102,6 +106,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if request.url.path.startswith("/api/"):
             return JSONResponse({"error": "invalid_request", "message": f"bad input: {fields}"}, 400)
         return error_page(400, f"入力が不正です。Bad input: {fields or 'request'}")
+
+    @app.exception_handler(SQLAlchemyError)
+    async def database_refused(request: Request, _exc: SQLAlchemyError) -> Response:
+        # the request's unit of work rolled back (kernel.db.session_scope): nothing was written;
+        # a database failure is the hub's, never the client's, and never shown in detail
+        logging.getLogger("renkei").warning("database error on %s: %s", request.url.path, type(_exc).__name__)
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": "temporarily_unavailable",
+                                 "message": "the hub cannot answer right now; nothing was written"}, 503)
+        return error_page(503, "ただいま処理できません。The hub cannot answer right now; please try again.")
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, _exc: Exception) -> Response:

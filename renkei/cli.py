@@ -66,6 +66,25 @@ def _ready_db() -> str:
     return settings.db_url
 
 
+def cli_actor() -> str:
+    """Who acts from the command line, for the operations log: `cli:<OS user>`."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no passwd entry (a container's arbitrary uid)
+        return f"cli:uid-{os.getuid()}"
+
+
+def record(db, action: str, target: str, **detail) -> None:
+    """Record an administrative change made here in the operations log, in its transaction."""
+    from access_history import service as history
+    from access_history.models import OperationIn
+
+    history.record_operation(db_session=db, operation=OperationIn(
+        actor=cli_actor(), channel="cli", action=action, target=target[:1024], detail=detail))
+
+
 def _ready_keys() -> None:
     """Refuse to go on unless the home, keys, secrets and operator token are sound."""
     from renkei.provisioning import HubNotReady, check_hub_ready
@@ -169,6 +188,9 @@ def person_add(username: str, password_stdin: bool, master_id: str | None, displ
             pseudonyms.register_master_id(
                 db_session=db, keys=keystore(), person_key=p.person_key, master_id=master_id
             )
+        # the username is the account's name, chosen by the operator; never the password or seed
+        record(db, "person.add", username, after={"totp": bool(secret), "master_id": bool(master_id),
+                                                   "display_name": bool(display_name)})
     click.echo(f"added {username}")
     if secret:
         click.echo(f"TOTP secret: {secret}")
@@ -255,6 +277,8 @@ def agency_add(metadata_file: Path, agency_class: str, name: str | None, replace
         with session_scope(url) as db:
             a = agencies.register(db_session=db, metadata=data, agency_class=agency_class, name=name, replace=replace)
             entity_id = a.entity_id
+            record(db, "agency.replace" if replace else "agency.add", entity_id,
+                   after={"class": a.agency_class, "name": a.name})
     except agencies.MetadataError as exc:
         raise RenkeiError(f"{metadata_file}: {exc}") from None
     click.echo(f"registered {entity_id}")
@@ -291,6 +315,8 @@ def agency_remove(entity_id: str) -> None:
     try:
         with session_scope(_ready_db()) as db:
             done = retire_agency(db_session=db, entity_id=entity_id)
+            record(db, "agency.retire", entity_id,
+                   after={"offerings": done.offerings, "whitelist_entries": done.whitelist_entries})
     except agencies.MetadataError as exc:
         raise RenkeiError(str(exc)) from None
     click.echo(f"retired {entity_id}: {done.offerings} offerings and {done.whitelist_entries} "
@@ -328,6 +354,7 @@ def link_import(agency_id: str, csv_file: Path, encoding: str | None) -> None:
                     db_session=db, keys=keystore(), agency=agency_id, csv_text=text,
                     source=csv_file.name, progress=bar.update,
                 )
+            record(db, "links.import", agency_id, after={"linked": written})
     except pseudonyms.PseudonymError as exc:
         raise RenkeiError(f"{exc} (nothing was imported)") from None
     click.echo(f"linked {written} local IDs for {agency_id}")
@@ -356,6 +383,7 @@ def pseudonym_rotate(agency_id: str) -> None:
             count = pseudonyms.rotate(
                 db_session=db, keys=keystore(), agency=agency_id, scope=settings.scope, progress=bar.update
             )
+        record(db, "pseudonym.rotate", agency_id, after={"rotated": count})
     click.echo(f"rotated {count} pseudonyms of {agency_id}")
 
 
@@ -376,6 +404,7 @@ def service_type_add(urn: str, name: str, info_types: tuple[str, ...]) -> None:
 
     with session_scope(_ready_db()) as db:
         location.add_service_type(db_session=db, urn=urn, name=name, info_types=list(info_types))
+        record(db, "service_type.add", urn, after={"name": name, "info_types": list(info_types)})
     click.echo(f"added service type {urn}")
 
 
@@ -398,7 +427,9 @@ def service_type_remove(urn: str) -> None:
     from kernel.db import session_scope
 
     with session_scope(_ready_db()) as db:
+        offerings = len(location.list_offerings(db_session=db, service_type=urn, include_retired=True))
         location.remove_service_type(db_session=db, urn=urn)
+        record(db, "service_type.remove", urn, before={"offerings": offerings})
     click.echo(f"removed service type {urn}")
 
 
@@ -421,6 +452,7 @@ def offering_add(provider: str, service_type: str, endpoint: str) -> None:
         if agencies.lookup(db_session=db, entity_id=provider) is None:
             raise RenkeiError(f"no agency {provider} is registered")
         location.add_offering(db_session=db, provider=provider, service_type=service_type, endpoint=endpoint)
+        record(db, "offering.add", provider, service_type=service_type, after={"endpoint": endpoint})
     click.echo(f"{provider} offers {service_type} at {endpoint}")
 
 
@@ -449,6 +481,7 @@ def offering_remove(provider: str, service_type: str) -> None:
 
     with session_scope(_ready_db()) as db:
         location.remove_offering(db_session=db, provider=provider, service_type=service_type)
+        record(db, "offering.remove", provider, service_type=service_type)
     click.echo(f"removed {provider} / {service_type}")
 
 
@@ -470,6 +503,9 @@ def whitelist_import(file: Path, replace: bool, encoding: str | None) -> None:
     try:
         with session_scope(_ready_db()) as db:
             summary = import_whitelist_file(db_session=db, path=file, replace=replace, encoding=encoding)
+            record(db, "whitelist.replace" if replace else "whitelist.import", "whitelist", file=file.name[:200],
+                   after={"created": summary.created, "updated": summary.updated,
+                          "unchanged": summary.unchanged, "removed": summary.removed})
     except WhitelistImportError as exc:
         raise RenkeiError(f"{exc}\n(nothing was imported)") from None
     except OSError as exc:
@@ -605,6 +641,11 @@ def keys_rotate(role: str) -> None:
     if not keystore().signing_versions(role):
         raise RenkeiError(f"no {role} key in {settings.keys_dir} to rotate; run `renkei init` first")
     key = keystore().create_signing_key(role)
+    from kernel.db import session_scope
+
+    # the key is a file, not a row: recorded just after it exists (a failure here is said)
+    with session_scope(_ready_db()) as db:
+        record(db, "keys.rotate", role, after={"version": key.version})
     click.echo(f"{role} now signs with key v{key.version}; {settings.idp_entity_id} lists it and the one before")
 
 
@@ -629,6 +670,54 @@ def demo(config_file: Path | None, no_serve: bool, run_scenarios: bool) -> None:
     os.environ.setdefault("RENKEI_BASE_URL", "http://127.0.0.1:8000")
     reset_settings()
     demo_mod.run(config_file=config_file, serve=not no_serve, run_scenarios=run_scenarios)
+
+
+# --- operators ------------------------------------------------------------------------------
+
+@main.group()
+def operator() -> None:
+    """Named operator credentials for the operator API (docs/operations.md)."""
+
+
+@operator.command("add")
+@click.argument("name")
+def operator_add(name: str) -> None:
+    """Create an operator and print their token, once: only its hash is kept."""
+    from kernel.db import session_scope
+    from renkei import operators
+
+    with session_scope(_ready_db()) as db:
+        new = operators.add(db_session=db, name=name, actor=cli_actor())
+    click.echo(f"added operator {new.name}; their token (shown only now, hand it over privately):")
+    click.echo(new.token)
+
+
+@operator.command("list")
+def operator_list() -> None:
+    """List operators: name, created, by whom, revoked."""
+    from kernel.db import session_scope
+    from renkei import operators
+
+    with session_scope(_ready_db()) as db:
+        rows = [(o.name, f"{o.created_at:%Y-%m-%d %H:%M:%S}", o.created_by,
+                 f"revoked {o.revoked_at:%Y-%m-%d %H:%M:%S}" if o.revoked_at else "active")
+                for o in operators.list_all(db_session=db)]
+    for row in rows:
+        click.echo("\t".join(row))
+    if not rows:
+        click.echo("no named operators (only the bootstrap token, if enabled)", err=True)
+
+
+@operator.command("revoke")
+@click.argument("name")
+def operator_revoke(name: str) -> None:
+    """Revoke an operator's token at once (the name stays in the log and is never reused)."""
+    from kernel.db import session_scope
+    from renkei import operators
+
+    with session_scope(_ready_db()) as db:
+        operators.revoke(db_session=db, name=name, actor=cli_actor())
+    click.echo(f"revoked operator {name}")
 
 
 main.add_command(audit)

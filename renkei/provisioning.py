@@ -8,7 +8,12 @@ from kernel.keys import KeyProblem, KeyStore, keystore, private_directory
 from kernel.settings import get_settings
 from pseudonym.bootstrap import BOOTSTRAP_SECRET
 from pseudonym.service import MASTER_ID_SECRET, PAIRWISE_SECRET
-from renkei.operator_api import OperatorTokenProblem, ensure_operator_token, operator_token
+from renkei.operator_api import (
+    OperatorTokenProblem,
+    bootstrap_enabled,
+    ensure_operator_token,
+    operator_token,
+)
 
 # idp: SSO responses; discovery: provider tokens and SOAP answers; consent: receipts; log: checkpoints
 HUB_ROLES = ("idp", "discovery", "consent", "portal")
@@ -67,7 +72,8 @@ def check_hub_ready() -> None:
     # a fresh store reads every file from disk: the process-wide one may hold keys in memory
     problems = KeyStore(settings.keys_dir).problems(roles=HUB_ROLES, secret_names=HUB_SECRETS)
     try:
-        operator_token()
+        if bootstrap_enabled():
+            operator_token()
     except OperatorTokenProblem as exc:
         problems.append(str(exc))
     if problems:

@@ -25,6 +25,12 @@ from tests.conftest import fresh_database_url, listening_socket, port_of
 from tests.saml_sp import NS, Browser, TestSP, response_from_page, verify_with_xmlsec
 
 RENKEI = str(Path(sys.executable).with_name("renkei"))
+
+
+def free_port() -> int:
+    """A port for a URL or a server that is refused before it listens (nothing binds it)."""
+    with listening_socket() as sock:
+        return port_of(sock)
 MD = "urn:oasis:names:tc:SAML:2.0:metadata"
 
 

@@ -3,14 +3,14 @@
 rotation maps and agencies' local-ID links. SQLite's INTEGER ids are 64 bits already.
 
 Revision ID: 0012_wide_ids
-Revises: 0010_notices
+Revises: 0011_operators
 """
 from __future__ import annotations
 
 from alembic import op
 
 revision = "0012_wide_ids"
-down_revision = "0010_notices"
+down_revision = "0011_operators"
 branch_labels = None
 depends_on = None
 
