@@ -223,6 +223,9 @@ def run(*, config_file: Path | None, serve: bool, run_scenarios: bool = False) -
     click.echo(f"state kept in {settings.home} (delete it to start afresh)")
     if not serve and not run_scenarios:
         return
+    if not os.environ.get("RENKEI_REQUEST_LOG"):  # the terminal is the demo's; its requests go to a file
+        settings = settings.model_copy(update={"request_log": str(settings.home / "requests.log")})
+        click.echo(f"request log in {settings.request_log}")
     servers = [(uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning")), sockets["hub"])]
     for a in demo_agencies:
         app = create_agency_app(agency_config(a, settings.base_url, settings.home, config))

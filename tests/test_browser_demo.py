@@ -29,9 +29,14 @@ def demo(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("demo")
     config_path, config, demo_env = demo_on_free_ports(tmp)
     env = {**os.environ, **demo_env}
-    out = open(tmp / "demo.log", "w+")  # noqa: SIM115 - the demo writes to it for the whole module
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("renkei")), "demo", "--config", str(config_path)],
-                            stdout=out, stderr=subprocess.STDOUT, env=env)
+    log = tmp / "demo.log"
+    # the child writes through its own file description and this test reads through another:
+    # one shared description would share its offset, and a seek to 0 here would make the
+    # demo's next line overwrite the start of the log
+    with log.open("w") as child_out:
+        proc = subprocess.Popen([str(Path(sys.executable).with_name("renkei")), "demo", "--config",
+                                 str(config_path)], stdout=child_out, stderr=subprocess.STDOUT, env=env)
+    out = log.open(encoding="utf-8")
     deadline = time.monotonic() + 60
     urls = None
     while time.monotonic() < deadline and proc.poll() is None:
