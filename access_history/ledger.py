@@ -10,8 +10,6 @@ recomputed from the entries.
 """
 from __future__ import annotations
 
-import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,10 +21,10 @@ from sqlalchemy.orm import Session
 
 from access_history import tlog
 from access_history.models import LOG_NAMES, LogCheckpoint, LogLeaf, LogNode, LogQueue, LogState
+from kernel.background import Periodic
 from kernel.db import insert_or_ignore, utcnow
 
 BATCH_MAX = 4096
-_log = logging.getLogger("renkei.history")
 
 
 @dataclass(frozen=True)
@@ -192,7 +190,7 @@ def integrated_size(*, db_session: Session, log: str) -> int:
 # --- the integrator in the background ---------------------------------------------------------
 
 
-class Integrator:
+class Integrator(Periodic):
     """Integrates every log now and then in a daemon thread of the app process.
 
     Each app process runs one; the state row's lock lets only one of them work on a log at a
@@ -200,15 +198,14 @@ class Integrator:
     call to integrate everything queued before they read the tree).
     """
 
+    name = "history-integrator"
     PARTITIONS_EVERY = 3600.0  # seconds between checks that next months' partitions exist
 
     def __init__(self, session_scope: Callable, signers: Callable[[str], LogSigner],
                  interval: float = 0.2):
+        super().__init__(interval)
         self._session_scope = session_scope
         self._signers = signers
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._partitions_checked: float | None = None
 
     def keep_partitions_ahead(self) -> None:
@@ -233,19 +230,3 @@ class Integrator:
                 if count < BATCH_MAX:
                     break
         return done
-
-    def start(self) -> None:
-        def loop() -> None:
-            while not self._stop.wait(self._interval):
-                try:
-                    self.run_once()
-                except Exception:  # noqa: BLE001 - a failed round is retried; its entries stay queued
-                    _log.exception("integration failed; will retry")
-
-        self._thread = threading.Thread(target=loop, name="history-integrator", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)

@@ -11,10 +11,8 @@ there is something to read in the portal. Entries sealed at the time are not not
 """
 from __future__ import annotations
 
-import logging
 import re
 import smtplib
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,6 +22,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from access_history import person as history_person
+from kernel.background import Periodic
 from kernel.db import insert_or_ignore, utcnow
 from kernel.settings import Settings
 from portal.models import EMAIL_MAX, NOTICE_KINDS, Notice, NoticeCursor, NoticePreference
@@ -32,7 +31,6 @@ CURSOR = "access"
 BATCH = 500
 MAIL_BATCH = 50
 _EMAIL = re.compile(r"[^@\s\x00-\x1f\x7f<>(),;:\"\[\]\\]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
-_log = logging.getLogger("renkei.portal.notices")
 
 KIND_TITLES = {
     "access": "あなたの情報のやりとりがありました",
@@ -201,15 +199,15 @@ def send_mail(*, db_session: Session, settings: Settings, limit: int = MAIL_BATC
     return len(sent)
 
 
-class Notifier:
+class Notifier(Periodic):
     """Makes notices from newly integrated entries, now and then, in a daemon thread."""
 
+    name = "portal-notifier"
+
     def __init__(self, session_scope: Callable, settings: Callable[[], Settings], interval: float = 0.5):
+        super().__init__(interval)
         self._session_scope = session_scope
         self._settings = settings
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def run_once(self) -> int:
         settings = self._settings()
@@ -224,19 +222,3 @@ class Notifier:
             with self._session_scope() as db:
                 send_mail(db_session=db, settings=settings)
         return done
-
-    def start(self) -> None:
-        def loop() -> None:
-            while not self._stop.wait(self._interval):
-                try:
-                    self.run_once()
-                except Exception:  # noqa: BLE001 - a failed round is retried; the cursor did not move
-                    _log.exception("making or mailing notices failed; will retry")
-
-        self._thread = threading.Thread(target=loop, name="portal-notifier", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
