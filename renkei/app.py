@@ -18,9 +18,10 @@ _pages = Pages(Path(__file__).resolve().parent / "templates")
 page, error_page = _pages.page, _pages.error_page
 
 
-def _history_integrator(settings: Settings):
-    """The app's lifespan: a background integrator sequences the history's queued entries into
-    the Merkle tree and signs checkpoints while the app serves (ledger.Integrator)."""
+def _background_work(settings: Settings):
+    """The app's lifespan: while the app serves, the history integrator sequences queued
+    entries into the Merkle tree and signs checkpoints, and the notifier turns integrated
+    entries into people's notices."""
     from contextlib import asynccontextmanager
 
     from access_history import ledger
@@ -74,7 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from renkei.operator_api import router as operator_api
 
     app = FastAPI(title="Renkei", version=__version__, docs_url=None, redoc_url=None,
-                  openapi_url="/api/openapi.json", lifespan=_history_integrator(settings))
+                  openapi_url="/api/openapi.json", lifespan=_background_work(settings))
     hsts = settings.base_url.startswith("https://")
     app.add_middleware(SecurityHeaders, hsts=hsts)
     if (sink := request_log_sink(settings.request_log)) is not None:
