@@ -21,7 +21,7 @@ from federation import service as agencies
 from kernel.db import utcnow
 from kernel.keys import KeyStore, SigningKey, current_signing_key
 from kernel.replay import DatabaseReplayCache
-from kernel.settings import Settings
+from kernel.settings import Settings, get_settings
 from kernel.xml import XMLSecurityError
 from portal import sp as portal_sp
 from portal.models import PortalPending, PortalSession
@@ -181,8 +181,14 @@ def history_page(*, db_session: Session, person_key: str, cursor: str | None,
                             filters=filters)
 
 
+HUB_IDP_NAME = "連携基盤（ログイン）"  # the hub's own IdP: the provider of SSO releases
+
+
 def agency_names(*, db_session: Session) -> dict[str, str]:
-    return {a.entity_id: a.name for a in agencies.list_all(db_session=db_session)}
+    """Display names by entity ID: every registered agency, and the hub's own IdP."""
+    names = {a.entity_id: a.name for a in agencies.list_all(db_session=db_session)}
+    names.setdefault(get_settings().idp_entity_id, HUB_IDP_NAME)
+    return names
 
 
 def monthly_outcomes(*, db_session: Session, person_key: str) -> list[history_person.MonthCount]:
