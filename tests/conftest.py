@@ -7,6 +7,8 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -81,6 +83,23 @@ def hub_socket():
     sock = listening_socket()
     yield sock
     sock.close()
+
+
+@contextmanager
+def cli_home(tmp_path: Path, monkeypatch, name: str, **extra: str) -> Iterator[dict[str, str]]:
+    """The environment of a fresh hub home for CLI tests (not yet `renkei init`ed), set for the
+    test and forgotten after it."""
+    env = {"RENKEI_HOME": str(tmp_path / "home"), "RENKEI_DATABASE_URL": fresh_database_url(tmp_path, name),
+           "RENKEI_BASE_URL": "http://127.0.0.1:9999", **extra}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    reset_settings()
+    try:
+        yield env
+    finally:
+        dispose_engines()
+        monkeypatch.undo()
+        reset_settings()
 
 
 @pytest.fixture(scope="session")

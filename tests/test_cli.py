@@ -11,9 +11,8 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from kernel.db import DatabaseNotMigrated, session_scope
-from kernel.settings import reset_settings
 from renkei.cli import main
-from tests.conftest import fresh_database_url
+from tests.conftest import cli_home
 from tests.saml_sp import TestSP
 
 RENKEI = str(Path(sys.executable).with_name("renkei"))
@@ -21,17 +20,8 @@ RENKEI = str(Path(sys.executable).with_name("renkei"))
 
 @pytest.fixture
 def home(tmp_path, monkeypatch):
-    env = {
-        "RENKEI_HOME": str(tmp_path / "home"),
-        "RENKEI_DATABASE_URL": fresh_database_url(tmp_path, "cli"),
-        "RENKEI_BASE_URL": "http://127.0.0.1:9999",
-    }
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    reset_settings()
-    yield env
-    monkeypatch.undo()
-    reset_settings()
+    with cli_home(tmp_path, monkeypatch, "cli") as env:
+        yield env
 
 
 def run(*args, stdin=None):

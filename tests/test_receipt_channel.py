@@ -9,25 +9,15 @@ import pytest
 from click.testing import CliRunner
 
 from consent import service
-from kernel.settings import reset_settings
 from renkei.cli import main
-from tests.conftest import fresh_database_url
+from tests.conftest import cli_home
 
 
 @pytest.fixture
 def home(tmp_path, monkeypatch):
-    env = {
-        "RENKEI_HOME": str(tmp_path / "home"),
-        "RENKEI_DATABASE_URL": fresh_database_url(tmp_path, "receipts"),
-        "RENKEI_BASE_URL": "http://127.0.0.1:9998",
-        "RENKEI_PRIVACY_POLICY_URL": "https://operator.example.jp/privacy",
-    }
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    reset_settings()
-    yield env
-    monkeypatch.undo()
-    reset_settings()
+    with cli_home(tmp_path, monkeypatch, "receipts", RENKEI_BASE_URL="http://127.0.0.1:9998",
+                  RENKEI_PRIVACY_POLICY_URL="https://operator.example.jp/privacy") as env:
+        yield env
 
 
 def run(*args, stdin=None):

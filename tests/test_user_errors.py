@@ -16,7 +16,7 @@ from kernel.settings import reset_settings
 from kernel.validate import decode_text, identifier_problem
 from pseudonym.models import LocalLink
 from renkei.cli import main
-from tests.conftest import POSTGRES_URL, fresh_database_url
+from tests.conftest import POSTGRES_URL, cli_home
 from tests.saml_sp import TestSP
 
 AGENCY = "https://links.example.jp/sp"
@@ -24,19 +24,9 @@ AGENCY = "https://links.example.jp/sp"
 
 @pytest.fixture
 def home(tmp_path, monkeypatch):
-    env = {
-        "RENKEI_HOME": str(tmp_path / "home"),
-        "RENKEI_DATABASE_URL": fresh_database_url(tmp_path, "usererr"),
-        "RENKEI_BASE_URL": "http://127.0.0.1:9999",
-    }
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
     monkeypatch.chdir(tmp_path)
-    reset_settings()
-    yield env
-    dispose_engines()
-    monkeypatch.undo()
-    reset_settings()
+    with cli_home(tmp_path, monkeypatch, "usererr") as env:
+        yield env
 
 
 def run(*args, stdin=None):
