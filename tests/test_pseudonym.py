@@ -69,8 +69,9 @@ def test_different_agencies_different_values_and_no_shared_structure(env):
     rank_b = {v: i for i, v in enumerate(sorted(b_vals))}
     matches = sum(rank_a[x] == rank_b[y] for x, y in zip(a_vals, b_vals, strict=True))
     assert matches < 10
-    # characters are spread as HMAC output should be
-    counts = Counter("".join(a_vals))
+    # characters are spread as HMAC output should be; the last character carries only the 256th
+    # bit (base32 of 32 bytes), so it is always 'a' or 'q' and is left out of the count
+    counts = Counter("".join(v[:-1] for v in a_vals))
     assert len(counts) == 32 and max(counts.values()) / min(counts.values()) < 1.6
 
 
