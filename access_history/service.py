@@ -13,14 +13,16 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import and_, or_, select
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from access_history import ledger
+from access_history import appender, ledger
 from access_history.errors import LogWriteFailed
 from access_history.models import (
     ACCESS_LOG,
@@ -92,6 +94,44 @@ def _access_row(entry: EntryIn, now: datetime) -> HistoryEntry:
     )
     row.leaf_data = commitment(ACCESS_LOG, row.salt, access_record(row))
     return row
+
+
+def entry_values(entry: EntryIn, now: datetime) -> dict[str, Any]:
+    """An entry's column values (without the id) with a fresh salt and its commitment: what
+    the batching appender writes. The same record and commitment as `_access_row`'s."""
+    values: dict[str, Any] = {
+        "entry_id": _new_id(), "recorded_at": now, "kind": str(entry.kind), "channel": str(entry.channel),
+        "owner": entry.owner, "asked_at": entry.asked_at, "provided_at": entry.provided_at,
+        "requester": entry.requester, "staff": entry.staff, "provider": entry.provider,
+        "person_key": entry.person_key, "task_code": entry.task_code, "legal_basis": entry.legal_basis,
+        "whitelist_entry": entry.whitelist_entry, "info_type_code": entry.info_type_code,
+        "permitted": entry.permitted, "outcome": entry.outcome, "person_rule": entry.person_rule,
+        "overridden": entry.overridden, "decision_id": entry.decision_id, "query_id": entry.query_id,
+        "query_group_id": entry.query_group_id, "sealed_until": entry.sealed_until,
+        "sealed_reason": entry.sealed_reason, "detail": canonical_json(entry.detail).decode(),
+        "salt": os.urandom(32),
+    }
+    values["leaf_data"] = commitment(ACCESS_LOG, values["salt"], access_record(SimpleNamespace(**values)))
+    return values
+
+
+def append_durably(*, db_session: Session, entries: Sequence[EntryIn]) -> list[appender.Appended]:
+    """Commit the caller's transaction, then record `entries` durably in a batch with other
+    callers' (group commit, `appender`); returns once they are committed. Raises
+    LogWriteFailed if the caller's commit or the batch failed: then nothing may be disclosed.
+
+    The caller's own writes commit first: on SQLite the batch needs the one write lock, which
+    a caller still in a write transaction would hold while it waits.
+    """
+    try:
+        db_session.commit()
+    except SQLAlchemyError as exc:
+        raise LogWriteFailed("the transaction before the history entries could not be committed") from exc
+    now = utcnow()
+    rows = [entry_values(entry, now) for entry in entries]
+    bind = db_session.get_bind()
+    engine = bind if isinstance(bind, Engine) else bind.engine
+    return appender.appender_for(engine).append(rows)
 
 
 def append(*, db_session: Session, entry: EntryIn) -> HistoryEntry:

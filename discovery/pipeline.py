@@ -130,12 +130,10 @@ def _nothing_disclosed_on_database_failure(decide: Callable[..., _Decided]) -> C
     return guarded
 
 
-def _commit_log(db_session: Session) -> None:
-    """Make the decisions' log entries durable: a failure here is the log write failing."""
-    try:
-        db_session.commit()
-    except SQLAlchemyError as exc:
-        raise HistoryWriteFailed("the decisions could not be committed") from exc
+def _commit_log(db_session: Session, entries: list[EntryIn]) -> None:
+    """Commit the decision's own writes, then make its log entries durable in a batch with
+    other requests' (group commit); a failure of either is the log write failing."""
+    history.append_durably(db_session=db_session, entries=entries)
 
 
 @_nothing_disclosed_on_database_failure
@@ -172,8 +170,8 @@ def discover(
         db_session=db_session, keys=keys, person_key=subject.person_key,
         agencies=[d.provider for d in decisions if d.permitted], scope=settings.scope,
     )
-    _log(db_session, requester, subject, decisions, task, channel=Channel.DISCOVERY, asked_at=now)
-    _commit_log(db_session)  # log before disclose: the decisions are durable before any token exists
+    entries = _log(requester, subject, decisions, task, channel=Channel.DISCOVERY, asked_at=now)
+    _commit_log(db_session, entries)  # log before disclose: the decisions are durable before any token exists
     for d in decisions:
         if d.permitted:
             d.token = _token_for(db_session, settings, keys, requester, d, provider_pseudonyms[d.provider],
@@ -280,11 +278,11 @@ def _decide_offering(db_session: Session, requester: RegisteredAgency, subject: 
     return result
 
 
-def _log(db_session: Session, requester: RegisteredAgency, subject: Subject,
+def _log(requester: RegisteredAgency, subject: Subject,
          decisions: list[OfferingDecision], task: str, *, channel: Channel, asked_at: datetime,
-         query_group_id: str | None = None) -> None:
+         query_group_id: str | None = None) -> list[EntryIn]:
     """One history entry per information type decided, each with its own reason; the entries
-    of one query share its query ID."""
+    of one query share its query ID. `_commit_log` writes them."""
     query_id = new_id()
     entries = []
     for d in decisions:
@@ -303,7 +301,7 @@ def _log(db_session: Session, requester: RegisteredAgency, subject: Subject,
                 asked_at=asked_at, query_id=query_id, query_group_id=query_group_id,
                 detail={"service_type": d.service_type},
             ))
-    history.append_many(db_session=db_session, entries=entries)
+    return entries
 
 
 def _token_for(db_session: Session, settings: Settings, keys: KeyStore, requester: RegisteredAgency,
@@ -350,8 +348,8 @@ def map_name_id(
     if decision.permitted:
         p_target = pseudonyms.get_or_create(db_session=db_session, keys=keys, person_key=subject.person_key,
                                             agency=target, scope=settings.scope)
-    _log(db_session, requester, subject, [decision], task, channel=Channel.NAME_MAPPING, asked_at=now)
-    _commit_log(db_session)  # log before disclose
+    entries = _log(requester, subject, [decision], task, channel=Channel.NAME_MAPPING, asked_at=now)
+    _commit_log(db_session, entries)  # log before disclose
     if p_target is None:
         return decision, None
     name_id = etree.Element(

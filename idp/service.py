@@ -316,7 +316,7 @@ def answer_success(
         scope=settings.scope,
     )
     # what leaves the hub in this answer lands in the person's history first (log before
-    # disclose); flushed with the session's own writes, committed by the caller's transaction
+    # disclose): the session's own writes commit, then the entry is durable (group commit)
     record_release(db_session=db_session, settings=settings, agency=agency.entity_id,
                    person_key=session.person_key, authn_context=authn_context)
     key = signing_key()
@@ -361,12 +361,14 @@ SSO_OUTCOME = "PERMITTED_BY_CONSENT"
 
 def record_release(*, db_session: Session, settings: Settings, agency: str, person_key: str,
                    authn_context: str) -> None:
-    """Record an SSO answer's release of the person's pseudonym to an agency (channel sso)."""
-    history.append(db_session=db_session, entry=EntryIn(
+    """Record an SSO answer's release of the person's pseudonym to an agency (channel sso):
+    commits the session's writes, then returns once the entry is durable (LogWriteFailed if
+    not: then no assertion may be built)."""
+    history.append_durably(db_session=db_session, entries=[EntryIn(
         kind=EntryKind.DECISION, channel=Channel.SSO, requester=agency, provider=settings.idp_entity_id,
         person_key=person_key, task_code=SSO_TASK, info_type_code=SSO_INFO_TYPE, outcome=SSO_OUTCOME,
         permitted=True, decision_id=secrets.token_hex(16), asked_at=utcnow(),
-        detail={"authn_context": authn_context}))
+        detail={"authn_context": authn_context})])
 
 
 def _discovery_epr(

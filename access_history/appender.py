@@ -1,0 +1,183 @@
+"""Durable appends in batches (group commit), as Trillian Tessera's appender does.
+
+One transaction per entry is bound by the WAL flush: a few milliseconds per COMMIT on this
+kind of disk, i.e. a few hundred entries a second however many requests wait. Here a caller
+(a discovery decision, an SSO release) hands its entries to the process's appender and
+blocks; one writer thread takes whatever callers have handed in (up to `max_batch` entries,
+waiting at most `max_wait` seconds for more once the first arrives), writes them all with
+their queue rows in one transaction on a connection of its own, commits once and then
+releases every waiter. A batch that fails fails every caller in it (`LogWriteFailed`), and
+nothing of it stays: log before disclose holds for each caller, whose token is issued only
+after its own `append` returned.
+
+The caller computes its entries' salts and commitments in its own thread before handing them
+in, so the writer only assigns ids and writes. Batches are written one after another, so the
+queue (and so the tree) holds entries in the order their batches committed.
+
+The writer uses its own connection: on SQLite, which has one writer at a time, the caller must
+not hold a write transaction while it waits (it would wait for itself until SQLite's busy
+timeout). `service.append_durably` therefore commits the caller's session first.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, Engine
+
+from access_history.errors import LogWriteFailed
+from access_history.models import ACCESS_LOG, ENTRY_SEQUENCES, HistoryEntry, LogQueue
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 1024  # entries per transaction
+MAX_WAIT = 0.002  # seconds a batch waits for more callers once its first entry is in
+IDLE_EXIT = 5.0  # seconds without work before the writer thread ends (the next append restarts it)
+WAIT_LIMIT = 60.0  # seconds a caller waits for its batch before giving up (and disclosing nothing)
+
+_ENTRIES = HistoryEntry.__table__
+_QUEUE = LogQueue.__table__
+
+
+@dataclass(frozen=True)
+class Appended:
+    """An entry as committed: its row id, public entry id, time and leaf data."""
+
+    id: int
+    entry_id: str
+    recorded_at: datetime
+    leaf_data: bytes
+
+
+@dataclass
+class _Handed:
+    rows: list[dict[str, Any]]
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+
+class GroupAppender:
+    """The batching appender of one database (engine); `append` blocks until durable."""
+
+    def __init__(self, engine: Engine, *, max_batch: int = MAX_BATCH, max_wait: float = MAX_WAIT):
+        if max_batch < 1 or max_wait < 0:
+            raise ValueError("max_batch must be >= 1 and max_wait >= 0")
+        self.engine = engine
+        self.max_batch = max_batch
+        self.max_wait = max_wait
+        self._queue: queue.SimpleQueue[_Handed] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        self.batches = 0  # committed batches (for benchmarks and tests)
+        self.committed = 0  # committed entries
+
+    def append(self, rows: Sequence[dict[str, Any]]) -> list[Appended]:
+        """Write the rows (entry column values, commitments computed) durably; block until the
+        batch holding them is committed. Raises LogWriteFailed if it was not."""
+        if not rows:
+            return []
+        handed = _Handed([dict(r) for r in rows])
+        self._hand_in(handed)
+        if not handed.done.wait(WAIT_LIMIT):
+            raise LogWriteFailed("the access history did not confirm the write in time")
+        if handed.error is not None:
+            raise LogWriteFailed("the access history could not be written") from handed.error
+        return [Appended(r["id"], r["entry_id"], r["recorded_at"], r["leaf_data"]) for r in handed.rows]
+
+    def _hand_in(self, handed: _Handed) -> None:
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the parent's thread and queue are not ours
+                self._queue, self._thread, self._pid = queue.SimpleQueue(), None, os.getpid()
+            self._queue.put(handed)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="history-appender", daemon=True)
+                self._thread.start()
+
+    # --- the writer thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            try:
+                first = self._queue.get(timeout=IDLE_EXIT)
+            except queue.Empty:
+                with self._lock:
+                    if self._queue.empty():
+                        self._thread = None
+                        return
+                continue
+            batch, count = [first], len(first.rows)
+            deadline = time.monotonic() + self.max_wait
+            while count < self.max_batch:
+                try:
+                    handed = self._queue.get_nowait()
+                except queue.Empty:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    try:
+                        handed = self._queue.get(timeout=remaining)
+                    except queue.Empty:
+                        break
+                batch.append(handed)
+                count += len(handed.rows)
+            self._write(batch)
+
+    def _write(self, batch: list[_Handed]) -> None:
+        rows = [row for handed in batch for row in handed.rows]
+        error: BaseException | None = None
+        try:
+            with self.engine.begin() as conn:
+                for row, ident in zip(rows, _new_ids(conn, len(rows)), strict=True):
+                    row["id"] = ident
+                conn.execute(_ENTRIES.insert(), rows)
+                conn.execute(_QUEUE.insert(), [
+                    {"log": ACCESS_LOG, "entry_ref": r["id"], "entry_time": r["recorded_at"],
+                     "leaf_data": r["leaf_data"]} for r in rows])
+        except Exception as exc:  # noqa: BLE001 - every waiter of the batch is told
+            log.warning("history appender: a batch of %d entries failed: %s", len(rows), type(exc).__name__)
+            error = exc
+        else:
+            self.batches += 1
+            self.committed += len(rows)
+        for handed in batch:
+            handed.error = error
+            handed.done.set()
+
+
+def _new_ids(conn: Connection, n: int) -> list[int]:
+    """`n` new entry ids, ascending: PostgreSQL's sequence, SQLite's counter row (bumped in
+    this transaction, so it takes SQLite's write lock first; see models.EntryIdCounter)."""
+    table = _ENTRIES.name
+    if conn.dialect.name != "sqlite":
+        return list(conn.execute(text(f"SELECT nextval('{ENTRY_SEQUENCES[table]}') "
+                                      "FROM generate_series(1, :n)"), {"n": n}).scalars())
+    last = conn.execute(text("UPDATE entry_id_counters SET last_id = last_id + :n WHERE table_name = :t "
+                             "RETURNING last_id"), {"n": n, "t": table}).scalar()
+    if last is None:  # a database made before the counter row: start after what is there
+        last = conn.execute(text(f"SELECT coalesce(max(id), 0) FROM {table}")).scalar() + n
+        conn.execute(text("INSERT INTO entry_id_counters (table_name, last_id) VALUES (:t, :i)"),
+                     {"t": table, "i": last})
+    return list(range(last - n + 1, last + 1))
+
+
+_APPENDERS: weakref.WeakKeyDictionary[Engine, GroupAppender] = weakref.WeakKeyDictionary()
+_APPENDERS_LOCK = threading.Lock()
+
+
+def appender_for(engine: Engine) -> GroupAppender:
+    """The process's appender for this engine's database (one writer thread per engine)."""
+    with _APPENDERS_LOCK:
+        found = _APPENDERS.get(engine)
+        if found is None:
+            found = _APPENDERS[engine] = GroupAppender(engine)
+        return found
