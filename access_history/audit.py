@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 from access_history import ledger, tlog
 from access_history.models import ACCESS_LOG, OPERATIONS_LOG, HistoryEntry, LogLeaf, OperationEntry
-from access_history.record import FIELDS, commitment
+from access_history.record import FIELDS, PERSON_REF_DOMAIN, commitment
 from access_history.service import access_record, operation_record
 
 FORMAT = "renkei-history-export/v1"
@@ -83,15 +84,10 @@ def _leaf_range(db_session: Session, log: str, f: ExportFilter, size: int) -> tu
     return (0, 0) if lo is None else (lo, hi + 1)
 
 
-def export(*, db_session: Session, log: str, verifier_key: str, filters: ExportFilter = ExportFilter(),
-           since_size: int | None = None,
-           progress: Callable[[int], None] | None = None) -> Iterator[dict[str, Any]]:
-    """The export's lines as JSON-ready dicts: header, one per leaf of the range, end.
-
-    Reads the log at its newest checkpoint; integrate first to include what is still queued.
-    With `since_size` (an auditor's saved checkpoint), the header carries a consistency proof
-    from that size to the exported one.
-    """
+def export_header(*, db_session: Session, log: str, verifier_key: str,
+                  filters: ExportFilter = ExportFilter(), since_size: int | None = None) -> dict[str, Any]:
+    """The export's first line: the newest checkpoint, the leaf range, its range proof (read
+    from the stored subtree hashes: O(log n), no leaf hashes in memory)."""
     from access_history.retention import pruned_before
 
     checkpoint = ledger.latest_checkpoint(db_session=db_session, log=log)
@@ -110,7 +106,22 @@ def export(*, db_session: Session, log: str, verifier_key: str, filters: ExportF
     if since_size is not None and 0 < since_size <= size:
         header["consistency"] = {"from_size": since_size, "proof": [_b64(h) for h in ledger.consistency_proof(
             db_session=db_session, log=log, old_size=since_size, new_size=size)]}
+    return header
+
+
+def export(*, db_session: Session, log: str, verifier_key: str, filters: ExportFilter = ExportFilter(),
+           since_size: int | None = None,
+           progress: Callable[[int], None] | None = None) -> Iterator[dict[str, Any]]:
+    """The export's lines as JSON-ready dicts: header, one per leaf of the range, end.
+
+    Reads the log at its newest checkpoint; integrate first to include what is still queued.
+    With `since_size` (an auditor's saved checkpoint), the header carries a consistency proof
+    from that size to the exported one.
+    """
+    header = export_header(db_session=db_session, log=log, verifier_key=verifier_key, filters=filters,
+                           since_size=since_size)
     yield header
+    start, end = header["start_index"], header["end_index"]
     table = _entry_table(log)
     to_record = access_record if log == ACCESS_LOG else operation_record
     # joined on (id, recorded_at) so PostgreSQL reads only the months of the range; outer, so
@@ -142,6 +153,152 @@ def export(*, db_session: Session, log: str, verifier_key: str, filters: ExportF
     if progress is not None:
         progress(count % 1000)
     yield {"type": "end", "leaves": count}
+
+
+# --- the fast JSONL export ----------------------------------------------------------------
+#
+# `export` builds a dict per line: ~50 µs of Python per row. The JSONL export of the CLI is
+# instead streamed as bytes: on PostgreSQL the server formats each leaf's line itself in a
+# `COPY (SELECT …) TO STDOUT` (no Python per row; blocks of lines go straight to the file),
+# elsewhere plain Core rows are formatted with orjson. Both write exactly the bytes that
+# `export_jsonl(export(...))` writes (tests compare them), in constant memory.
+
+_ISO_SQL = "'\"' || to_char({c}, 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') || '\"'"
+
+
+def _sql_field(log: str, name: str) -> str:
+    """The JSON text of one record field of entry `e`, as SQL (NULL-safe: `null`)."""
+    times = {"recorded_at", "asked_at", "provided_at", "sealed_until"}
+    if name in times:
+        return f"CASE WHEN e.{name} IS NULL THEN 'null' ELSE {_ISO_SQL.format(c='e.' + name)} END"
+    if name == "detail":
+        return "e.detail"  # stored as canonical JSON: as json.loads + json.dumps would write it
+    if name == "person_ref":
+        return ("'\"' || encode(sha256(CAST(:person_domain AS bytea) || convert_to(e.owner, 'UTF8') "
+                "|| '\\x00'::bytea || convert_to(e.person_key, 'UTF8')), 'hex') || '\"'")
+    if name == "permitted":
+        return "CASE WHEN e.permitted IS NULL THEN 'null' WHEN e.permitted THEN 'true' ELSE 'false' END"
+    if name == "overridden":
+        return "CASE WHEN e.overridden THEN 'true' ELSE 'false' END"
+    return f"coalesce(to_json(e.{name})::text, 'null')"
+
+
+def _sql_lines(log: str, filters: ExportFilter) -> tuple[str, dict[str, Any]]:
+    """SELECT of one text column: the JSON line of every leaf in [:start, :end), in order."""
+    table = _entry_table(log).__table__.name
+    params: dict[str, Any] = {"log": log}
+    fields = " || ',' || ".join(f"'\"{name}\":' || {_sql_field(log, name)}" for name in FIELDS[log])
+    entry = ("'{\"type\":\"entry\",\"index\":' || l.leaf_index || ',\"leaf_data\":\"' || "
+             "encode(e.leaf_data, 'base64') || '\",\"salt\":\"' || encode(e.salt, 'base64') || '\",' || "
+             f"{fields} || '}}'")
+    leaf = "'{\"type\":\"leaf\",\"index\":' || l.leaf_index || ',\"leaf_hash\":\"' || encode(l.leaf_hash, 'base64')"
+    keeps = ["true"]
+    if filters.start is not None:
+        keeps.append("e.recorded_at >= :f_start")
+        params["f_start"] = filters.start
+    if filters.end is not None:
+        keeps.append("e.recorded_at < :f_end")
+        params["f_end"] = filters.end
+    if filters.agency is not None:
+        parties = ("e.requester", "e.provider", "e.owner") if log == ACCESS_LOG else ("e.actor", "e.target")
+        keeps.append(f"coalesce(:f_agency IN ({', '.join(parties)}), false)")
+        params["f_agency"] = filters.agency
+    if filters.outcome is not None:
+        keeps.append("e.outcome = :f_outcome")
+        params["f_outcome"] = filters.outcome
+    if log == ACCESS_LOG:
+        params["person_domain"] = PERSON_REF_DOMAIN
+    sql = (f"SELECT CASE WHEN e.id IS NULL THEN {leaf} || '\",\"pruned\":true}}' "
+           f"WHEN {' AND '.join(keeps)} THEN {entry} ELSE {leaf} || '\"}}' END "
+           f"FROM tlog_leaves l LEFT OUTER JOIN {table} e ON e.id = l.entry_ref AND e.recorded_at = l.entry_time "
+           "AND e.recorded_at BETWEEN :first AND :last "
+           "WHERE l.log = :log AND l.leaf_index >= :start AND l.leaf_index < :end ORDER BY l.leaf_index")
+    return sql, params
+
+
+def _dumps(line: dict[str, Any]) -> bytes:
+    return orjson.dumps(line) + b"\n"
+
+
+def export_jsonl_chunks(*, db_session: Session, log: str, verifier_key: str,
+                        filters: ExportFilter = ExportFilter(), since_size: int | None = None,
+                        counts: dict[str, int] | None = None) -> Iterator[bytes]:
+    """The JSONL export as byte blocks of whole lines: header, one line per leaf, end; the
+    same bytes as `export_jsonl(export(...))`. `counts` (if given) is kept up to date with
+    `leaves` and `entries` written so far."""
+    counts = counts if counts is not None else {}
+    counts.update(leaves=0, entries=0)
+    header = export_header(db_session=db_session, log=log, verifier_key=verifier_key, filters=filters,
+                           since_size=since_size)
+    yield json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+    start, end = header["start_index"], header["end_index"]
+    if end > start:
+        first, last = db_session.execute(select(func.min(LogLeaf.entry_time), func.max(LogLeaf.entry_time)).where(
+            LogLeaf.log == log, LogLeaf.leaf_index >= start, LogLeaf.leaf_index < end)).one()
+        if db_session.get_bind().dialect.name == "postgresql":
+            blocks = _postgres_lines(db_session, log, filters, start, end, first, last)
+        else:
+            blocks = _python_lines(db_session, log, filters, start, end, first, last)
+        for block in blocks:
+            counts["leaves"] += block.count(b"\n")
+            counts["entries"] += block.count(b'{"type":"entry"')
+            yield block
+    yield _dumps({"type": "end", "leaves": counts["leaves"]})
+
+
+def _postgres_lines(db_session: Session, log: str, filters: ExportFilter, start: int, end: int,
+                    first: datetime, last: datetime) -> Iterator[bytes]:
+    """The leaf lines as PostgreSQL writes them in COPY text format (whose only escape our
+    lines can need is a doubled backslash: they hold no tab, newline or carriage return)."""
+    from psycopg import sql as pgsql
+
+    query, params = _sql_lines(log, filters)
+    params.update(start=start, end=end, first=first, last=last)
+    # COPY takes no bind parameters: each value is inlined as a literal quoted by psycopg
+    template = query.replace("{", "{{").replace("}", "}}")
+    for name in sorted(params, key=len, reverse=True):
+        template = template.replace(f":{name}", f"{{{name}}}")
+    statement = pgsql.SQL("COPY (" + template + ") TO STDOUT").format(
+        **{k: pgsql.Literal(v) for k, v in params.items()})
+    raw = db_session.connection().connection.driver_connection
+    pending = b""
+    with raw.cursor() as cursor, cursor.copy(statement) as copy:
+        for data in copy:
+            block = pending + bytes(data)
+            cut = block.rfind(b"\n") + 1
+            pending = block[cut:]
+            if cut:
+                yield block[:cut].replace(b"\\\\", b"\\")
+    if pending:
+        raise RuntimeError("the COPY stream ended inside a line")
+
+
+def _python_lines(db_session: Session, log: str, filters: ExportFilter, start: int, end: int,
+                  first: datetime, last: datetime) -> Iterator[bytes]:
+    """The leaf lines from Core rows (no ORM objects), serialised with orjson, in blocks."""
+    table = _entry_table(log).__table__
+    to_record = access_record if log == ACCESS_LOG else operation_record
+    on = and_(table.c.id == LogLeaf.entry_ref, table.c.recorded_at == LogLeaf.entry_time,
+              table.c.recorded_at.between(first, last))
+    stmt = (select(LogLeaf.leaf_index, LogLeaf.leaf_hash, table).outerjoin(table, on)
+            .where(LogLeaf.log == log, LogLeaf.leaf_index >= start, LogLeaf.leaf_index < end)
+            .order_by(LogLeaf.leaf_index))
+    result = db_session.connection().execution_options(stream_results=True, yield_per=5000).execute(stmt)
+    for rows in result.partitions():
+        out = []
+        for row in rows:
+            if row.id is None:
+                line = {"type": "leaf", "index": row.leaf_index, "leaf_hash": _b64(row.leaf_hash), "pruned": True}
+            else:
+                record = to_record(row)
+                record["detail"] = orjson.Fragment(row.detail)
+                if filters.keeps(record, row.recorded_at):
+                    line = {"type": "entry", "index": row.leaf_index, "leaf_data": _b64(row.leaf_data),
+                            "salt": _b64(row.salt), **record}
+                else:
+                    line = {"type": "leaf", "index": row.leaf_index, "leaf_hash": _b64(row.leaf_hash)}
+            out.append(_dumps(line))
+        yield b"".join(out)
 
 
 def export_jsonl(lines: Iterable[dict[str, Any]], out: io.TextIOBase) -> int:
@@ -286,9 +443,12 @@ def _header(numbered: Iterator[tuple[int, str]]) -> dict[str, Any]:
 
 def _json(text: str, line: int) -> dict[str, Any]:
     try:
-        value = json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
-        raise _Unsound("not a JSON line", line) from None
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        try:  # what orjson refuses but JSON allows (an integer beyond 64 bits in a detail)
+            value = json.loads(text)
+        except (json.JSONDecodeError, RecursionError):
+            raise _Unsound("not a JSON line", line) from None
     if not isinstance(value, dict):
         raise _Unsound("not a JSON object", line)
     return value

@@ -16,7 +16,7 @@ from typing import Any
 
 ACCESS_DOMAIN = b"renkei/history-entry/v1\x00"
 OPERATIONS_DOMAIN = b"renkei/operations-entry/v1\x00"
-_PERSON_REF_DOMAIN = b"renkei/history-person/v1\x00"
+PERSON_REF_DOMAIN = b"renkei/history-person/v1\x00"
 
 # An access entry's record, in the export's own field names and order.
 ACCESS_FIELDS = (
@@ -57,7 +57,7 @@ def canonical_json(value: Any) -> bytes:
 def person_ref(owner: str, person_key: str) -> str:
     """What an export shows instead of the hub's person key: a digest that differs per owner,
     so two agencies' exports cannot be joined on it (DESIGN.md, Unlinkability)."""
-    return hashlib.sha256(_PERSON_REF_DOMAIN + owner.encode() + b"\x00" + person_key.encode()).hexdigest()
+    return hashlib.sha256(PERSON_REF_DOMAIN + owner.encode() + b"\x00" + person_key.encode()).hexdigest()
 
 
 def commitment(log: str, salt: bytes, record: Mapping[str, Any]) -> bytes:

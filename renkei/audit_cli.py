@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import getpass
+import io
 import os
 import sys
 from datetime import UTC, datetime
@@ -78,16 +79,32 @@ def audit_export(start, end, agency, outcome, log, fmt, since, out) -> None:
     signer = history.log_signer(keys=keys, scope=settings.scope, log=log)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        with session_scope(url) as db, tmp.open("w", encoding="utf-8", newline="") as fh:
-            lines = history_audit.export(db_session=db, log=log, verifier_key=signer.verifier_key,
-                                         filters=filters, since_size=since_size)
-            header = next(lines)
-            total = header["end_index"] - header["start_index"]
-            with click.progressbar(length=total, label="exporting", file=sys.stderr,
-                                   show_pos=True) as bar:
-                counted = _counting(header, lines, bar.update)
-                writer = history_audit.export_jsonl if fmt == "jsonl" else history_audit.export_csv
-                entries = writer(counted, fh)
+        with session_scope(url) as db, tmp.open("wb") as fh:
+            if fmt == "jsonl":  # streamed as bytes: the server formats the lines on PostgreSQL
+                header = history_audit.export_header(db_session=db, log=log, verifier_key=signer.verifier_key,
+                                                     filters=filters, since_size=since_size)
+                counts: dict[str, int] = {}
+                with click.progressbar(length=header["end_index"] - header["start_index"], label="exporting",
+                                       file=sys.stderr, show_pos=True) as bar:
+                    done = 0
+                    for block in history_audit.export_jsonl_chunks(
+                            db_session=db, log=log, verifier_key=signer.verifier_key, filters=filters,
+                            since_size=since_size, counts=counts):
+                        fh.write(block)
+                        bar.update(counts["leaves"] - done)
+                        done = counts["leaves"]
+                entries = counts["entries"]
+            else:
+                lines = history_audit.export(db_session=db, log=log, verifier_key=signer.verifier_key,
+                                             filters=filters, since_size=since_size)
+                header = next(lines)
+                total = header["end_index"] - header["start_index"]
+                text_out = io.TextIOWrapper(fh, encoding="utf-8", newline="")
+                with click.progressbar(length=total, label="exporting", file=sys.stderr,
+                                       show_pos=True) as bar:
+                    entries = history_audit.export_csv(_counting(header, lines, bar.update), text_out)
+                text_out.flush()
+                text_out.detach()
             history.record_operation(db_session=db, operation=OperationIn(
                 actor=f"cli:{getpass.getuser()}", channel="cli", action="audit.export", target=log,
                 detail={"filters": filters.describe(), "format": fmt, "entries": entries,

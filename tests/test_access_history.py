@@ -357,3 +357,159 @@ def test_sealed_entries_open_on_their_date(log):
         after = service.timeline(db_session=db, person_key="dave",
                                  now=until + timedelta(seconds=1)).entries[0]
     assert before.sealed and not after.sealed
+
+
+# --- the fast JSONL export and the batching appender -----------------------------------------
+
+def _jsonl_both_ways(log: Log, filters: audit.ExportFilter, name: str = "access") -> tuple[bytes, bytes]:
+    """The JSONL export as the dict path writes it and as the streamed path writes it."""
+    import io
+
+    log.integrate()
+    key = log.signer(name).verifier_key
+    with log.session() as db:
+        text_out = io.StringIO()
+        audit.export_jsonl(audit.export(db_session=db, log=name, verifier_key=key, filters=filters), text_out)
+        counts: dict[str, int] = {}
+        fast = b"".join(audit.export_jsonl_chunks(db_session=db, log=name, verifier_key=key,
+                                                  filters=filters, counts=counts))
+    assert counts["entries"] == text_out.getvalue().count('"type":"entry"')
+    return text_out.getvalue().encode("utf-8"), fast
+
+
+def test_the_streamed_jsonl_export_writes_the_very_bytes_of_the_dict_export(log):
+    """On PostgreSQL the server formats the lines (COPY), on SQLite orjson does: both must be
+    byte for byte what `export_jsonl(export(...))` writes, for awkward values too."""
+    log.append([decision("alice", legal_basis='番号法 "別表" \\ 第二', staff="窓口 佐藤",
+                         detail={"note": "quote \" back\\slash tab\t newline\n 改行", "n": [1, 2.5, None, True],
+                                 "big": 12345678901234567890}),
+                decision("bob", permitted=False, outcome="DENIED_BY_PERSON", person_rule="rule-9",
+                         whitelist_entry="WL-2", query_id="q-1", query_group_id="g-1"),
+                decision("carol", sealed_until=utcnow() + timedelta(days=30), sealed_reason="捜査中",
+                         asked_at=utcnow() - timedelta(seconds=5))])
+    log.append([EntryIn(kind=EntryKind.DISCLOSURE, channel=Channel.REPORT, owner=CITY_A, requester=CITY_B,
+                        provider=CITY_A, person_key="alice", task_code="JUKI", info_type_code="RESIDENT",
+                        outcome="DISCLOSED", decision_id="d-x", provided_at=utcnow())])
+    middle = utcnow()
+    log.append([decision(f"late{i}", requester=INSURER) for i in range(3)])
+    for filters in (audit.ExportFilter(), audit.ExportFilter(agency=INSURER),
+                    audit.ExportFilter(outcome="DENIED_BY_PERSON"), audit.ExportFilter(start=middle),
+                    audit.ExportFilter(end=middle, agency=CITY_A)):
+        slow, fast = _jsonl_both_ways(log, filters)
+        assert fast == slow, filters
+        assert log.verify(fast.decode().splitlines()).ok
+    with log.session() as db:
+        service.record_operation(db_session=db, operation=OperationIn(
+            actor="operator:佐藤", channel="api", action="whitelist.import", target="whitelist",
+            detail={"before": 3, "after": "四"}))
+    slow, fast = _jsonl_both_ways(log, audit.ExportFilter(), "operations")
+    assert fast == slow
+    assert audit.verify(fast.decode().splitlines(), verifier_key=log.signer("operations").verifier_key).ok
+
+
+def _appender(log: Log, **kw):
+    from access_history.appender import GroupAppender
+
+    return GroupAppender(log.engine, **kw)
+
+
+def _rows(entries: list[EntryIn]) -> list[dict]:
+    now = utcnow()
+    return [service.entry_values(e, now) for e in entries]
+
+
+def test_concurrent_durable_appends_land_once_each_in_commit_order(log):
+    """16 threads hand entries to one appender at once: each is committed (in a batch with
+    others), lands in exactly one leaf, and a thread's later entry never precedes its earlier
+    one in the tree (batches are written one after another, in order)."""
+    group = _appender(log, max_batch=64, max_wait=0.002)
+    barrier = threading.Barrier(16)
+    errors: list[BaseException] = []
+    got: dict[int, list[int]] = {}
+
+    def caller(n: int) -> None:
+        barrier.wait(timeout=30)
+        try:
+            got[n] = [group.append(_rows([decision(f"t{n}-{i}")]))[0].id for i in range(25)]
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert group.committed == 400 and group.batches < 400  # some batches held several callers
+    log.integrate()
+    with log.session() as db:
+        leaves = db.execute(select(LogLeaf.entry_ref, LogLeaf.leaf_index).where(LogLeaf.log == "access")
+                            .order_by(LogLeaf.leaf_index)).all()
+        persons = dict(db.execute(select(HistoryEntry.id, HistoryEntry.person_key)).all())
+    refs = [ref for ref, _ in leaves]
+    assert sorted(refs) == sorted(i for ids in got.values() for i in ids) and len(set(refs)) == 400
+    position = {ref: index for ref, index in leaves}
+    for n, ids in got.items():
+        assert [persons[i] for i in ids] == [f"t{n}-{i}" for i in range(25)]
+        assert [position[i] for i in ids] == sorted(position[i] for i in ids)
+    assert refs == sorted(refs)  # ids are given per batch, batches commit in order
+    assert log.verify(log.export()).ok
+
+
+def _fail_entry_inserts(engine, on: bool) -> None:
+    with engine.begin() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.execute(text("DROP TRIGGER IF EXISTS log_down"))
+            if on:
+                conn.execute(text("CREATE TRIGGER log_down BEFORE INSERT ON history_entries "
+                                  "BEGIN SELECT RAISE(ABORT, 'log storage down'); END"))
+        else:
+            conn.execute(text("DROP TRIGGER IF EXISTS log_down ON history_entries"))
+            if on:
+                conn.execute(text("CREATE OR REPLACE FUNCTION log_down() RETURNS trigger AS $$ "
+                                  "BEGIN RAISE EXCEPTION 'log storage down'; END $$ LANGUAGE plpgsql"))
+                conn.execute(text("CREATE TRIGGER log_down BEFORE INSERT ON history_entries "
+                                  "FOR EACH ROW EXECUTE FUNCTION log_down()"))
+
+
+def test_a_failed_batch_fails_every_caller_in_it_and_leaves_nothing(log):
+    from access_history.errors import LogWriteFailed
+
+    group = _appender(log, max_batch=1000, max_wait=0.05)  # a long wait: the callers share batches
+    _fail_entry_inserts(log.engine, True)
+    outcomes: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def caller(n: int) -> None:
+        barrier.wait(timeout=30)
+        try:
+            group.append(_rows([decision(f"f{n}"), decision(f"g{n}")]))
+            outcomes.append("committed")
+        except LogWriteFailed:
+            outcomes.append("failed")
+
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    _fail_entry_inserts(log.engine, False)
+    assert outcomes == ["failed"] * 8 and group.batches == 0
+    with log.session() as db:
+        assert db.scalar(text("SELECT count(*) FROM history_entries")) == 0
+        assert db.scalar(text("SELECT count(*) FROM tlog_queue")) == 0
+    assert [a.entry_id for a in group.append(_rows([decision("after")]))]  # the appender goes on
+    assert log.integrate() == 1
+
+
+def test_append_durably_commits_the_callers_writes_first_on_sqlite_too(log):
+    """The caller's own open write transaction is committed before its batch is written, so
+    the batch's connection never waits for the caller's lock (SQLite: one writer)."""
+    with Session(log.engine, expire_on_commit=False) as db:
+        service.record_operation(db_session=db, operation=OperationIn(
+            actor="operator:sato", channel="api", action="x.y", target="t", detail={}))  # a write
+        appended = service.append_durably(db_session=db, entries=[decision("dave")])
+        assert not db.in_transaction() or not db.dirty
+    with log.session() as db:
+        assert db.scalar(select(HistoryEntry.person_key).where(HistoryEntry.id == appended[0].id)) == "dave"
+        assert db.scalar(text("SELECT count(*) FROM operation_entries")) == 1
