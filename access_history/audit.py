@@ -16,13 +16,14 @@ import binascii
 import csv
 import io
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, func, select, text
 from sqlalchemy.orm import Session
 
 from access_history import ledger, tlog
@@ -170,49 +171,56 @@ def _sql_field(log: str, name: str) -> str:
     """The JSON text of one record field of entry `e`, as SQL (NULL-safe: `null`)."""
     times = {"recorded_at", "asked_at", "provided_at", "sealed_until"}
     if name in times:
-        return f"CASE WHEN e.{name} IS NULL THEN 'null' ELSE {_ISO_SQL.format(c='e.' + name)} END"
+        return f"CASE WHEN {name} IS NULL THEN 'null' ELSE {_ISO_SQL.format(c=name)} END"
     if name == "detail":
-        return "e.detail"  # stored as canonical JSON: as json.loads + json.dumps would write it
+        return "detail"  # stored as canonical JSON: as json.loads + json.dumps would write it
     if name == "person_ref":
-        return ("'\"' || encode(sha256(CAST(:person_domain AS bytea) || convert_to(e.owner, 'UTF8') "
-                "|| '\\x00'::bytea || convert_to(e.person_key, 'UTF8')), 'hex') || '\"'")
+        return ("'\"' || encode(sha256(CAST(:person_domain AS bytea) || convert_to(owner, 'UTF8') "
+                "|| '\\x00'::bytea || convert_to(person_key, 'UTF8')), 'hex') || '\"'")
     if name == "permitted":
-        return "CASE WHEN e.permitted IS NULL THEN 'null' WHEN e.permitted THEN 'true' ELSE 'false' END"
+        return "CASE WHEN permitted IS NULL THEN 'null' WHEN permitted THEN 'true' ELSE 'false' END"
     if name == "overridden":
-        return "CASE WHEN e.overridden THEN 'true' ELSE 'false' END"
-    return f"coalesce(to_json(e.{name})::text, 'null')"
+        return "CASE WHEN overridden THEN 'true' ELSE 'false' END"
+    return f"coalesce(to_json({name})::text, 'null')"
 
 
 def _sql_lines(log: str, filters: ExportFilter) -> tuple[str, dict[str, Any]]:
-    """SELECT of one text column: the JSON line of every leaf in [:start, :end), in order."""
+    """SELECT of one text column: the JSON line of every leaf in [:start, :end), in order.
+
+    Each line is one `concat` call (not a chain of `||`, which copies the growing line once
+    per piece); the join and its order are computed below a fence (OFFSET 0) so that the sort,
+    if any, moves the narrow rows, not the formatted lines."""
     table = _entry_table(log).__table__.name
     params: dict[str, Any] = {"log": log}
-    fields = " || ',' || ".join(f"'\"{name}\":' || {_sql_field(log, name)}" for name in FIELDS[log])
-    entry = ("'{\"type\":\"entry\",\"index\":' || l.leaf_index || ',\"leaf_data\":\"' || "
-             "encode(e.leaf_data, 'base64') || '\",\"salt\":\"' || encode(e.salt, 'base64') || '\",' || "
-             f"{fields} || '}}'")
-    leaf = "'{\"type\":\"leaf\",\"index\":' || l.leaf_index || ',\"leaf_hash\":\"' || encode(l.leaf_hash, 'base64')"
+    entry: list[str] = ["'{\"type\":\"entry\",\"index\":'", "leaf_index", "',\"leaf_data\":\"'",
+                        "encode(leaf_data, 'base64')", "'\",\"salt\":\"'", "encode(salt, 'base64')", "'\"'"]
+    for name in FIELDS[log]:
+        entry += [f"',\"{name}\":'", _sql_field(log, name)]
+    entry.append("'}'")
+    leaf = "concat('{\"type\":\"leaf\",\"index\":', leaf_index, ',\"leaf_hash\":\"', encode(leaf_hash, 'base64')"
     keeps = ["true"]
     if filters.start is not None:
-        keeps.append("e.recorded_at >= :f_start")
+        keeps.append("recorded_at >= :f_start")
         params["f_start"] = filters.start
     if filters.end is not None:
-        keeps.append("e.recorded_at < :f_end")
+        keeps.append("recorded_at < :f_end")
         params["f_end"] = filters.end
     if filters.agency is not None:
-        parties = ("e.requester", "e.provider", "e.owner") if log == ACCESS_LOG else ("e.actor", "e.target")
+        parties = ("requester", "provider", "owner") if log == ACCESS_LOG else ("actor", "target")
         keeps.append(f"coalesce(:f_agency IN ({', '.join(parties)}), false)")
         params["f_agency"] = filters.agency
     if filters.outcome is not None:
-        keeps.append("e.outcome = :f_outcome")
+        keeps.append("outcome = :f_outcome")
         params["f_outcome"] = filters.outcome
     if log == ACCESS_LOG:
         params["person_domain"] = PERSON_REF_DOMAIN
-    sql = (f"SELECT CASE WHEN e.id IS NULL THEN {leaf} || '\",\"pruned\":true}}' "
-           f"WHEN {' AND '.join(keeps)} THEN {entry} ELSE {leaf} || '\"}}' END "
-           f"FROM tlog_leaves l LEFT OUTER JOIN {table} e ON e.id = l.entry_ref AND e.recorded_at = l.entry_time "
-           "AND e.recorded_at BETWEEN :first AND :last "
-           "WHERE l.log = :log AND l.leaf_index >= :start AND l.leaf_index < :end ORDER BY l.leaf_index")
+    sql = (f"SELECT CASE WHEN id IS NULL THEN {leaf}, '\",\"pruned\":true}}') "
+           f"WHEN {' AND '.join(keeps)} THEN concat({', '.join(entry)}) ELSE {leaf}, '\"}}') END "
+           "FROM (SELECT l.leaf_index, l.leaf_hash, e.* FROM tlog_leaves l "
+           f"LEFT OUTER JOIN {table} e ON e.id = l.entry_ref AND e.recorded_at = l.entry_time "
+           "AND e.recorded_at BETWEEN :first AND :last AND e.id BETWEEN :id_lo AND :id_hi "
+           "WHERE l.log = :log AND l.leaf_index >= :start AND l.leaf_index < :end "
+           "ORDER BY l.leaf_index OFFSET 0) s")
     return sql, params
 
 
@@ -246,31 +254,44 @@ def export_jsonl_chunks(*, db_session: Session, log: str, verifier_key: str,
     yield _dumps({"type": "end", "leaves": counts["leaves"]})
 
 
+EXPORT_CHUNK = 50_000  # leaves per COPY on PostgreSQL: each chunk's join reads only its own rows
+
+
 def _postgres_lines(db_session: Session, log: str, filters: ExportFilter, start: int, end: int,
                     first: datetime, last: datetime) -> Iterator[bytes]:
     """The leaf lines as PostgreSQL writes them in COPY text format (whose only escape our
-    lines can need is a doubled backslash: they hold no tab, newline or carriage return)."""
+    lines can need is a doubled backslash: they hold no tab, newline or carriage return),
+    chunk by chunk of the leaf range: each chunk joins only the entries of its own times and
+    ids, so no step of the plan grows with the log."""
     from psycopg import sql as pgsql
 
     query, params = _sql_lines(log, filters)
-    params.update(start=start, end=end, first=first, last=last)
     # COPY takes no bind parameters: each value is inlined as a literal quoted by psycopg
     template = query.replace("{", "{{").replace("}", "}}")
-    for name in sorted(params, key=len, reverse=True):
-        template = template.replace(f":{name}", f"{{{name}}}")
-    statement = pgsql.SQL("COPY (" + template + ") TO STDOUT").format(
-        **{k: pgsql.Literal(v) for k, v in params.items()})
+    for name in sorted(set(params) | {"start", "end", "first", "last", "id_lo", "id_hi"}, key=len, reverse=True):
+        template = re.sub(f":{name}\\b", f"{{{name}}}", template)
+    statement = pgsql.SQL("COPY (" + template + ") TO STDOUT")
     raw = db_session.connection().connection.driver_connection
-    pending = b""
-    with raw.cursor() as cursor, cursor.copy(statement) as copy:
-        for data in copy:
-            block = pending + bytes(data)
-            cut = block.rfind(b"\n") + 1
-            pending = block[cut:]
-            if cut:
-                yield block[:cut].replace(b"\\\\", b"\\")
-    if pending:
-        raise RuntimeError("the COPY stream ended inside a line")
+    db_session.execute(text("SET LOCAL work_mem = '64MB'"))
+    for lo in range(start, end, EXPORT_CHUNK):
+        hi = min(lo + EXPORT_CHUNK, end)
+        bounds = db_session.execute(select(
+            func.min(LogLeaf.entry_time), func.max(LogLeaf.entry_time), func.min(LogLeaf.entry_ref),
+            func.max(LogLeaf.entry_ref)).where(LogLeaf.log == log, LogLeaf.leaf_index >= lo,
+                                               LogLeaf.leaf_index < hi)).one()
+        values = {**params, "start": lo, "end": hi, "first": bounds[0], "last": bounds[1],
+                  "id_lo": bounds[2], "id_hi": bounds[3]}
+        pending = b""
+        with raw.cursor() as cursor, cursor.copy(statement.format(
+                **{k: pgsql.Literal(v) for k, v in values.items()})) as copy:
+            for data in copy:
+                block = pending + bytes(data)
+                cut = block.rfind(b"\n") + 1
+                pending = block[cut:]
+                if cut:
+                    yield block[:cut].replace(b"\\\\", b"\\")
+        if pending:
+            raise RuntimeError("the COPY stream ended inside a line")
 
 
 def _python_lines(db_session: Session, log: str, filters: ExportFilter, start: int, end: int,

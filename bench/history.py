@@ -52,7 +52,7 @@ TARGET_APPENDS = 5000.0
 TARGET_TIMELINE_P99_MS = 50.0
 TARGET_EXPORT_ROWS = 100_000.0
 TARGET_EXPORT_MB = 200.0
-CONCURRENCY = (1, 4, 8, 16)
+GROUP_RUNS = ((1, 1), (1, 16), (1, 64), (2, 128))  # (processes, caller threads in each)
 SCOPE = "renkei.bench"
 
 
@@ -133,49 +133,110 @@ def _integrator(url: str, home: str, stop, out) -> None:
     engine.dispose()
 
 
+def _group_appender(url: str, threads: int, seconds: float, start_at: float, out) -> None:
+    """One process of `threads` callers, each handing one decision entry at a time to the
+    process's batching appender (`appender.GroupAppender`) and waiting until it is durable."""
+    import threading
+
+    from sqlalchemy import text
+
+    from access_history import appender, service
+    from kernel.db import utcnow
+
+    engine = _engine(url)
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    group = appender.GroupAppender(engine)
+    counts = [0] * threads
+    errors: list[str] = []
+
+    def caller(n: int) -> None:
+        while time.time() < start_at:
+            time.sleep(0.001)
+        end, i = start_at + seconds, 0
+        try:
+            while time.time() < end:
+                group.append([service.entry_values(_decision(n * 10_000_000 + i), utcnow())])
+                i += 1
+        except Exception as exc:  # noqa: BLE001 - reported by the parent
+            errors.append(repr(exc))
+        counts[n] = i
+
+    workers = [threading.Thread(target=caller, args=(n,)) for n in range(threads)]
+    cpu0 = None
+    for w in workers:
+        w.start()
+    while time.time() < start_at:
+        time.sleep(0.001)
+    cpu0 = time.process_time()
+    for w in workers:
+        w.join()
+    out.put((sum(counts), time.process_time() - cpu0, group.batches, errors[:3]))
+    engine.dispose()
+
+
 def run_appends(url: str, home: Path, seconds: float) -> list[dict]:
     from sqlalchemy import text
 
     engine = _engine(url)
     with engine.begin() as conn:
-        conn.execute(text("CREATE TABLE bench_plain (id bigserial PRIMARY KEY, payload bytea NOT NULL)"))
+        conn.execute(text("CREATE TABLE IF NOT EXISTS bench_plain (id bigserial PRIMARY KEY, payload bytea NOT NULL)"))
     rows = []
     ctx = mp.get_context("spawn")
-    for concurrency in CONCURRENCY:
+    for procs, threads in GROUP_RUNS:
         figures = {}
-        for kind in ("plain", "append"):
+        for kind in ("plain", "group"):
             out, stop = ctx.Queue(), ctx.Event()
             integ = None
-            if kind == "append":
+            if kind == "group":
                 with engine.connect() as conn:
                     backlog0 = conn.execute(text("SELECT count(*) FROM tlog_queue")).scalar()
                 integ = ctx.Process(target=_integrator, args=(url, str(home), stop, out))
                 integ.start()
             start_at = time.time() + 3.0  # spawned processes import and connect first
-            procs = [ctx.Process(target=_appender, args=(url, kind, seconds, start_at, out))
-                     for _ in range(concurrency)]
-            for p in procs:
+            # the baseline: one durable single-row transaction per caller at a time, as many
+            # processes as there are callers (at most 16: beyond that it only gets slower)
+            if kind == "plain":
+                plain_procs = min(procs * threads, 16)
+                workers = [ctx.Process(target=_appender, args=(url, "plain", seconds, start_at, out))
+                           for _ in range(plain_procs)]
+            else:
+                workers = [ctx.Process(target=_group_appender, args=(url, threads, seconds, start_at, out))
+                           for _ in range(procs)]
+            for p in workers:
                 p.start()
-            results = [out.get() for _ in procs]
-            for p in procs:
+            results = [out.get() for _ in workers]
+            for p in workers:
                 p.join()
             count = sum(r[0] for r in results)
             cpu = sum(r[1] for r in results)
-            figures[kind] = {"per_s": count / seconds, "cpu_ms": 1000 * cpu / max(count, 1)}
+            figures[kind] = {"per_s": count / seconds, "cpu_ms": 1000 * cpu / max(count, 1),
+                             "procs": len(workers)}
+            if kind == "group":
+                figures[kind]["batches"] = sum(r[2] for r in results)
+                figures[kind]["errors"] = [e for r in results for e in r[3]]
             if integ is not None:
+                # the integrator goes on until the queue is empty (or 60 s): did it keep up?
+                deadline = time.time() + 60
                 with engine.connect() as conn:
                     backlog = conn.execute(text("SELECT count(*) FROM tlog_queue")).scalar()
+                    while time.time() < deadline and conn.execute(text("SELECT count(*) FROM tlog_queue")).scalar():
+                        conn.rollback()
+                        time.sleep(0.2)
+                drained_s = time.time() - start_at
                 stop.set()
                 done, busy, icpu = out.get()
                 integ.join()
-                figures["integrated_per_s"] = done / seconds  # it waits for appends otherwise
+                figures["integrated_per_s"] = done / drained_s  # the run and its drain
                 figures["integrator_capacity_per_s"] = done / busy if busy else None
                 figures["integrator_cpu_ms"] = 1000 * icpu / max(done, 1)
                 figures["backlog"] = backlog - backlog0
-        say(f"  {concurrency:>2} appenders: plain {figures['plain']['per_s']:,.0f}/s, "
-            f"appends {figures['append']['per_s']:,.0f}/s, integrated {figures['integrated_per_s']:,.0f}/s, "
-            f"queue left {figures['backlog']:,}")
-        rows.append({"concurrency": concurrency, **figures})
+        say(f"  {procs} x {threads:>3} callers: plain {figures['plain']['per_s']:,.0f}/s "
+            f"({figures['plain']['procs']} procs), group-commit appends {figures['group']['per_s']:,.0f}/s "
+            f"in {figures['group']['batches']:,} batches, queue left at the end of the run {figures['backlog']:,}")
+        if figures["group"]["errors"]:
+            say(f"  append errors: {figures['group']['errors']}")
+        rows.append({"procs": procs, "threads": threads, **figures})
     # what is still queued is integrated now, so the later phases read a whole tree
     from access_history import service
     from kernel.db import session_scope
@@ -239,7 +300,16 @@ def build_entries(url: str, home: Path, total: int) -> dict:
         queued = conn.execute(text("SELECT count(*) FROM tlog_queue")).scalar()
         assert queued == 0, "integrate the queue first"
     step_us = int(365 * 86400 * 1e6 // total)
-    chunk = 500_000
+    chunk = 1_000_000
+    # the secondary indexes of the entries and leaves are dropped for the load and built again
+    # afterwards (one sort per index instead of 10M random inserts); keys and constraints stay
+    with engine.begin() as conn:
+        dropped = conn.execute(text(
+            "SELECT i.indexname, i.indexdef FROM pg_indexes i WHERE i.schemaname = 'public' "
+            "AND i.tablename IN ('history_entries', 'tlog_leaves') "
+            "AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conname = i.indexname)")).all()
+        for name, _ in dropped:
+            conn.execute(text(f'DROP INDEX "{name}"'))
     with engine.connect() as conn:
         max_id = conn.execute(text("SELECT coalesce(max(id), 0) FROM history_entries")).scalar()
     bar = Progress("generating entries", total=total)
@@ -279,6 +349,12 @@ def build_entries(url: str, home: Path, total: int) -> dict:
             SELECT 'access', :base + row_number() OVER (ORDER BY id) - 1, id, recorded_at,
                    sha256('\\x00'::bytea || leaf_data) FROM history_entries WHERE id > :max_id"""),
                      {"base": base, "max_id": max_id})
+    say(f"  building {len(dropped)} indexes again ...")
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("SET maintenance_work_mem = '1GB'"))
+        conn.execute(text("SET max_parallel_maintenance_workers = 2"))
+        for _, definition in dropped:
+            conn.execute(text(definition))
     # the complete subtrees level by level: nodes of level L from pairs of level L-1
     say("  building the tree's nodes (SQL) ...")
     size = base + total
@@ -415,7 +491,8 @@ class _Sink:
 
 
 def export_child(url: str, home: str) -> None:
-    """Run one full export to a sink; print rows, seconds, CPU seconds, peak RSS (MB), bytes."""
+    """Run one full `renkei audit export` JSONL stream to a sink; print rows, seconds, CPU
+    seconds, peak RSS (MB), bytes."""
     from sqlalchemy.orm import Session
 
     from access_history import audit, service
@@ -423,82 +500,280 @@ def export_child(url: str, home: str) -> None:
     engine = _engine(url)
     signer = service.log_signer(keys=_keys(Path(home)), scope=SCOPE, log="access")
     sink = _Sink()
+    counts: dict[str, int] = {}
     t0, c0 = time.perf_counter(), time.process_time()
     with Session(engine) as db:
-        lines = audit.export(db_session=db, log="access", verifier_key=signer.verifier_key)
-        rows = audit.export_jsonl(lines, sink)
+        for block in audit.export_jsonl_chunks(db_session=db, log="access", verifier_key=signer.verifier_key,
+                                               counts=counts):
+            sink.write(block)
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"EXPORT {rows} {elapsed:.3f} {cpu:.3f} {peak_mb:.1f} {sink.bytes}", flush=True)
+    print(f"EXPORT {counts['leaves']} {elapsed:.3f} {cpu:.3f} {peak_mb:.1f} {sink.bytes}", flush=True)
+
+
+def verify_child(url: str, home: str) -> None:
+    """`audit.verify` over the whole export, fed line by line from the streamed export (no
+    file: 10M lines are ~9 GB); print lines, seconds, CPU seconds of this process, peak RSS,
+    whether it was sound. The export's own share is small (the server formats the lines)."""
+    from sqlalchemy.orm import Session
+
+    from access_history import audit, service
+
+    engine = _engine(url)
+    signer = service.log_signer(keys=_keys(Path(home)), scope=SCOPE, log="access")
+    counts: dict[str, int] = {}
+
+    def lines(db):
+        for block in audit.export_jsonl_chunks(db_session=db, log="access", verifier_key=signer.verifier_key,
+                                               counts=counts):
+            yield from block.decode("utf-8").splitlines()
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    with Session(engine) as db:
+        report = audit.verify(lines(db), verifier_key=signer.verifier_key)
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"VERIFY {report.leaves} {elapsed:.3f} {cpu:.3f} {peak_mb:.1f} {int(report.ok)}", flush=True)
+    if not report.ok:
+        print(report.summary(), file=sys.stderr)
+
+
+def _child(flag: str, tag: str, *args: str) -> list[str]:
+    import subprocess
+
+    proc = subprocess.run([sys.executable, __file__, flag, *args], capture_output=True, text=True, cwd=ROOT,
+                          check=False)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith(tag + " ")), None)
+    if line is None:
+        raise SystemExit(f"{flag} failed: {proc.stderr[-2000:]}")
+    return line.split()[1:]
 
 
 def run_export(url: str, home: Path) -> dict:
-    import subprocess
-
-    proc = subprocess.run([sys.executable, __file__, "--export-child", url, str(home)],
-                          capture_output=True, text=True, cwd=ROOT, check=False)
-    line = next((x for x in proc.stdout.splitlines() if x.startswith("EXPORT ")), None)
-    if line is None:
-        raise SystemExit(f"the export failed: {proc.stderr[-2000:]}")
-    _, rows, elapsed, cpu, peak, size = line.split()
+    rows, elapsed, cpu, peak, size = _child("--export-child", "EXPORT", url, str(home))
     return {"rows": int(rows), "seconds": float(elapsed), "rows_per_s": int(rows) / float(elapsed),
             "cpu_us_per_row": 1e6 * float(cpu) / max(int(rows), 1), "peak_rss_mb": float(peak),
             "bytes": int(size)}
 
 
+def run_verify(url: str, home: Path) -> dict:
+    rows, elapsed, cpu, peak, ok = _child("--verify-child", "VERIFY", url, str(home))
+    return {"rows": int(rows), "seconds": float(elapsed), "rows_per_s": int(rows) / float(elapsed),
+            "cpu_us_per_row": 1e6 * float(cpu) / max(int(rows), 1), "peak_rss_mb": float(peak),
+            "sound": ok == "1"}
+
+
+# --- discovery decisions with and without the log -----------------------------------------
+
+def discovery_child(admin: str, tmp: str, seconds: str, threads: str) -> None:
+    """The real `pipeline.discover` in a loop on `threads` threads of this process, on a hub
+    set up the operator's way (bench/discovery.py), with the log (group commit), with the
+    log written the old way (in the decision's transaction, one COMMIT each) and without any
+    log entry (the decisions' commit only); prints decisions/s of each."""
+    import threading
+
+    import importlib.util
+
+    here = Path(__file__).resolve().parent
+    sys.path.append(str(here))  # bench/discovery.py imports `harness` (last: not our `discovery`)
+    spec = importlib.util.spec_from_file_location("bench_discovery", here / "discovery.py")
+    dbench = importlib.util.module_from_spec(spec)
+    sys.modules["bench_discovery"] = dbench  # its dataclasses look their module up
+    spec.loader.exec_module(dbench)
+
+    from access_history import service as history
+    from discovery import pipeline
+    from federation import service as agencies
+    from pseudonym import bootstrap
+    from kernel.db import dispose_engines, session_scope
+    from kernel.keys import keystore
+    from kernel.settings import get_settings, reset_settings
+    from pseudonym import service as pseudonyms
+
+    tmp_path = Path(tmp)
+    url = __import__("bench.harness", fromlist=["fresh_postgres_database"]).fresh_postgres_database(
+        admin, f"renkei_bench_history_disco_{os.getpid()}")
+    try:
+        from kernel.db import upgrade
+
+        upgrade(url)
+        fed = dbench.make_federation(tmp_path)
+        hub = dbench.prepare_hub("history", tmp_path / "home", url, fed)
+        os.environ.update(hub.env)
+        reset_settings()
+        settings = get_settings()
+        keys = keystore()
+        with session_scope(url) as db:
+            pseudonym = pseudonyms.get_or_create(db_session=db, keys=keys, person_key=hub.person_key,
+                                                 agency=dbench.REQUESTER, scope=settings.scope)
+        token = bootstrap.issue_bootstrap(keys=keys, audience=settings.base_url.rstrip("/") + "/discovery",
+                                          requester=dbench.REQUESTER, pseudonym=pseudonym,
+                                          expires=int(time.time()) + 3600)
+        person = pipeline.PersonRef(bootstrap_token=token)
+        with session_scope(url) as db:
+            requester = agencies.lookup(db_session=db, entity_id=dbench.REQUESTER)
+
+        def one() -> None:
+            with session_scope(url) as db:
+                decisions = pipeline.discover(db_session=db, settings=settings, requester=requester, person=person,
+                                              service_type=dbench.SERVICE_TYPE, task=dbench.TASK,
+                                              info_type=dbench.INFO_TYPE)
+                if not decisions or not decisions[0].token:
+                    raise SystemExit("discover gave no token")
+
+        def loop(n_threads: int) -> float:
+            for _ in range(3):
+                one()
+            counts = [0] * n_threads
+            end = time.time() + float(seconds) / 4
+
+            def worker(i: int) -> None:
+                while time.time() < end:
+                    one()
+                    counts[i] += 1
+
+            ts = [threading.Thread(target=worker, args=(i,)) for i in range(n_threads)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            return sum(counts) / (float(seconds) / 4)
+
+        def old_commit_log(db_session, entries) -> None:  # one transaction per decision
+            history.append_many(db_session=db_session, entries=entries)
+            db_session.commit()
+
+        def no_log(db_session, entries) -> None:
+            db_session.commit()
+
+        n = int(threads)
+        real = pipeline._commit_log
+        variants = (("group", real), ("inline", old_commit_log), ("none", no_log))
+        done = {name: 0.0 for name, _ in variants}
+        rounds = 4  # interleaved, so the machine's load swings hit all three alike
+        for _ in range(rounds):
+            for name, fn in variants:
+                pipeline._commit_log = fn
+                done[name] += loop(n)
+        pipeline._commit_log = real
+        figures = {name: total / rounds for name, total in done.items()}
+        print(f"DISCOVERY {figures['group']:.1f} {figures['inline']:.1f} {figures['none']:.1f}", flush=True)
+    finally:
+        dispose_engines()
+        __import__("bench.harness", fromlist=["drop_postgres_database"]).drop_postgres_database(
+            admin, f"renkei_bench_history_disco_{os.getpid()}")
+
+
+def run_discovery(admin: str, tmp: Path, seconds: float, threads: int) -> dict:
+    (tmp / "disco").mkdir(exist_ok=True)
+    group, inline, none = _child("--discovery-child", "DISCOVERY", admin, str(tmp / "disco"), str(seconds),
+                                 str(threads))
+    return {"threads": threads, "with_group_log": float(group), "with_inline_log": float(inline),
+            "without_log": float(none)}
+
+
 # --- the run ------------------------------------------------------------------------------
 
+KEPT = Path.home() / ".cache" / "renkei-bench-history"  # keys of kept databases, per name
+
+
 def body(bench: Bench, args) -> int:
+    from sqlalchemy import text
+
     from kernel.db import upgrade
 
     admin = os.environ.get("RENKEI_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     say(f"PostgreSQL: {postgres_settings(admin)}")
-    url = bench.postgres_database(admin, f"renkei_bench_history_{os.getpid()}")
+    base = admin.partition("?")[0].rpartition("/")[0]
+    if args.reuse_db:
+        url, home = f"{base}/{args.reuse_db}", KEPT / args.reuse_db
+        if not (home / "built.json").is_file():
+            raise SystemExit(f"no kept keys for {args.reuse_db} in {home}")
+        say(f"reusing the kept database {args.reuse_db} (keys in {home})")
+    elif args.keep_db:
+        from bench.harness import fresh_postgres_database
+
+        url, home = fresh_postgres_database(admin, args.keep_db), KEPT / args.keep_db
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        say(f"the database {args.keep_db} is kept after the run (keys in {home})")
+    else:
+        url, home = bench.postgres_database(admin, f"renkei_bench_history_{os.getpid()}"), bench.tmp
     upgrade(url)
-    home = bench.tmp
     _keys(home)
     total = args.entries or (10_000_000 if args.full else 1_000_000)
     results = bench.results
 
-    say(f"[a] durable appends, {args.seconds:.0f} s per run")
+    say(f"[a] durable appends (group commit), {args.seconds:.0f} s per run")
     appends = run_appends(url, home, args.seconds)
     results["appends"] = appends
-    say(f"[b] {total:,} entries in bulk, then timelines")
-    built = build_entries(url, home, total)
+    say(f"[d] discovery decisions/s, {args.discovery_threads} threads, with and without the log")
+    try:
+        disco = run_discovery(admin, bench.tmp, args.seconds, args.discovery_threads)
+    except SystemExit as exc:
+        say(f"  the discovery phase failed: {str(exc)[-600:]}")
+        disco = None
+    results["discovery"] = disco
+    if args.reuse_db:
+        import json
+
+        built = {**json.loads((home / "built.json").read_text()), "build_s": 0.0, "reused": True}
+        say(f"[b] reusing {built['entries']:,} generated entries (tree size at build {built['tree_size']:,})")
+    else:
+        say(f"[b] {total:,} entries in bulk, then timelines")
+        built = build_entries(url, home, total)
+        say(f"  built in {built['build_s']:.0f} s; tree root = root_of(leaves): {built['tree_root_matches_root_of']}; "
+            f"sample commitments match: {built['sample_commitments_match']}")
+        if args.keep_db:
+            import json
+
+            (home / "built.json").write_text(json.dumps(built))
     results["build"] = built
-    say(f"  built in {built['build_s']:.0f} s; tree root = root_of(leaves): {built['tree_root_matches_root_of']}; "
-        f"sample commitments match: {built['sample_commitments_match']}")
     timeline = run_timeline(url, built["people"])
     results["timeline"] = timeline
     results["plans"] = explain_partitions(url)
     for name, read in results["plans"].items():
         say(f"  EXPLAIN {name}: {read}")
-    say("[c] full export in a child process")
+    say("[c] full export in a child process, then verify in another")
     export = run_export(url, home)
     results["export"] = export
+    verify = run_verify(url, home)
+    results["verify"] = verify
 
     say()
-    say(f"{'phase':<44} {'ops/s':>10} {'vs base':>8} {'CPU ms/op':>10}  notes")
-    say("-" * 100)
+    say(f"{'phase':<52} {'ops/s':>10} {'vs base':>8} {'CPU ms/op':>10}  notes")
+    say("-" * 110)
     for row in appends:
-        c, plain, app = row["concurrency"], row["plain"], row["append"]
-        say(f"{f'plain INSERT+COMMIT, {c} procs (baseline)':<44} {plain['per_s']:>10,.0f} {'1.00x':>8} "
-            f"{plain['cpu_ms']:>10.2f}  client CPU only")
-        say(f"{f'history append+COMMIT, {c} procs':<44} {app['per_s']:>10,.0f} "
-            f"{app['per_s'] / plain['per_s']:>7.2f}x {app['cpu_ms']:>10.2f}  "
-            f"integrated {row['integrated_per_s']:,.0f}/s, capacity "
-            f"{row['integrator_capacity_per_s'] or 0:,.0f}/s ({row['integrator_cpu_ms']:.3f} CPU ms/entry), "
-            f"queue grew {row['backlog']:,}")
+        p, t, plain, grp = row["procs"], row["threads"], row["plain"], row["group"]
+        plain_label = f"plain INSERT+COMMIT, {plain['procs']} procs (baseline)"
+        say(f"{plain_label:<52} "
+            f"{plain['per_s']:>10,.0f} {'1.00x':>8} {plain['cpu_ms']:>10.2f}  client CPU only")
+        say(f"{f'group-commit appends, {p} proc x {t} threads':<52} {grp['per_s']:>10,.0f} "
+            f"{grp['per_s'] / plain['per_s']:>7.2f}x {grp['cpu_ms']:>10.3f}  "
+            f"{grp['per_s'] * args.seconds / max(grp['batches'], 1):,.0f} entries/batch; integrated "
+            f"{row['integrated_per_s']:,.0f}/s, capacity {row['integrator_capacity_per_s'] or 0:,.0f}/s "
+            f"({row['integrator_cpu_ms']:.3f} CPU ms/entry), queue at run end {row['backlog']:,}")
+    if disco:
+        disco_label = f"discover, {disco['threads']} threads, no log entry (baseline)"
+        say(f"{disco_label:<52} "
+            f"{disco['without_log']:>10,.1f} {'1.00x':>8} {'-':>10}  the decisions' commit only")
+        say(f"{'discover, log in its own transaction (old)':<52} {disco['with_inline_log']:>10,.1f} "
+            f"{disco['with_inline_log'] / disco['without_log']:>7.2f}x {'-':>10}  one COMMIT per decision")
+        say(f"{'discover, group-commit log (now)':<52} {disco['with_group_log']:>10,.1f} "
+            f"{disco['with_group_log'] / disco['without_log']:>7.2f}x {'-':>10}")
     label = f"timeline page (50 of ~200), {built['tree_size']:,} entries"
-    say(f"{label:<44} "
+    say(f"{label:<52} "
         f"{1000 / timeline['p50_ms']:>10,.0f} {'-':>8} {timeline['cpu_ms']:>10.2f}  "
         f"p50 {timeline['p50_ms']:.1f} ms p99 {timeline['p99_ms']:.1f} ms")
-    say(f"{'full export, JSONL to a sink':<44} {export['rows_per_s']:>10,.0f} {'-':>8} "
-        f"{export['cpu_us_per_row'] / 1000:>10.3f}  {export['rows']:,} rows in {export['seconds']:.1f} s, "
+    say(f"{'full export, JSONL to a sink':<52} {export['rows_per_s']:>10,.0f} {'-':>8} "
+        f"{export['cpu_us_per_row'] / 1000:>10.4f}  {export['rows']:,} rows in {export['seconds']:.1f} s, "
         f"peak RSS {export['peak_rss_mb']:.0f} MB")
+    say(f"{'verify of the full export':<52} {verify['rows_per_s']:>10,.0f} {'-':>8} "
+        f"{verify['cpu_us_per_row'] / 1000:>10.4f}  {verify['rows']:,} lines in {verify['seconds']:.1f} s, "
+        f"peak RSS {verify['peak_rss_mb']:.0f} MB, sound: {verify['sound']}")
     say()
-    best = max(row["append"]["per_s"] for row in appends)
-    scale = f" (measured at {total:,} entries, the target is for 10,000,000)" if total < 10_000_000 else ""
+    best = max(row["group"]["per_s"] for row in appends)
+    size = built["tree_size"]
+    scale = f" (measured at {size:,} entries, the target is for 10,000,000)" if size < 10_000_000 else ""
     targets = [
         (f"durable appends >= {TARGET_APPENDS:,.0f}/s", best >= TARGET_APPENDS, f"best {best:,.0f}/s"),
         (f"timeline p99 <= {TARGET_TIMELINE_P99_MS:.0f} ms", timeline["p99_ms"] <= TARGET_TIMELINE_P99_MS,
@@ -508,11 +783,18 @@ def body(bench: Bench, args) -> int:
         (f"export peak RSS <= {TARGET_EXPORT_MB:.0f} MB", export["peak_rss_mb"] <= TARGET_EXPORT_MB,
          f"{export['peak_rss_mb']:.0f} MB{scale}"),
     ]
+    if disco:
+        targets.append(("the log does not cap discovery (group-commit log >= 90% of no log)",
+                        disco["with_group_log"] >= 0.9 * disco["without_log"],
+                        f"{disco['with_group_log']:,.1f} vs {disco['without_log']:,.1f} decisions/s"))
     for name, met, detail in targets:
         say(f"target {name}: {'met' if met else 'NOT met'} ({detail})")
+    say(f"verify: {verify['rows_per_s']:,.0f} lines/s, peak RSS {verify['peak_rss_mb']:.0f} MB, sound: {verify['sound']}")
     failure = None
     if not (built["tree_root_matches_root_of"] and built["sample_commitments_match"]):
         failure = "the bulk-built tree or commitments do not match the library's: figures void"
+    elif not verify["sound"]:
+        failure = "the export did not verify"
     return finish(bench, args, failure)
 
 
@@ -520,10 +802,21 @@ def main() -> int:
     if len(sys.argv) == 4 and sys.argv[1] == "--export-child":
         export_child(sys.argv[2], sys.argv[3])
         return 0
+    if len(sys.argv) == 4 and sys.argv[1] == "--verify-child":
+        verify_child(sys.argv[2], sys.argv[3])
+        return 0
+    if len(sys.argv) == 6 and sys.argv[1] == "--discovery-child":
+        discovery_child(*sys.argv[2:])
+        return 0
     parser = argument_parser(__doc__)
     parser.add_argument("--entries", type=int, default=None, help="entries for [b] and [c] (default 1,000,000)")
     parser.add_argument("--full", action="store_true", help="10,000,000 entries (the targets' size)")
-    parser.add_argument("--seconds", type=float, default=5.0, help="seconds per append run")
+    parser.add_argument("--seconds", type=float, default=5.0, help="seconds per append and discovery run")
+    parser.add_argument("--discovery-threads", type=int, default=8, help="threads calling discover")
+    kept = parser.add_mutually_exclusive_group()
+    kept.add_argument("--keep-db", metavar="NAME",
+                      help=f"build into database NAME and keep it (its keys in {KEPT}/NAME)")
+    kept.add_argument("--reuse-db", metavar="NAME", help="reuse a database kept with --keep-db (no generation)")
     add_output_arguments(parser)
     args = parser.parse_args()
     return run_bench("history benchmark", "renkei-bench-history-", args, lambda bench: body(bench, args))
