@@ -377,7 +377,7 @@ def _jsonl_both_ways(log: Log, filters: audit.ExportFilter, name: str = "access"
     return text_out.getvalue().encode("utf-8"), fast
 
 
-def test_the_streamed_jsonl_export_writes_the_very_bytes_of_the_dict_export(log):
+def test_the_streamed_jsonl_export_writes_the_very_bytes_of_the_dict_export(log, monkeypatch):
     """On PostgreSQL the server formats the lines (COPY), on SQLite orjson does: both must be
     byte for byte what `export_jsonl(export(...))` writes, for awkward values too."""
     log.append([decision("alice", legal_basis='番号法 "別表" \\ 第二', staff="窓口 佐藤",
@@ -392,12 +392,14 @@ def test_the_streamed_jsonl_export_writes_the_very_bytes_of_the_dict_export(log)
                         outcome="DISCLOSED", decision_id="d-x", provided_at=utcnow())])
     middle = utcnow()
     log.append([decision(f"late{i}", requester=INSURER) for i in range(3)])
-    for filters in (audit.ExportFilter(), audit.ExportFilter(agency=INSURER),
-                    audit.ExportFilter(outcome="DENIED_BY_PERSON"), audit.ExportFilter(start=middle),
-                    audit.ExportFilter(end=middle, agency=CITY_A)):
-        slow, fast = _jsonl_both_ways(log, filters)
-        assert fast == slow, filters
-        assert log.verify(fast.decode().splitlines()).ok
+    for chunk in (audit.EXPORT_CHUNK, 2, 3):  # PostgreSQL: chunks formatted on two connections
+        monkeypatch.setattr(audit, "EXPORT_CHUNK", chunk)
+        for filters in (audit.ExportFilter(), audit.ExportFilter(agency=INSURER),
+                        audit.ExportFilter(outcome="DENIED_BY_PERSON"), audit.ExportFilter(start=middle),
+                        audit.ExportFilter(end=middle, agency=CITY_A)):
+            slow, fast = _jsonl_both_ways(log, filters)
+            assert fast == slow, (chunk, filters)
+            assert log.verify(fast.decode().splitlines()).ok
     with log.session() as db:
         service.record_operation(db_session=db, operation=OperationIn(
             actor="operator:佐藤", channel="api", action="whitelist.import", target="whitelist",
