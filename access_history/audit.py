@@ -23,7 +23,8 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, func, select, text
+from sqlalchemy import and_, func, select
+from sqlalchemy import text as sql_text
 from sqlalchemy.orm import Session
 
 from access_history import ledger, tlog
@@ -310,10 +311,10 @@ def _postgres_lines(db_session: Session, log: str, filters: ExportFilter, start:
     def worker(first_chunk: int) -> None:
         try:
             with engine.connect() as conn:
-                conn.execute(text("SET work_mem = '64MB'"))
+                conn.execute(sql_text("SET work_mem = '64MB'"))
                 for i in range(first_chunk, len(chunks), EXPORT_STREAMS):
                     with cond:
-                        cond.wait_for(lambda: state["stop"] or i < state["next"] + EXPORT_AHEAD)
+                        cond.wait_for(lambda i=i: state["stop"] or i < state["next"] + EXPORT_AHEAD)
                         if state["stop"]:
                             return
                     try:
@@ -338,7 +339,7 @@ def _postgres_lines(db_session: Session, log: str, filters: ExportFilter, start:
     try:
         for i in range(len(chunks)):
             with cond:
-                cond.wait_for(lambda: i in done or -1 in done)
+                cond.wait_for(lambda i=i: i in done or -1 in done)
                 result = done.pop(i) if i in done else done[-1]
                 state["next"] = i + 1
                 cond.notify_all()

@@ -520,24 +520,23 @@ def export_child(url: str, home: str) -> None:
     from sqlalchemy.orm import Session
 
     from access_history import audit, service
+    from bench.harness import postgres_backend_cpu
 
     engine = _engine(url)
     signer = service.log_signer(keys=_keys(Path(home)), scope=SCOPE, log="access")
     sink = _Sink()
     counts: dict[str, int] = {}
     with Session(engine) as db:
-        from sqlalchemy import text
-
-        # no parallel workers, so the backend's own CPU (from /proc) is the server's whole share
-        db.execute(text("SET max_parallel_workers_per_gather = 0"))
-        backend = db.execute(text("SELECT pg_backend_pid()")).scalar()
-        s0 = _proc_cpu(backend)
+        # the export's COPYs run on pooled connections of their own: the server's share is the
+        # CPU of every backend of this database (from /proc; the pool keeps them alive)
+        database = url.rpartition("/")[2]
+        s0 = postgres_backend_cpu(database)
         t0, c0 = time.perf_counter(), time.process_time()
         for block in audit.export_jsonl_chunks(db_session=db, log="access", verifier_key=signer.verifier_key,
                                                counts=counts):
             sink.write(block)
         elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
-        server = _proc_cpu(backend) - s0
+        server = postgres_backend_cpu(database) - s0
     peak_mb = _peak_rss_mb()
     print(f"EXPORT {counts['leaves']} {elapsed:.3f} {cpu:.3f} {peak_mb:.1f} {sink.bytes} {server:.3f}", flush=True)
 
@@ -552,24 +551,14 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _proc_cpu(pid: int) -> float:
-    """user+system CPU seconds of a local process (the export's PostgreSQL backend)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def verify_child(url: str, home: str) -> None:
     """`audit.verify` over the whole export, fed line by line from the streamed export (no
     file: 10M lines are ~9 GB); print lines, seconds, CPU seconds of this process, peak RSS,
     whether it was sound. The export's own share is small (the server formats the lines)."""
+    from sqlalchemy import text
     from sqlalchemy.orm import Session
 
     from access_history import audit, service
-
-    from sqlalchemy import text
 
     engine = _engine(url)
     signer = service.log_signer(keys=_keys(Path(home)), scope=SCOPE, log="access")
@@ -627,9 +616,8 @@ def discovery_child(admin: str, tmp: str, seconds: str, threads: str) -> None:
     set up the operator's way (bench/discovery.py), with the log (group commit), with the
     log written the old way (in the decision's transaction, one COMMIT each) and without any
     log entry (the decisions' commit only); prints decisions/s of each."""
-    import threading
-
     import importlib.util
+    import threading
 
     here = Path(__file__).resolve().parent
     sys.path.append(str(here))  # bench/discovery.py imports `harness` (last: not our `discovery`)
@@ -641,10 +629,10 @@ def discovery_child(admin: str, tmp: str, seconds: str, threads: str) -> None:
     from access_history import service as history
     from discovery import pipeline
     from federation import service as agencies
-    from pseudonym import bootstrap
     from kernel.db import dispose_engines, session_scope
     from kernel.keys import keystore
     from kernel.settings import get_settings, reset_settings
+    from pseudonym import bootstrap
     from pseudonym import service as pseudonyms
 
     tmp_path = Path(tmp)
@@ -735,7 +723,6 @@ KEPT = Path.home() / ".cache" / "renkei-bench-history"  # keys of kept databases
 
 
 def body(bench: Bench, args) -> int:
-    from sqlalchemy import text
 
     from kernel.db import upgrade
 
@@ -824,8 +811,8 @@ def body(bench: Bench, args) -> int:
     say(f"{'full export, JSONL to a sink':<52} {export['rows_per_s']:>10,.0f} {'-':>8} "
         f"{export['cpu_us_per_row'] / 1000:>10.4f}  {export['rows']:,} rows in {export['seconds']:.1f} s, "
         f"peak RSS {export['peak_rss_mb']:.0f} MB; server CPU {export['server_cpu_us_per_row']:.1f} us/row, "
-        f"client {export['cpu_us_per_row']:.1f} us/row: server and client on 2 free cores would give "
-        f"{1e6 / max(export['server_cpu_us_per_row'], export['cpu_us_per_row']):,.0f} rows/s")
+        f"client {export['cpu_us_per_row']:.1f} us/row: on 2 free cores at most "
+        f"{2e6 / (export['server_cpu_us_per_row'] + export['cpu_us_per_row']):,.0f} rows/s")
     say(f"{'verify of the newest <=1M leaves (range export)':<52} {verify['rows_per_s']:>10,.0f} {'-':>8} "
         f"{verify['cpu_us_per_row'] / 1000:>10.4f}  {verify['rows']:,} lines in {verify['seconds']:.1f} s, "
         f"peak RSS {verify['peak_rss_mb']:.0f} MB, sound: {verify['sound']}")
