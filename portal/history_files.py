@@ -104,12 +104,12 @@ def to_pdf(items: Iterable[TimelineEntry], names: dict[str, str], *, title: str,
     pdf.add_page()
     pdf.set_font("cjk", size=14)
     pdf.cell(text=title, new_x="LMARGIN", new_y="NEXT")
-    pdf.set_font("cjk", size=8)
+    pdf.set_font("cjk", size=7)
     pdf.cell(text=subtitle, new_x="LMARGIN", new_y="NEXT")
     pdf.ln(2)
     # recorded, asked, provided, requester, staff, provider, info, task, outcome, law (277 mm across)
     shown = [0, 10, 11, 1, 8, 2, 3, 4, 5, 7]
-    with pdf.table(col_widths=(20, 20, 20, 30, 18, 30, 16, 16, 70, 37), headings_style=FontFace(emphasis=None),
+    with pdf.table(col_widths=(19, 19, 19, 30, 18, 30, 22, 22, 60, 38), headings_style=FontFace(emphasis=None),
                    line_height=4.5, text_align="LEFT") as table:
         heading = header()
         table.row([heading[i] for i in shown])
