@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -207,6 +208,12 @@ def body(bench: Bench, args) -> int:
     bench_account(url)
     dispose_engines()
 
+    if not args.nagle:
+        # uvicorn reads an inherited socket (--fd) as AF_UNIX, so asyncio never sets TCP_NODELAY on
+        # its connections: a response written in two parts then waits for the client's delayed ACK
+        # (40 ms on Linux) on a keep-alive connection. Linux copies the option from the listening
+        # socket to every accepted one; `renkei serve --port` gets it from asyncio anyway.
+        harness.RESERVED[port].setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     server = harness.start_server(hub, args.workers, bench.tmp / "server.log")
     cookie = sso_login(hub.base_url)
     later = later_page(hub.base_url, cookie)
@@ -257,6 +264,8 @@ def main() -> int:
     parser.add_argument("--keep-db", action="store_true", help="keep the fresh database for a later --database-url")
     parser.add_argument("--workers", type=int, default=2, help="renkei serve --workers (default 2)")
     parser.add_argument("--seconds", type=int, default=10, help="seconds per wrk run (default 10)")
+    parser.add_argument("--nagle", action="store_true",
+                        help="leave TCP_NODELAY off, as bench/harness.py's --fd server has it (40 ms stalls)")
     add_output_arguments(parser)
     args = parser.parse_args()
     if args.database_url and args.keep_db:
