@@ -174,14 +174,21 @@ def acting_download(fmt: str, request: Request, db_session: Session = DB, sessio
     if fmt not in ("csv", "pdf", "json"):
         raise HTTPException(404)
     filters = history_views._filters(start, end, agency, outcome)
-    # kept before the file is made: the JSON download commits this request's transaction first
-    people.record_action(db_session=db_session, grant=grant, action=f"representative.download_{fmt}",
-                         path=request.url.path)
+
+    def record() -> None:
+        people.record_action(db_session=db_session, grant=grant, action=f"representative.download_{fmt}",
+                             path=request.url.path)
+
+    if fmt == "json":
+        record()  # before the file is made: the proof download commits this request's transaction
+        return history_views.proofs_download(db_session, grant.principal_key, filters)
     if fmt == "csv":
-        return history_views.csv_download(request, db_session, grant.principal_key, filters)
-    if fmt == "pdf":
-        return history_views.pdf_download(request, db_session, session, grant.principal_key, filters)
-    return history_views.proofs_download(db_session, grant.principal_key, filters)
+        response = history_views.csv_download(request, db_session, grant.principal_key, filters)
+    else:
+        response = history_views.pdf_download(request, db_session, session, grant.principal_key, filters)
+    if response.status_code == 200:  # a PDF refused (too long, no font) was no download
+        record()
+    return response
 
 
 @router.get("/acting/{grant_id}/data")
