@@ -23,7 +23,7 @@ from portal.views import PERSON, _page, _when
 router = APIRouter(prefix="/portal", tags=["portal"], include_in_schema=False)
 
 
-def _filters(start: str | None, end: str | None, agency: str | None, outcome: str | None) -> history.TimelineFilter:
+def timeline_filter(start: str | None, end: str | None, agency: str | None, outcome: str | None) -> history.TimelineFilter:
     return history.TimelineFilter(start=_when(start), end=_when(end), agency=agency or None, outcome=outcome or None)
 
 
@@ -87,7 +87,7 @@ def download_csv(request: Request, db_session: Session = DB, session: PortalSess
                  start: str | None = FILTER_QUERY["start"], end: str | None = FILTER_QUERY["end"],
                  agency: str | None = FILTER_QUERY["agency"], outcome: str | None = FILTER_QUERY["outcome"]) -> Response:
     """My history (all, or as filtered) as CSV: UTF-8 with BOM, one row per entry."""
-    return csv_download(request, db_session, session.person_key, _filters(start, end, agency, outcome))
+    return csv_download(request, db_session, session.person_key, timeline_filter(start, end, agency, outcome))
 
 
 @router.get("/history/download.pdf")
@@ -95,7 +95,7 @@ def download_pdf(request: Request, db_session: Session = DB, session: PortalSess
                  start: str | None = FILTER_QUERY["start"], end: str | None = FILTER_QUERY["end"],
                  agency: str | None = FILTER_QUERY["agency"], outcome: str | None = FILTER_QUERY["outcome"]) -> Response:
     """My history as a printable PDF with the Japanese font embedded."""
-    return pdf_download(request, db_session, session, session.person_key, _filters(start, end, agency, outcome))
+    return pdf_download(request, db_session, session, session.person_key, timeline_filter(start, end, agency, outcome))
 
 
 @router.get("/history/download.json")
@@ -104,4 +104,4 @@ def download_proofs(db_session: Session = DB, session: PortalSession = PERSON,
                     agency: str | None = FILTER_QUERY["agency"], outcome: str | None = FILTER_QUERY["outcome"]) -> Response:
     """My history with RFC 9162 inclusion proofs to the newest signed checkpoint (checkable
     offline with `renkei audit check-proof`)."""
-    return proofs_download(db_session, session.person_key, _filters(start, end, agency, outcome))
+    return proofs_download(db_session, session.person_key, timeline_filter(start, end, agency, outcome))

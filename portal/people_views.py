@@ -154,7 +154,7 @@ def acting_history(request: Request, db_session: Session = DB, session: PortalSe
     """The principal's やりとり履歴, seen by their representative (and logged for the principal)."""
     try:
         page = service.history_page(db_session=db_session, person_key=grant.principal_key, cursor=cursor,
-                                    filters=history_views._filters(start, end, agency, outcome))
+                                    filters=history_views.timeline_filter(start, end, agency, outcome))
     except ValueError:
         return _refused(request, session, "ページの指定が正しくありません。")
     people.record_action(db_session=db_session, grant=grant, action="representative.view_history",
@@ -173,7 +173,7 @@ def acting_download(fmt: str, request: Request, db_session: Session = DB, sessio
     """The principal's history as CSV, PDF or JSON with proofs (the download logged for them)."""
     if fmt not in ("csv", "pdf", "json"):
         raise HTTPException(404)
-    filters = history_views._filters(start, end, agency, outcome)
+    filters = history_views.timeline_filter(start, end, agency, outcome)
 
     def record() -> None:
         people.record_action(db_session=db_session, grant=grant, action=f"representative.download_{fmt}",
@@ -239,8 +239,8 @@ def acting_save(request: Request, db_session: Session = DB, session: PortalSessi
                                                     portal_entity_id=service.identity(settings).entity_id),
             collection_method=f"{policy_views.COLLECTED_BY_REPRESENTATIVE}:{grant.representative_name}",
             csrf_token=csrf_token, entry_id=entry_id, change=change, valid_until=valid_until)
-    except policy_views._Refused as refused:
-        return policy_views._refusal(request, session, refused)
+    except policy_views.FormRefused as refused:
+        return policy_views.refusal_page(request, session, refused)
     people.record_policy_change(db_session=db_session, grant=grant, receipt_id=receipt_id)
     return RedirectResponse(f"/portal/acting/{grant.id}/consent/{receipt_id}?saved=1", status_code=303)
 

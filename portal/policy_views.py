@@ -34,7 +34,7 @@ BY_LAW = ("LAW_OVERRIDES_CONSENT", "PERMITTED_BY_LAW")
 COLLECTED_BY_REPRESENTATIVE = "portal-representative"
 
 
-class _Refused(Exception):
+class FormRefused(Exception):
     """A form the portal cannot act on: the status and the message to show (a message ID)."""
 
     def __init__(self, status_code: int, message: str):
@@ -64,7 +64,7 @@ def _situation(db_session: Session, person_key: str) -> _Situation:
 
 def _check_form(session: PortalSession, csrf_token: str) -> None:
     if not secrets.compare_digest(csrf_token.encode(), session.csrf_token.encode()):
-        raise _Refused(403, "フォームの有効期限が切れました。もう一度お試しください。")
+        raise FormRefused(403, "フォームの有効期限が切れました。もう一度お試しください。")
 
 
 def _end_of(value: str | None, change: str) -> datetime | None:
@@ -74,10 +74,10 @@ def _end_of(value: str | None, change: str) -> datetime | None:
     try:
         day = date.fromisoformat(value)
     except ValueError:
-        raise _Refused(400, "終了日の形式が正しくありません。") from None
+        raise FormRefused(400, "終了日の形式が正しくありません。") from None
     end = datetime(day.year, day.month, day.day) + timedelta(days=1)
     if end <= utcnow():
-        raise _Refused(400, "終了日は今日以降の日付にしてください。")
+        raise FormRefused(400, "終了日は今日以降の日付にしてください。")
     return end
 
 
@@ -86,18 +86,18 @@ def _planned(situation: _Situation, entry_id: int, change: str,
     """The whitelist entry (only one concerning this person) and the rules the change makes."""
     entry = next((e for e, _ in situation.entries if e.id == entry_id), None)
     if entry is None:
-        raise _Refused(404, "指定されたものは見つかりませんでした。")
+        raise FormRefused(404, "指定されたものは見つかりませんでした。")
     if change not in consent.ENTRY_CHANGES:
-        raise _Refused(400, "設定の変更の種類が正しくありません。")
+        raise FormRefused(400, "設定の変更の種類が正しくありません。")
     try:
         rules = consent.change_entry_rules(entry=entry, rules=situation.rules, change=change,
                                            valid_until=_end_of(valid_until, change))
     except InvalidPolicyRule:
-        raise _Refused(400, "この設定は保存できません。") from None
+        raise FormRefused(400, "この設定は保存できません。") from None
     return entry, rules
 
 
-def _refusal(request: Request, session: PortalSession, refused: _Refused) -> Response:
+def refusal_page(request: Request, session: PortalSession, refused: FormRefused) -> Response:
     return _page(request, "message.html", session, status_code=refused.status_code,
                  title="要求を処理できません", message=refused.message)
 
@@ -133,8 +133,8 @@ def preview_view(request: Request, db_session: Session, session: PortalSession, 
         _check_form(session, csrf_token)
         situation = _situation(db_session, owner.person_key)
         entry, rules = _planned(situation, entry_id, change, valid_until)
-    except _Refused as refused:
-        return _refusal(request, session, refused)
+    except FormRefused as refused:
+        return refusal_page(request, session, refused)
     before = {(x.entry.id, x.provider): x.decision.reason.value
               for x in consent.weigh_exchanges(entries=situation.entries, rules=situation.rules,
                                                classes_of=situation.classes)}
@@ -151,7 +151,7 @@ def save_change(db_session: Session, session: PortalSession, owner: Owner, *, pr
                 collection_method: str, csrf_token: str, entry_id: int, change: str,
                 valid_until: str | None) -> str:
     """Save a previewed change as a new policy version of `owner`; the ID of its signed receipt.
-    Raises _Refused for a form the portal cannot act on."""
+    Raises FormRefused for a form the portal cannot act on."""
     _check_form(session, csrf_token)
     _, rules = _planned(_situation(db_session, owner.person_key), entry_id, change, valid_until)
     version = consent.set_policy(
@@ -170,7 +170,7 @@ def consent_view(request: Request, db_session: Session, session: PortalSession, 
 
 
 def _not_found(request: Request, session: PortalSession) -> Response:
-    return _refusal(request, session, _Refused(404, "指定されたものは見つかりませんでした。"))
+    return refusal_page(request, session, FormRefused(404, "指定されたものは見つかりませんでした。"))
 
 
 def receipt_jws_view(request: Request, db_session: Session, session: PortalSession, owner: Owner,
@@ -234,8 +234,8 @@ def save(request: Request, db_session: Session = DB, session: PortalSession = PE
         receipt_id = save_change(db_session, session, own(session), principal_id=session.name_id,
                                  collection_method=receipts.COLLECTED_BY_PORTAL, csrf_token=csrf_token,
                                  entry_id=entry_id, change=change, valid_until=valid_until)
-    except _Refused as refused:
-        return _refusal(request, session, refused)
+    except FormRefused as refused:
+        return refusal_page(request, session, refused)
     return RedirectResponse(f"/portal/consent/{receipt_id}?saved=1", status_code=303)
 
 
