@@ -11,7 +11,8 @@ Setup
     10,000,000 is the target's size) by bench/history.py's `build_entries`: ~200 entries for
     each of N/200 people over the last 12 months, with real commitments and Merkle tree. Or,
     with --database-url, an already populated database (e.g. one kept with --keep-db here or
-    with bench/history.py's own option), used as it is and never dropped.
+    with bench/history.py's own option), never rebuilt nor dropped (the run adds
+    only the portal's registration, `renkei init`, and the bench's account).
     The bench's account takes the person key of one bulk person (`bulk-1`), so the ~200 entries
     are its own; it logs in through the real SSO (portal AuthnRequest → IdP login → ACS) and
     holds the portal's session cookie, as a browser would.
@@ -182,7 +183,7 @@ def body(bench: Bench, args) -> int:
     if args.database_url:
         url = args.database_url
         upgrade(url)
-        say(f"reusing {url.rsplit('@', 1)[-1]} as it is")
+        say(f"reusing {url.rsplit('@', 1)[-1]}: not rebuilt, not dropped")
     else:
         name = f"renkei_bench_portal_{os.getpid()}"
         if args.keep_db:
@@ -268,7 +269,7 @@ def main() -> int:
     parser.add_argument("--entries", type=int, default=1_000_000,
                         help="entries to build in a fresh database (default 1,000,000; the target: 10,000,000)")
     parser.add_argument("--database-url", default=None,
-                        help="an already populated PostgreSQL database to use as it is (not built, not dropped)")
+                        help="an already populated PostgreSQL database (not rebuilt, not dropped)")
     parser.add_argument("--keep-db", action="store_true", help="keep the fresh database for a later --database-url")
     parser.add_argument("--workers", type=int, default=2, help="renkei serve --workers (default 2)")
     parser.add_argument("--seconds", type=int, default=10, help="seconds per wrk run (default 10)")
