@@ -29,7 +29,9 @@ FONT_CANDIDATES: tuple[tuple[str, int], ...] = (
     ("/usr/share/fonts/**/ipaexg.ttf", 0),
 )
 
-COLUMNS = ("日時 (UTC)", "照会者", "提供者", "情報", "事務", "結果", "結果コード", "法令", "職員", "記録番号")
+# new columns go at the end: scripts read the older ones by position
+COLUMNS = ("日時 (UTC)", "照会者", "提供者", "情報", "事務", "結果", "結果コード", "法令", "職員", "記録番号",
+           "照会日時 (UTC)", "提供日時 (UTC)")
 
 
 class NoFont(RuntimeError):
@@ -54,13 +56,19 @@ def rows(items: Iterable[TimelineEntry], names: dict[str, str]) -> Iterable[list
     _ = i18n.gettext
     for item in items:
         e = item.entry
-        when = (iso_utc(e.recorded_at) or "").replace("T", " ")[:19]
+        when = _time(e.recorded_at)
         if item.sealed:
             sealed = f"{_('この記録は次の日付まで非開示です:')} {(iso_utc(e.sealed_until) or '')[:10]}"
-            yield [when, "", "", "", "", sealed, "", "", "", ""]
+            yield [when, "", "", "", "", sealed, "", "", "", "", "", ""]
             continue
         yield [when, names.get(e.requester, e.requester), names.get(e.provider, e.provider), e.info_type_code,
-               e.task_code, _(outcome_text(e.outcome)), e.outcome, e.legal_basis or "", e.staff or "", e.entry_id]
+               e.task_code, _(outcome_text(e.outcome)), e.outcome, e.legal_basis or "", e.staff or "", e.entry_id,
+               _time(e.asked_at), _time(e.provided_at)]
+
+
+def _time(value) -> str:
+    """A stored UTC time as `YYYY-MM-DD HH:MM:SS`; empty where none was recorded."""
+    return (iso_utc(value) or "").replace("T", " ")[:19]
 
 
 def header() -> list[str]:
@@ -96,11 +104,12 @@ def to_pdf(items: Iterable[TimelineEntry], names: dict[str, str], *, title: str,
     pdf.add_page()
     pdf.set_font("cjk", size=14)
     pdf.cell(text=title, new_x="LMARGIN", new_y="NEXT")
-    pdf.set_font("cjk", size=8)
+    pdf.set_font("cjk", size=7)
     pdf.cell(text=subtitle, new_x="LMARGIN", new_y="NEXT")
     pdf.ln(2)
-    shown = [0, 1, 2, 3, 4, 5, 7]  # time, requester, provider, info, task, outcome, law
-    with pdf.table(col_widths=(26, 40, 40, 22, 22, 80, 40), headings_style=FontFace(emphasis=None),
+    # recorded, asked, provided, requester, staff, provider, info, task, outcome, law (277 mm across)
+    shown = [0, 10, 11, 1, 8, 2, 3, 4, 5, 7]
+    with pdf.table(col_widths=(19, 19, 19, 30, 18, 30, 22, 22, 60, 38), headings_style=FontFace(emphasis=None),
                    line_height=4.5, text_align="LEFT") as table:
         heading = header()
         table.row([heading[i] for i in shown])

@@ -27,6 +27,7 @@ from kernel.db import session_scope, utcnow
 from kernel.keys import keystore
 from kernel.settings import Settings
 from portal.models import Representative, RepresentativeAction
+from pseudonym import service as pseudonyms
 
 LONGEST_GRANT = timedelta(days=5 * 366)
 MOST_LIVE_GRANTS = 20  # per principal: a person has a few helpers, not a crowd
@@ -146,6 +147,31 @@ def actions_for(*, db_session: Session, principal_key: str, limit: int = 200) ->
         .where(Representative.principal_key == principal_key)
         .order_by(RepresentativeAction.at.desc(), RepresentativeAction.id.desc()).limit(limit))
     return [ActionSeen(a.at, name, a.action, a.path) for a, name in rows]
+
+
+CHANGE_POLICY = "representative.change_policy"
+
+
+def record_policy_change(*, db_session: Session, grant: Representative, receipt_id: str) -> None:
+    """Keep that a representative changed the principal's policy, pointing at the receipt's page."""
+    record_action(db_session=db_session, grant=grant, action=CHANGE_POLICY, path=f"/portal/consent/{receipt_id}")
+
+
+def policy_changes_by_representatives(*, db_session: Session, principal_key: str) -> dict[str, str]:
+    """The principal's receipts that a representative's change issued, with the representative's name."""
+    rows = db_session.execute(
+        select(RepresentativeAction.path, Representative.representative_name)
+        .join(Representative, Representative.id == RepresentativeAction.grant_id)
+        .where(Representative.principal_key == principal_key, RepresentativeAction.action == CHANGE_POLICY))
+    return {path.rsplit("/", 1)[-1]: name for path, name in rows}
+
+
+def principal_pseudonym(*, db_session: Session, settings: Settings, grant: Representative,
+                        portal_entity_id: str) -> str:
+    """The principal's own pseudonym at the portal: what names them on a receipt, as when they
+    change their policy themself."""
+    return pseudonyms.get_or_create(db_session=db_session, keys=keystore(), person_key=grant.principal_key,
+                                    agency=portal_entity_id, scope=settings.scope)
 
 
 def _log(db_session: Session, *, actor: str, action: str, grant: Representative,

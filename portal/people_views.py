@@ -11,18 +11,18 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import BinaryIO
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Form, HTTPException, Path, Query, Request
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
 from sqlalchemy.orm import Session, object_session
 from starlette.concurrency import run_in_threadpool
 
 from access_history import audit
-from access_history import service as history
 from access_history.models import ACCESS_LOG, LOG_NAMES
 from kernel.db import utcnow
 from kernel.settings import get_settings
 from kernel.web import DB
-from portal import people, service
+from portal import history_views, people, policy_views, service
+from portal.history_views import FILTER_QUERY
 from portal.models import PortalSession, Representative
 from portal.views import PERSON, _page, _pages
 from portal.wording import OUTCOMES
@@ -39,7 +39,16 @@ def _is_auditor(session: PortalSession | None) -> bool:
 
 # what the principal reads about their representatives' actions (message IDs of people.po)
 ACTIONS = {"representative.view_history": "やりとり履歴を見ました",
-           "representative.view_data": "情報の所在を見ました"}
+           "representative.view_data": "情報の所在を見ました",
+           "representative.view_policy": "利用許諾の設定を見ました",
+           "representative.preview_policy": "利用許諾の変更を確認しました（保存なし）",
+           people.CHANGE_POLICY: "利用許諾を変更しました",
+           "representative.view_consent": "同意の記録を見ました",
+           "representative.view_receipt": "同意レシートを見ました",
+           "representative.download_receipt": "同意レシートをダウンロードしました",
+           "representative.download_csv": "やりとり履歴をCSVでダウンロードしました",
+           "representative.download_pdf": "やりとり履歴をPDFでダウンロードしました",
+           "representative.download_json": "やりとり履歴を記録の証明付きJSONでダウンロードしました"}
 
 _pages.env.globals["portal_is_auditor"] = _is_auditor
 _pages.env.globals["action_text"] = lambda code: ACTIONS.get(code, code)
@@ -132,19 +141,54 @@ def acting_grant(grant_id: str, db_session: Session = DB,
 ACTING = Depends(acting_grant)
 
 
+def _acting_owner(grant: Representative) -> policy_views.Owner:
+    return policy_views.Owner(grant.principal_key, f"/portal/acting/{grant.id}", grant)
+
+
 @router.get("/acting/{grant_id}/history")
 def acting_history(request: Request, db_session: Session = DB, session: PortalSession = PERSON,
-                   grant: Representative = ACTING, cursor: str | None = Query(None, max_length=200)) -> Response:
+                   grant: Representative = ACTING, cursor: str | None = Query(None, max_length=200),
+                   start: str | None = FILTER_QUERY["start"], end: str | None = FILTER_QUERY["end"],
+                   agency: str | None = FILTER_QUERY["agency"],
+                   outcome: str | None = FILTER_QUERY["outcome"]) -> Response:
     """The principal's やりとり履歴, seen by their representative (and logged for the principal)."""
     try:
         page = service.history_page(db_session=db_session, person_key=grant.principal_key, cursor=cursor,
-                                    filters=history.TimelineFilter())
+                                    filters=history_views.timeline_filter(start, end, agency, outcome))
     except ValueError:
         return _refused(request, session, "ページの指定が正しくありません。")
     people.record_action(db_session=db_session, grant=grant, action="representative.view_history",
                          path=request.url.path)
     return _page(request, "acting_history.html", session, title="代理でやりとり履歴を見る", grant=grant,
-                 page=page, names=service.agency_names(db_session=db_session))
+                 page=page, names=service.agency_names(db_session=db_session), base=f"/portal/acting/{grant.id}",
+                 filters={"start": start or "", "end": end or "", "agency": agency or "", "outcome": outcome or ""})
+
+
+@router.get("/acting/{grant_id}/history/download.{fmt}")
+def acting_download(fmt: str, request: Request, db_session: Session = DB, session: PortalSession = PERSON,
+                    grant: Representative = ACTING,
+                    start: str | None = FILTER_QUERY["start"], end: str | None = FILTER_QUERY["end"],
+                    agency: str | None = FILTER_QUERY["agency"],
+                    outcome: str | None = FILTER_QUERY["outcome"]) -> Response:
+    """The principal's history as CSV, PDF or JSON with proofs (the download logged for them)."""
+    if fmt not in ("csv", "pdf", "json"):
+        raise HTTPException(404)
+    filters = history_views.timeline_filter(start, end, agency, outcome)
+
+    def record() -> None:
+        people.record_action(db_session=db_session, grant=grant, action=f"representative.download_{fmt}",
+                             path=request.url.path)
+
+    if fmt == "json":
+        record()  # before the file is made: the proof download commits this request's transaction
+        return history_views.proofs_download(db_session, grant.principal_key, filters)
+    if fmt == "csv":
+        response = history_views.csv_download(request, db_session, grant.principal_key, filters)
+    else:
+        response = history_views.pdf_download(request, db_session, session, grant.principal_key, filters)
+    if response.status_code == 200:  # a PDF refused (too long, no font) was no download
+        record()
+    return response
 
 
 @router.get("/acting/{grant_id}/data")
@@ -156,6 +200,83 @@ def acting_data(request: Request, db_session: Session = DB, session: PortalSessi
                          path=request.url.path)
     return _page(request, "acting_data.html", session, title="代理で情報の所在を見る", grant=grant,
                  holdings=holdings)
+
+
+@router.get("/acting/{grant_id}/policy")
+def acting_policy(request: Request, db_session: Session = DB, session: PortalSession = PERSON,
+                  grant: Representative = ACTING) -> Response:
+    """The principal's 利用許諾, for their representative to manage."""
+    people.record_action(db_session=db_session, grant=grant, action="representative.view_policy",
+                         path=request.url.path)
+    return policy_views.policy_view(request, db_session, session, _acting_owner(grant))
+
+
+@router.post("/acting/{grant_id}/policy/preview")
+def acting_preview(request: Request, db_session: Session = DB, session: PortalSession = PERSON,
+                   grant: Representative = ACTING, csrf_token: str = Form("", max_length=64),
+                   entry_id: int = Form(..., ge=1, le=2**31 - 1), change: str = Form(..., max_length=8),
+                   valid_until: str | None = Form(None, max_length=10)) -> Response:
+    """What a representative's change would refuse and what a law still requires, saving nothing."""
+    response = policy_views.preview_view(request, db_session, session, _acting_owner(grant), csrf_token=csrf_token,
+                                         entry_id=entry_id, change=change, valid_until=valid_until)
+    if response.status_code == 200:
+        people.record_action(db_session=db_session, grant=grant, action="representative.preview_policy",
+                             path=request.url.path)
+    return response
+
+
+@router.post("/acting/{grant_id}/policy")
+def acting_save(request: Request, db_session: Session = DB, session: PortalSession = PERSON,
+                grant: Representative = ACTING, csrf_token: str = Form("", max_length=64),
+                entry_id: int = Form(..., ge=1, le=2**31 - 1), change: str = Form(..., max_length=8),
+                valid_until: str | None = Form(None, max_length=10)) -> Response:
+    """Save a representative's change to the principal's policy; the receipt names the representative."""
+    settings = get_settings()
+    try:
+        receipt_id = policy_views.save_change(
+            db_session, session, _acting_owner(grant),
+            principal_id=people.principal_pseudonym(db_session=db_session, settings=settings, grant=grant,
+                                                    portal_entity_id=service.identity(settings).entity_id),
+            collection_method=f"{policy_views.COLLECTED_BY_REPRESENTATIVE}:{grant.representative_name}",
+            csrf_token=csrf_token, entry_id=entry_id, change=change, valid_until=valid_until)
+    except policy_views.FormRefused as refused:
+        return policy_views.refusal_page(request, session, refused)
+    people.record_policy_change(db_session=db_session, grant=grant, receipt_id=receipt_id)
+    return RedirectResponse(f"/portal/acting/{grant.id}/consent/{receipt_id}?saved=1", status_code=303)
+
+
+@router.get("/acting/{grant_id}/consent")
+def acting_consent(request: Request, db_session: Session = DB, session: PortalSession = PERSON,
+                   grant: Representative = ACTING) -> Response:
+    """The principal's consent record, seen by their representative."""
+    people.record_action(db_session=db_session, grant=grant, action="representative.view_consent",
+                         path=request.url.path)
+    made_by = people.policy_changes_by_representatives(db_session=db_session, principal_key=grant.principal_key)
+    return policy_views.consent_view(request, db_session, session, _acting_owner(grant), made_by)
+
+
+@router.get("/acting/{grant_id}/consent/{receipt_id}.jws")
+def acting_receipt_jws(request: Request, db_session: Session = DB, session: PortalSession = PERSON,
+                       grant: Representative = ACTING,
+                       receipt_id: str = Path(..., max_length=policy_views.RECEIPT_ID_MAX)) -> Response:
+    """One of the principal's receipts as its JWS (the download logged for the principal)."""
+    response = policy_views.receipt_jws_view(request, db_session, session, _acting_owner(grant), receipt_id)
+    if response.status_code == 200:
+        people.record_action(db_session=db_session, grant=grant, action="representative.download_receipt",
+                             path=request.url.path)
+    return response
+
+
+@router.get("/acting/{grant_id}/consent/{receipt_id}")
+def acting_receipt(request: Request, db_session: Session = DB, session: PortalSession = PERSON,
+                   grant: Representative = ACTING,
+                   receipt_id: str = Path(..., max_length=policy_views.RECEIPT_ID_MAX)) -> Response:
+    """One of the principal's receipts, read by their representative."""
+    response = policy_views.receipt_view(request, db_session, session, _acting_owner(grant), receipt_id)
+    if response.status_code == 200:
+        people.record_action(db_session=db_session, grant=grant, action="representative.view_receipt",
+                             path=request.url.path)
+    return response
 
 
 # --- auditors -----------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from kernel.db import utcnow
 from kernel.keys import keystore
 from kernel.settings import get_settings
 from kernel.web import DB
-from portal import service
+from portal import people, service
 from portal.models import PortalSession
 from portal.views import PERSON, _page
 from pseudonym import service as pseudonyms
@@ -30,9 +30,11 @@ RECEIPT_ID_MAX = 36  # a UUID, as consent_receipt.id holds it
 # outcomes of a previewed exchange: refused on the person's account, or happening because of a law
 REFUSED = ("DENIED_BY_PERSON", "CONSENT_NOT_GIVEN")
 BY_LAW = ("LAW_OVERRIDES_CONSENT", "PERMITTED_BY_LAW")
+# a change a representative (代理人) made on the portal: the receipt says so, and names them
+COLLECTED_BY_REPRESENTATIVE = "portal-representative"
 
 
-class _Refused(Exception):
+class FormRefused(Exception):
     """A form the portal cannot act on: the status and the message to show (a message ID)."""
 
     def __init__(self, status_code: int, message: str):
@@ -62,7 +64,7 @@ def _situation(db_session: Session, person_key: str) -> _Situation:
 
 def _check_form(session: PortalSession, csrf_token: str) -> None:
     if not secrets.compare_digest(csrf_token.encode(), session.csrf_token.encode()):
-        raise _Refused(403, "フォームの有効期限が切れました。もう一度お試しください。")
+        raise FormRefused(403, "フォームの有効期限が切れました。もう一度お試しください。")
 
 
 def _end_of(value: str | None, change: str) -> datetime | None:
@@ -72,10 +74,10 @@ def _end_of(value: str | None, change: str) -> datetime | None:
     try:
         day = date.fromisoformat(value)
     except ValueError:
-        raise _Refused(400, "終了日の形式が正しくありません。") from None
+        raise FormRefused(400, "終了日の形式が正しくありません。") from None
     end = datetime(day.year, day.month, day.day) + timedelta(days=1)
     if end <= utcnow():
-        raise _Refused(400, "終了日は今日以降の日付にしてください。")
+        raise FormRefused(400, "終了日は今日以降の日付にしてください。")
     return end
 
 
@@ -84,43 +86,55 @@ def _planned(situation: _Situation, entry_id: int, change: str,
     """The whitelist entry (only one concerning this person) and the rules the change makes."""
     entry = next((e for e, _ in situation.entries if e.id == entry_id), None)
     if entry is None:
-        raise _Refused(404, "指定されたものは見つかりませんでした。")
+        raise FormRefused(404, "指定されたものは見つかりませんでした。")
     if change not in consent.ENTRY_CHANGES:
-        raise _Refused(400, "設定の変更の種類が正しくありません。")
+        raise FormRefused(400, "設定の変更の種類が正しくありません。")
     try:
         rules = consent.change_entry_rules(entry=entry, rules=situation.rules, change=change,
                                            valid_until=_end_of(valid_until, change))
     except InvalidPolicyRule:
-        raise _Refused(400, "この設定は保存できません。") from None
+        raise FormRefused(400, "この設定は保存できません。") from None
     return entry, rules
 
 
-def _refusal(request: Request, session: PortalSession, refused: _Refused) -> Response:
+def refusal_page(request: Request, session: PortalSession, refused: FormRefused) -> Response:
     return _page(request, "message.html", session, status_code=refused.status_code,
                  title="要求を処理できません", message=refused.message)
 
 
-@router.get("/policy")
-def policy_page(request: Request, db_session: Session = DB, session: PortalSession = PERSON) -> Response:
-    """利用許諾: every exchange the law allows about me, what the law says, and my setting."""
-    situation = _situation(db_session, session.person_key)
+@dataclass(frozen=True)
+class Owner:
+    """Whose policy the pages show and change: the logged-in person, or a principal a
+    representative acts for (then `base` is the grant's own path and `acting` its name)."""
+
+    person_key: str
+    base: str = "/portal"
+    acting: Any = None  # the live grant (portal.models.Representative) when a representative acts
+
+    def context(self) -> dict[str, Any]:
+        return {"base": self.base, "grant": self.acting}
+
+
+def own(session: PortalSession) -> Owner:
+    return Owner(session.person_key)
+
+
+def policy_view(request: Request, db_session: Session, session: PortalSession, owner: Owner) -> Response:
+    situation = _situation(db_session, owner.person_key)
     rows = [(entry, providers, consent.entry_setting(entry=entry, rules=situation.rules))
             for entry, providers in situation.entries]
     return _page(request, "policy.html", session, title="利用許諾", rows=rows, names=situation.names,
-                 today=utcnow().date().isoformat())
+                 today=utcnow().date().isoformat(), **owner.context())
 
 
-@router.post("/policy/preview")
-def preview(request: Request, db_session: Session = DB, session: PortalSession = PERSON,
-            csrf_token: str = Form("", max_length=64), entry_id: int = Form(..., ge=1, le=2**31 - 1),
-            change: str = Form(..., max_length=8), valid_until: str | None = Form(None, max_length=10)) -> Response:
-    """変更の確認: what the change would refuse and what a law still requires, saving nothing."""
+def preview_view(request: Request, db_session: Session, session: PortalSession, owner: Owner, *,
+                 csrf_token: str, entry_id: int, change: str, valid_until: str | None) -> Response:
     try:
         _check_form(session, csrf_token)
-        situation = _situation(db_session, session.person_key)
+        situation = _situation(db_session, owner.person_key)
         entry, rules = _planned(situation, entry_id, change, valid_until)
-    except _Refused as refused:
-        return _refusal(request, session, refused)
+    except FormRefused as refused:
+        return refusal_page(request, session, refused)
     before = {(x.entry.id, x.provider): x.decision.reason.value
               for x in consent.weigh_exchanges(entries=situation.entries, rules=situation.rules,
                                                classes_of=situation.classes)}
@@ -130,44 +144,38 @@ def preview(request: Request, db_session: Session = DB, session: PortalSession =
                  valid_until=(valid_until or "") if change in ("allow", "deny") else "",
                  refused=[x for x in after if x.decision.reason in REFUSED],
                  by_law=[x for x in after if x.decision.reason in BY_LAW],
-                 changed=changed, names=situation.names)
+                 changed=changed, names=situation.names, **owner.context())
 
 
-@router.post("/policy")
-def save(request: Request, db_session: Session = DB, session: PortalSession = PERSON,
-         csrf_token: str = Form("", max_length=64), entry_id: int = Form(..., ge=1, le=2**31 - 1),
-         change: str = Form(..., max_length=8), valid_until: str | None = Form(None, max_length=10)) -> Response:
-    """Save the previewed change as a new policy version and issue its signed consent receipt."""
-    try:
-        _check_form(session, csrf_token)
-        _, rules = _planned(_situation(db_session, session.person_key), entry_id, change, valid_until)
-    except _Refused as refused:
-        return _refusal(request, session, refused)
+def save_change(db_session: Session, session: PortalSession, owner: Owner, *, principal_id: str,
+                collection_method: str, csrf_token: str, entry_id: int, change: str,
+                valid_until: str | None) -> str:
+    """Save a previewed change as a new policy version of `owner`; the ID of its signed receipt.
+    Raises FormRefused for a form the portal cannot act on."""
+    _check_form(session, csrf_token)
+    _, rules = _planned(_situation(db_session, owner.person_key), entry_id, change, valid_until)
     version = consent.set_policy(
-        db_session=db_session, person_key=session.person_key, rules=rules,
-        # the person's pseudonym at the portal: names them on the receipt without the hub's key
-        principal_id=session.name_id, collection_method=receipts.COLLECTED_BY_PORTAL,
+        db_session=db_session, person_key=owner.person_key, rules=rules, principal_id=principal_id,
+        collection_method=collection_method,
         issuer=receipts.default_issuer(policy_url=f"{get_settings().base_url.rstrip('/')}/portal/policy"))
-    return RedirectResponse(f"/portal/consent/{version.receipt.id}?saved=1", status_code=303)
+    return version.receipt.id
 
 
-@router.get("/consent")
-def consent_record(request: Request, db_session: Session = DB, session: PortalSession = PERSON) -> Response:
-    """同意の記録: every version of my policy, what changed, and its receipt."""
-    changes = consent.policy_history(db_session=db_session, person_key=session.person_key)
-    return _page(request, "consent.html", session, title="同意の記録", changes=changes,
-                 names=service.agency_names(db_session=db_session))
+def consent_view(request: Request, db_session: Session, session: PortalSession, owner: Owner,
+                 made_by: dict[str, str]) -> Response:
+    """`made_by`: the receipts of changes a representative made, with the representative's name."""
+    changes = consent.policy_history(db_session=db_session, person_key=owner.person_key)
+    return _page(request, "consent.html", session, title="同意の記録", changes=changes, made_by=made_by,
+                 names=service.agency_names(db_session=db_session), **owner.context())
 
 
 def _not_found(request: Request, session: PortalSession) -> Response:
-    return _refusal(request, session, _Refused(404, "指定されたものは見つかりませんでした。"))
+    return refusal_page(request, session, FormRefused(404, "指定されたものは見つかりませんでした。"))
 
 
-@router.get("/consent/{receipt_id}.jws")
-def receipt_jws(request: Request, db_session: Session = DB, session: PortalSession = PERSON,
-                receipt_id: str = Path(..., max_length=RECEIPT_ID_MAX)) -> Response:
-    """The receipt as issued: its compact JWS, for the person to keep and verify."""
-    row = consent.get_receipt(db_session=db_session, receipt_id=receipt_id, person_key=session.person_key)
+def receipt_jws_view(request: Request, db_session: Session, session: PortalSession, owner: Owner,
+                     receipt_id: str) -> Response:
+    row = consent.get_receipt(db_session=db_session, receipt_id=receipt_id, person_key=owner.person_key)
     if row is None:
         return _not_found(request, session)
     return Response(row.jws, media_type="application/jose", headers={
@@ -175,11 +183,16 @@ def receipt_jws(request: Request, db_session: Session = DB, session: PortalSessi
         "Content-Disposition": f'attachment; filename="consent-receipt-{row.id}.jws"'})
 
 
-@router.get("/consent/{receipt_id}")
-def receipt_page(request: Request, db_session: Session = DB, session: PortalSession = PERSON,
-                 receipt_id: str = Path(..., max_length=RECEIPT_ID_MAX)) -> Response:
-    """One receipt's claims in plain words, checked against the hub's consent keys."""
-    row = consent.get_receipt(db_session=db_session, receipt_id=receipt_id, person_key=session.person_key)
+def representative_of(claims: dict[str, Any] | None) -> str | None:
+    """The representative a receipt names as having made the change (None: the person themself)."""
+    method = (claims or {}).get("collectionMethod")
+    prefix = COLLECTED_BY_REPRESENTATIVE + ":"
+    return method[len(prefix):] if isinstance(method, str) and method.startswith(prefix) else None
+
+
+def receipt_view(request: Request, db_session: Session, session: PortalSession, owner: Owner,
+                 receipt_id: str) -> Response:
+    row = consent.get_receipt(db_session=db_session, receipt_id=receipt_id, person_key=owner.person_key)
     if row is None:
         return _not_found(request, session)
     try:
@@ -190,4 +203,58 @@ def receipt_page(request: Request, db_session: Session = DB, session: PortalSess
               if claims else row.issued_at)
     return _page(request, "receipt.html", session, title="同意レシート", receipt=row, claims=claims,
                  issued=issued, rules=[r.as_input() for r in row.policy_version.rules],
-                 saved=request.query_params.get("saved") == "1", names=service.agency_names(db_session=db_session))
+                 made_by=representative_of(claims), saved=request.query_params.get("saved") == "1",
+                 names=service.agency_names(db_session=db_session), **owner.context())
+
+
+# --- the person's own pages -------------------------------------------------------------------
+
+@router.get("/policy")
+def policy_page(request: Request, db_session: Session = DB, session: PortalSession = PERSON) -> Response:
+    """利用許諾: every exchange the law allows about me, what the law says, and my setting."""
+    return policy_view(request, db_session, session, own(session))
+
+
+@router.post("/policy/preview")
+def preview(request: Request, db_session: Session = DB, session: PortalSession = PERSON,
+            csrf_token: str = Form("", max_length=64), entry_id: int = Form(..., ge=1, le=2**31 - 1),
+            change: str = Form(..., max_length=8), valid_until: str | None = Form(None, max_length=10)) -> Response:
+    """変更の確認: what the change would refuse and what a law still requires, saving nothing."""
+    return preview_view(request, db_session, session, own(session), csrf_token=csrf_token, entry_id=entry_id,
+                        change=change, valid_until=valid_until)
+
+
+@router.post("/policy")
+def save(request: Request, db_session: Session = DB, session: PortalSession = PERSON,
+         csrf_token: str = Form("", max_length=64), entry_id: int = Form(..., ge=1, le=2**31 - 1),
+         change: str = Form(..., max_length=8), valid_until: str | None = Form(None, max_length=10)) -> Response:
+    """Save the previewed change as a new policy version and issue its signed consent receipt."""
+    try:
+        # the person's pseudonym at the portal names them on the receipt without the hub's key
+        receipt_id = save_change(db_session, session, own(session), principal_id=session.name_id,
+                                 collection_method=receipts.COLLECTED_BY_PORTAL, csrf_token=csrf_token,
+                                 entry_id=entry_id, change=change, valid_until=valid_until)
+    except FormRefused as refused:
+        return refusal_page(request, session, refused)
+    return RedirectResponse(f"/portal/consent/{receipt_id}?saved=1", status_code=303)
+
+
+@router.get("/consent")
+def consent_record(request: Request, db_session: Session = DB, session: PortalSession = PERSON) -> Response:
+    """同意の記録: every version of my policy, what changed (and who changed it), and its receipt."""
+    made_by = people.policy_changes_by_representatives(db_session=db_session, principal_key=session.person_key)
+    return consent_view(request, db_session, session, own(session), made_by)
+
+
+@router.get("/consent/{receipt_id}.jws")
+def receipt_jws(request: Request, db_session: Session = DB, session: PortalSession = PERSON,
+                receipt_id: str = Path(..., max_length=RECEIPT_ID_MAX)) -> Response:
+    """The receipt as issued: its compact JWS, for the person to keep and verify."""
+    return receipt_jws_view(request, db_session, session, own(session), receipt_id)
+
+
+@router.get("/consent/{receipt_id}")
+def receipt_page(request: Request, db_session: Session = DB, session: PortalSession = PERSON,
+                 receipt_id: str = Path(..., max_length=RECEIPT_ID_MAX)) -> Response:
+    """One receipt's claims in plain words, checked against the hub's consent keys."""
+    return receipt_view(request, db_session, session, own(session), receipt_id)

@@ -13,7 +13,7 @@ from access_history import service as history
 from kernel.db import utcnow
 from kernel.settings import Settings, get_settings
 from kernel.web import DB, Pages, raw_query
-from portal import history_chart, i18n, notices, service
+from portal import history_chart, i18n, notices, people, service
 from portal.models import PortalSession
 from portal.wording import OUTCOMES, outcome_text
 
@@ -205,7 +205,10 @@ def history_page(request: Request, db_session: Session = DB, session: PortalSess
                      message="ページの指定が正しくありません。")
     chart = history_chart.build(service.monthly_outcomes(db_session=db_session, person_key=session.person_key),
                                 utcnow())
+    # what representatives did for me shows beside my own history (all of it on 代理人)
+    acted = people.actions_for(db_session=db_session, principal_key=session.person_key, limit=5)
     return _page(request, "history.html", session, title="やりとり履歴", page=page, outcomes=OUTCOMES.items(),
+                 acted=acted,
                  names=service.agency_names(db_session=db_session), chart=chart, bar_width=history_chart.BAR_WIDTH,
                  filters={"start": start or "", "end": end or "", "agency": agency or "", "outcome": outcome or ""})
 

@@ -58,7 +58,7 @@ def demo(tmp_path_factory):
     passwords = dict(re.findall(r"^  (\w+) / (\S+)", printed, re.MULTILINE))
     secrets = dict(re.findall(r"^  (\w+) / \S+\s+TOTP secret (\w+)", printed, re.MULTILINE))
     yield {"hub": hub, "agencies": agencies, "passwords": passwords, "totp": secrets, "printed": printed,
-           "tmp": tmp}
+           "tmp": tmp, "env": env}
     proc.terminate()
     proc.wait(timeout=15)
 

@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -230,3 +231,133 @@ def test_no_page_scrolls_sideways_at_200_percent_zoom(portal_demo, browser):  # 
             wide[name] = (scroll, inner)
     assert not wide, wide
     context.close()
+
+
+def test_the_demo_prints_the_portal_with_its_logins_and_its_history_holds_the_scenarios(portal_demo):
+    printed = portal_demo["printed"]
+    assert f"{portal_demo['hub']}/portal/" in printed
+    assert set(portal_demo["passwords"]) == {"taro", "hanako"}  # who logs in there, with what
+
+
+def test_a_downloaded_inclusion_proof_checks_offline(portal_demo, browser, tmp_path):  # noqa: F811
+    context = browser.new_context(accept_downloads=True)
+    page = _log_in(portal_demo, context, "/portal/history")
+    with page.expect_download() as download:
+        page.locator("a[href^='/portal/history/download.json']").click()
+    proof = tmp_path / download.value.suggested_filename
+    download.value.save_as(proof)
+    bundle = json.loads(proof.read_text(encoding="utf-8"))
+    assert bundle["entries"], "the demo's exchanges carry proofs"
+    vkey = page.request.get(portal_demo["hub"] + "/history/checkpoint.vkey").text().strip()
+    renkei = str(Path(sys.executable).with_name("renkei"))
+    checked = subprocess.run([renkei, "audit", "check-proof", str(proof), "--key", vkey], capture_output=True,
+                             text=True, env=_cli_env(portal_demo), timeout=60, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # one changed entry and the same check fails
+    entry = bundle["entries"][0]
+    entry["outcome"] = "DISCLOSED" if entry["outcome"] != "DISCLOSED" else "DENIED_BY_PERSON"
+    proof.write_text(json.dumps(bundle, ensure_ascii=False), encoding="utf-8")
+    tampered = subprocess.run([renkei, "audit", "check-proof", str(proof), "--key", vkey], capture_output=True,
+                              text=True, env=_cli_env(portal_demo), timeout=60, check=False)
+    assert tampered.returncode == 1, tampered.stdout + tampered.stderr
+    context.close()
+
+
+def _cli_env(running) -> dict[str, str]:
+    import os
+
+    return {**os.environ, **running["env"]}
+
+
+def _log_in_as(running, context, username: str, next_path: str = "/portal/"):
+    """SSO into the portal as a demo person (hanako answers her TOTP code too)."""
+    from idp.accounts import totp
+
+    page = context.new_page()
+    page.goto(running["hub"] + next_path)
+    page.wait_for_url(re.compile(r"/idp/login"))
+    page.get_by_label(re.compile("Username")).fill(username)
+    page.get_by_label(re.compile("Password")).fill(running["passwords"][username])
+    page.get_by_role("button", name=re.compile("Log in")).click()
+    if username in running["totp"]:
+        page.get_by_label(re.compile("Code")).fill(totp(running["totp"][username]))
+        page.get_by_role("button", name=re.compile("Verify")).click()
+    page.wait_for_url(re.compile(re.escape(running["hub"]) + r"/portal/"))
+    return page
+
+
+def test_pages_beyond_the_menu_pass_axe_and_are_photographed(portal_demo, browser):  # noqa: F811
+    """The representative's pages (taro lets hanako act for him, from the keyboard-free form),
+    the policy preview, notice settings, logout, and the auditor's pages: axe and a screenshot
+    each; then taro revokes and hanako's pages are gone."""
+    if not AXE.exists():
+        pytest.skip("axe-core is not installed: run `npm ci --prefix tests/assets`")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    renkei = str(Path(sys.executable).with_name("renkei"))
+    role = subprocess.run([renkei, "person", "role", "add", "--username", "taro", "auditor"], capture_output=True,
+                          text=True, env=_cli_env(portal_demo), timeout=60, check=False)
+    assert role.returncode == 0, role.stdout + role.stderr
+    hub = portal_demo["hub"]
+    taro_context = browser.new_context(bypass_csp=True, viewport={"width": 1280, "height": 900})
+    hanako_context = browser.new_context(bypass_csp=True, viewport={"width": 1280, "height": 900})
+    found: dict[str, list] = {}
+
+    def check(page, name: str) -> None:
+        page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+        if violations := _axe(page):
+            found[name] = violations
+
+    try:
+        taro = _log_in(portal_demo, taro_context, "/portal/representatives")
+        taro.get_by_label(re.compile("代理人の利用者名")).fill("hanako")
+        taro.get_by_role("button", name="指定する").click()
+        taro.wait_for_url(re.compile(r"/portal/representatives$"))
+        assert "hanako" in taro.locator("main table").first.inner_text()
+        for name, path in (("notice-settings", "/portal/notices/settings"), ("logout", "/portal/logout"),
+                           ("audit", "/portal/audit"), ("audit-anomalies", "/portal/audit/anomalies"),
+                           ("audit-export-plan", "/portal/audit/export?log=access&fmt=jsonl")):
+            response = taro.goto(hub + path)
+            assert response.status == 200, (name, response.status)
+            check(taro, name)
+        taro.goto(hub + "/portal/policy")
+        entry = _resident_record_entry(taro)
+        taro.locator(f"#deny-{entry}").check()
+        taro.locator(f"#entry-{entry} button").click()
+        taro.wait_for_url(re.compile(r"/portal/policy/preview"))
+        check(taro, "policy-preview")
+
+        hanako = _log_in_as(portal_demo, hanako_context, "hanako", "/portal/representatives")
+        acting = hanako.locator("a[href$='/policy'][href^='/portal/acting/']").first.get_attribute("href")
+        base = acting.removesuffix("/policy")
+        for name, path in (("acting-history", "/history"), ("acting-data", "/data"), ("acting-policy", "/policy"),
+                           ("acting-consent", "/consent")):
+            response = hanako.goto(hub + base + path)
+            assert response.status == 200, (name, response.status)
+            assert "taro" in hanako.locator("p.notice").inner_text()
+            check(hanako, name)
+        # hanako refuses on taro's behalf, through the preview, and reads the receipt she caused
+        hanako.goto(hub + base + "/policy")
+        hanako.locator(f"#deny-{entry}").check()
+        hanako.locator(f"#entry-{entry} button").click()
+        hanako.wait_for_url(re.compile(r"/policy/preview"))
+        check(hanako, "acting-policy-preview")
+        hanako.get_by_role("button", name=re.compile("保存する|Save")).click()
+        hanako.wait_for_url(re.compile(re.escape(base) + r"/consent/.+\?saved=1"))
+        assert "hanako" in hanako.locator("main").inner_text()
+        check(hanako, "acting-receipt")
+        # taro sees what hanako did, then revokes alone: her pages are gone at once
+        taro.goto(hub + "/portal/consent")
+        assert "hanako" in taro.locator("table.consent-record tbody tr").first.inner_text()
+        taro.goto(hub + "/portal/representatives")
+        assert "利用許諾を変更しました" in taro.locator("main").inner_text()
+        check(taro, "representatives-with-actions")
+        taro.locator("form[action$='/revoke'] button").first.click()
+        taro.wait_for_url(re.compile(r"/portal/representatives$"))
+        assert hanako.goto(hub + base + "/policy").status == 404
+        _set_allow(taro, portal_demo, entry)
+    finally:
+        subprocess.run([renkei, "person", "role", "remove", "--username", "taro", "auditor"], capture_output=True,
+                       env=_cli_env(portal_demo), timeout=60, check=False)
+        taro_context.close()
+        hanako_context.close()
+    assert not found, json.dumps(found, ensure_ascii=False, indent=1)

@@ -146,3 +146,30 @@ def test_pages_use_the_digital_agency_design_tokens(hub, fed):
     tokens = client.get("/portal/static/vendor/digital-go-jp-design-tokens/tokens.css").text
     assert "--color-primitive-blue-1000" in tokens and "--font-family-sans" in tokens
     assert "<style" not in page.text  # no inline styles on the portal's pages
+
+
+@pytest.mark.nodb
+def test_times_read_as_babel_writes_them_in_each_language():
+    """portal.i18n.when keeps Babel's parsed patterns: its text is format_datetime's, medium."""
+    import random
+    from datetime import datetime, timedelta
+
+    from babel.core import Locale
+    from babel.dates import format_date, format_datetime
+
+    from portal import i18n
+
+    rng = random.Random(9)
+    try:
+        for lang, locale in (("ja", "ja_JP"), ("en", "en_GB")):
+            i18n.set_language(lang)
+            for _ in range(500):
+                moment = datetime(2001, 1, 1) + timedelta(seconds=rng.randrange(10**9), microseconds=rng.randrange(10**6))
+                assert i18n.when(moment) == format_datetime(moment, format="medium", locale=Locale.parse(locale))
+                assert i18n.when(moment, date_only=True) == format_date(moment, format="medium",
+                                                                         locale=Locale.parse(locale))
+        assert i18n.when(datetime(2026, 12, 1, 3, 4, 5)) == "1 Dec 2026, 03:04:05"
+        i18n.set_language("ja")
+        assert i18n.when(datetime(2026, 12, 1, 3, 4, 5)) == "2026/12/01 3:04:05"
+    finally:
+        i18n.set_language("ja")

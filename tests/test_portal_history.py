@@ -122,3 +122,65 @@ def test_pdf_is_refused_clearly_without_a_font_or_beyond_its_row_limit(hub, fed,
     monkeypatch.setattr(portal.history_views, "PDF_MAX_ROWS", 0)
     r = client.get("/portal/history/download.pdf")
     assert r.status_code == 400 and "CSV" in r.text
+
+
+def test_entries_show_when_asked_when_provided_and_the_staff_member(hub, fed, tmp_path):
+    """A staff member's query, then the provider's disclosure report: the page, the CSV and the
+    PDF show the time asked and the time provided apart, and the staff member."""
+    import base64
+    from datetime import UTC, datetime, timedelta
+
+    from lxml import etree
+
+    from access_history.models import HistoryEntry
+    from kernel.db import session_scope
+    from renkei_provider import Disclosure
+    from tests.federation import ask, sso_assertion
+    from tests.saml_sp import NS
+    from tests.test_disclosure_reports import accepted_token, reporter
+
+    set_rules(fed, PolicyRuleIn(effect="allow"))
+    staff = sso_assertion(hub, fed["r"])
+    staff_id = staff.find("saml:Subject/saml:NameID", NS).text
+    r = ask(hub, fed["r"], {"service_type": RESIDENT, "task": "JUKI", "person": {
+        "pseudonym": staff_id, "staff_assertion": base64.b64encode(etree.tostring(staff)).decode()}})
+    assert r.status_code == 200, r.text
+    offering = {o["provider"]: o for o in r.json()["offerings"]}[fed["a"].entity_id]
+    accepted = accepted_token(hub, fed, None, offering, fed["a"])
+    provided = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=7)  # told apart from the ask
+    agency = reporter(hub, fed["a"])
+    agency.record(Disclosure.of(accepted, provided_at=provided))
+    assert agency.flush().accepted
+    with session_scope() as db:
+        [entry] = db.query(HistoryEntry).filter_by(decision_id=accepted.decision_id, kind="disclosure").all()
+        asked_at, provided_at, entry_id = entry.asked_at, entry.provided_at, entry.entry_id
+    assert provided_at == provided.replace(tzinfo=None) and asked_at is not None and asked_at != provided_at
+
+    client = portal_login(hub, "disco-person", "disco password", "/portal/history")
+    page = client.get("/portal/history").text
+    head = re.search(r'<table class="entries">.*?</thead>', page, re.DOTALL).group(0)
+    assert re.findall(r'<th scope="col">([^<]+)</th>', head)[:2] == ["照会日時", "提供日時"]
+    rows = re.findall(r'<td class="asked">(.*?)</td>\s*<td class="provided">(.*?)</td>\s*<td>(.*?)</td>', page,
+                      re.DOTALL)
+    from portal import i18n
+    i18n.set_language("ja")
+    wanted = (i18n.when(asked_at), i18n.when(provided_at))
+    assert any((a, p) == wanted and staff_id in who for a, p, who in rows), rows[:3]
+    # the decision itself was asked at the same moment; nothing was provided by that entry
+    assert any(a == wanted[0] and p == "—" for a, p, _ in rows)
+
+    got = client.get("/portal/history/download.csv")
+    table = list(csv.reader(io.StringIO(got.content.decode("utf-8-sig"))))
+    assert table[0][8:12] == ["職員", "記録番号", "照会日時 (UTC)", "提供日時 (UTC)"]
+    [row] = [row for row in table if row[9] == entry_id]
+    assert row[10] == asked_at.strftime("%Y-%m-%d %H:%M:%S") and row[11] == provided_at.strftime("%Y-%m-%d %H:%M:%S")
+    assert row[8] == staff_id and row[1] != "" and row[6] == "DISCLOSED"
+
+    pdf = client.get("/portal/history/download.pdf", params={"start": provided.date().isoformat()})
+    assert pdf.status_code == 200
+    (tmp_path / "h.pdf").write_bytes(pdf.content)
+    text = subprocess.run(["pdftotext", "-raw", str(tmp_path / "h.pdf"), "-"], capture_output=True, text=True,
+                          check=True).stdout
+    assert "照会日時" in text and "提供日時" in text and "職員" in text
+    flat = re.sub(r"\s+", "", text)
+    assert provided_at.strftime("%Y-%m-%d%H:%M:%S") in flat and staff_id[:12] in flat
