@@ -28,12 +28,18 @@ class SeenMessage(Base):
 
 
 def remember_at_once(*, db_session: Session, issuer: str, message_id: str, expires_at: datetime) -> None:
-    """`remember`, committed at once in its own short transaction on the same database.
+    """`remember` for IDs checked at the start of a request, before anything is disclosed.
 
-    For IDs checked at the start of a request: the request's own transaction then takes no
-    write lock until its end (SQLite has one writer; holding it through signing serializes
-    every request), and a replay is refused however the request ends.
+    On SQLite in its own short transaction, committed at once: the request's transaction then
+    takes no write lock until its end (SQLite has one writer; holding it through signing
+    serializes every request). On PostgreSQL in the request's own transaction, so a request
+    commits once: the unique index makes a concurrent duplicate wait for this transaction and
+    then find the row, and a request that rolls back disclosed nothing, so its ID may be used
+    again (what leaves the hub is only ever sent after that commit).
     """
+    if db_session.get_bind().dialect.name == "postgresql":
+        remember(db_session=db_session, issuer=issuer, message_id=message_id, expires_at=expires_at)
+        return
     with Session(bind=db_session.get_bind()) as own:
         remember(db_session=own, issuer=issuer, message_id=message_id, expires_at=expires_at)
         own.commit()
