@@ -45,14 +45,22 @@ def remember_at_once(*, db_session: Session, issuer: str, message_id: str, expir
         own.commit()
 
 
+_INSERTS: dict[str, object] = {}  # per dialect, built once (a prebuilt Core statement)
+
+
+def _insert(db_session: Session):
+    dialect = db_session.get_bind().dialect.name
+    stmt = _INSERTS.get(dialect)
+    if stmt is None:
+        # rowcount is not reliable across drivers; a returned row is
+        stmt = _INSERTS[dialect] = insert_or_ignore(db_session, SeenMessage).returning(SeenMessage.id)
+    return stmt
+
+
 def remember(*, db_session: Session, issuer: str, message_id: str, expires_at: datetime) -> None:
     """Record a message ID once; raise ReplayDetected if it was already recorded."""
-    stmt = (
-        insert_or_ignore(db_session, SeenMessage)
-        .values(issuer=issuer, message_id=message_id, expires_at=expires_at)
-        .returning(SeenMessage.id)  # rowcount is not reliable across drivers; a returned row is
-    )
-    if db_session.execute(stmt).first() is None:
+    params = {"issuer": issuer, "message_id": message_id, "expires_at": expires_at}
+    if db_session.connection().execute(_insert(db_session), params).first() is None:
         raise ReplayDetected(f"message {message_id!r} from {issuer} was already received")
     if random.random() < 0.01:  # sweep expired IDs now and then, off the common path
         db_session.execute(delete(SeenMessage).where(SeenMessage.expires_at < utcnow()))

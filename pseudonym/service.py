@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from kernel.db import insert_or_ignore, utcnow
@@ -85,15 +85,28 @@ def agency_key_version(*, db_session: Session, keys: KeyStore, agency: str) -> i
     return db_session.scalar(select(AgencyKeyVersion.key_version).where(AgencyKeyVersion.agency == agency))
 
 
-def _live(person_key: str, agency: str):
-    return select(Pseudonym.value).where(
-        Pseudonym.person_key == person_key, Pseudonym.agency == agency, Pseudonym.revoked_at.is_(None)
-    )
+# The hot path's statements, built once: executed on the session's connection (the same
+# transaction) with only their parameters, they skip the ORM's per-statement work.
+_LIVE = select(Pseudonym.value).where(
+    Pseudonym.person_key == bindparam("person_key"), Pseudonym.agency == bindparam("agency"),
+    Pseudonym.revoked_at.is_(None),
+)
+_RESOLVE = select(Pseudonym.person_key, Pseudonym.agency, Pseudonym.key_version).where(
+    Pseudonym.value == bindparam("value"), Pseudonym.agency == bindparam("agency"), Pseudonym.revoked_at.is_(None)
+)
+_LIVE_MANY = select(Pseudonym.agency, Pseudonym.value).where(
+    Pseudonym.person_key == bindparam("person_key"), Pseudonym.agency.in_(bindparam("agencies", expanding=True)),
+    Pseudonym.revoked_at.is_(None),
+)
+
+
+def _live_value(db_session: Session, person_key: str, agency: str) -> str | None:
+    return db_session.connection().execute(_LIVE, {"person_key": person_key, "agency": agency}).scalar()
 
 
 def get_or_create(*, db_session: Session, keys: KeyStore, person_key: str, agency: str, scope: str) -> str:
     """The live pseudonym of a person for an agency, created (and stored) on first use."""
-    value = db_session.scalar(_live(person_key, agency))
+    value = _live_value(db_session, person_key, agency)
     if value is not None:
         return value
     _refuse_retired(db_session, agency)  # only on the rare path that would create one
@@ -115,16 +128,13 @@ def get_or_create(*, db_session: Session, keys: KeyStore, person_key: str, agenc
     # a concurrent first use derives the same value: one insert wins, the other reads it back
     db_session.execute(insert_or_ignore(db_session, Pseudonym).values(
         person_key=person_key, agency=agency, value=value, key_version=version, created_at=utcnow()))
-    return db_session.scalar(_live(person_key, agency))
+    return _live_value(db_session, person_key, agency)
 
 
 def resolve(*, db_session: Session, agency: str, value: str) -> Resolved:
     """Map an agency's live pseudonym back to the person (hub-internal use only)."""
-    row = db_session.scalar(
-        select(Pseudonym).where(
-            Pseudonym.value == value, Pseudonym.agency == agency, Pseudonym.revoked_at.is_(None)
-        )
-    )
+    db_session.flush()  # a revocation pending in this session counts (the ORM would autoflush)
+    row = db_session.connection().execute(_RESOLVE, {"value": value, "agency": agency}).first()
     if row is None:
         raise PseudonymError("unknown or revoked pseudonym for this agency")
     return Resolved(row.person_key, row.agency, row.key_version)
@@ -350,13 +360,7 @@ def get_or_create_many(
     if not wanted:
         return {}
     found = dict(
-        db_session.execute(
-            select(Pseudonym.agency, Pseudonym.value).where(
-                Pseudonym.person_key == person_key,
-                Pseudonym.agency.in_(wanted),
-                Pseudonym.revoked_at.is_(None),
-            )
-        ).all()
+        db_session.connection().execute(_LIVE_MANY, {"person_key": person_key, "agencies": sorted(wanted)}).all()
     )
     for agency in wanted - found.keys():
         found[agency] = get_or_create(
