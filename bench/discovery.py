@@ -896,7 +896,7 @@ def run_database(label: str, db_url: str, fed: Federation, args, tmp: Path, key_
         say(f"  [a] peak: wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency")
         spy_raw = tmp / f"py-spy-{label}.txt" if args.profile and label == args.profile_db else None
         flame = args.flame / f"discovery-{label}-worker" \
-            if args.flame and label == args.profile_db else None
+            if args.flame and label.startswith(args.profile_db) else None
         peak = bench_peak(hub, fed, args, tmp, server, spy_raw, counts_dir, flame)
         result["peak"] = peak
         say(f"      {peak['ops']} decisions in {peak['seconds']:.1f} s = {peak['rate']:,.1f} decisions/s, "

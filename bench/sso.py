@@ -594,7 +594,7 @@ def run(args: argparse.Namespace, bench: harness.Bench) -> int:
             ec_url = f"sqlite:///{ec_home / 'renkei.sqlite3'}"
         ec_hub = prepare_hub(ec_home, ec_url, sp_md, key_type="ec-p256")
         ec_label = "postgresql-ec" if pg_admin else "sqlite-ec"
-        run_http(ec_hub, ec_label, args.workers)
+        run_http(ec_hub, ec_label, args.workers, args.flame / f"sso-{ec_label}-worker" if args.flame else None)
         if args.workers != 1:
             run_http(ec_hub, ec_label, 1)
         results["http"] = [{k: v for k, v in h.items() if k != "wrk_output"} for h in http]
