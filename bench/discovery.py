@@ -13,7 +13,7 @@ What one measured request is (docs/discovery.md, DESIGN.md flow 2)
     resolves the person, finds the one provider P holding data about them, decides (legal
     whitelist 別表第２, then the person's policy, which allows R), appends the decision to the
     hub's hash-chained access log and COMMITS it, then issues P's token: a SAML assertion
-    signed by the hub (RSA-2048) whose NameID and local-ID attribute are encrypted for P's
+    signed by the hub (RSA-2048; ECDSA P-256 in the [4] run) whose NameID and local-ID attribute are encrypted for P's
     RSA certificate (AES-256-GCM + RSA-OAEP). One request = one decision = one token.
     A response counts only if it is 200 and carries a token.
 
@@ -795,7 +795,7 @@ STAGES = [
     ("  discover", "discovery/pipeline.py", "discover"),
     ("    resolve_subject (bootstrap + pseudonym)", "discovery/pipeline.py", "resolve_subject"),
     ("    service type and offerings (cached)", "discovery/pipeline.py", "_offerings_and_info_types"),
-    ("    holdings (who holds data, local IDs)", "pseudonym/service.py", "holdings"),
+    ("    person + holdings + their pseudonyms (one statement)", "pseudonym/service.py", "resolve_with_holdings"),
     ("    _decide_offering (whitelist + policy)", "discovery/pipeline.py", "_decide_offering"),
     ("    provider pseudonyms", "pseudonym/service.py", "get_or_create_many"),
     ("    _log (history append: entry + queue row)", "discovery/pipeline.py", "_log"),

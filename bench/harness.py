@@ -272,11 +272,16 @@ def per_call_seconds(fn: Callable[[], object], count: int) -> float:
 
 
 def idp_rsa_sign_seconds(count: int) -> float:
-    """Seconds per RSA-2048 signature of SIGNED_INFO with the IdP's own key (current settings)."""
+    """Seconds per RSA-2048 signature of SIGNED_INFO with the IdP's own key (current settings),
+    or with a generated RSA-2048 key when the IdP's key is ECDSA."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     from idp.service import signing_key
     from kernel.xml._dsig import RSA_SHA256, _sign_octets
 
     key = signing_key().private_key
+    if not isinstance(key, rsa.RSAPrivateKey):
+        key = rsa_key()
     return per_call_seconds(lambda: _sign_octets(key, RSA_SHA256, SIGNED_INFO), count)
 
 
