@@ -3,7 +3,8 @@
 `uvicorn bench.counted_app:create_app --factory` serves exactly `renkei.app.create_app()`; it
 only listens to SQLAlchemy's engine events in each worker process and writes the running
 totals to `$RENKEI_BENCH_COUNTS/<pid>.json` every 0.5 s, so a benchmark reads, per response,
-how many statements, commits, rollbacks and pool pre-pings (each a round trip) the server did.
+how many statements, commits, rollbacks, pool checkouts and liveness pings (each a round trip)
+the server did, and how many database connections each worker holds.
 Nothing in the request path changes: a counter increment per event is all it adds.
 """
 from __future__ import annotations
@@ -19,7 +20,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import Pool
 
-COUNTS = {"statements": 0, "commits": 0, "rollbacks": 0, "checkouts": 0}
+COUNTS = {"statements": 0, "commits": 0, "rollbacks": 0, "checkouts": 0, "pings": 0,
+          "connections": 0, "peak_connections": 0}
 SQL_MIX: dict[str, int] = {}  # statement head (verb and table) -> times executed
 
 
@@ -49,8 +51,23 @@ def _rollback(*_args) -> None:
     COUNTS["rollbacks"] += 1
 
 
-def _checkout(*_args) -> None:
-    COUNTS["checkouts"] += 1  # with pool_pre_ping (PostgreSQL), one ping round trip each
+def _checkout(_dbapi_connection, connection_record, _proxy) -> None:
+    from kernel import db
+
+    COUNTS["checkouts"] += 1
+    # kernel.db pings a PostgreSQL connection only if it sat idle (the same test as its listener)
+    checked_in = connection_record.info.get("checked_in")
+    if checked_in is not None and time.monotonic() - checked_in >= db.IDLE_PING_SECONDS:
+        COUNTS["pings"] += 1
+
+
+def _connect(*_args) -> None:
+    COUNTS["connections"] += 1
+    COUNTS["peak_connections"] = max(COUNTS["peak_connections"], COUNTS["connections"])
+
+
+def _close(*_args) -> None:
+    COUNTS["connections"] -= 1
 
 
 def _writer(directory: Path) -> None:
@@ -73,6 +90,9 @@ def create_app():
     event.listen(Engine, "commit", _commit)
     event.listen(Engine, "rollback", _rollback)
     event.listen(Pool, "checkout", _checkout)
+    event.listen(Pool, "connect", _connect)
+    event.listen(Pool, "close", _close)
+    event.listen(Pool, "detach", _close)
     directory = os.environ.get("RENKEI_BENCH_COUNTS")
     if directory:
         Path(directory).mkdir(parents=True, exist_ok=True)

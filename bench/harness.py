@@ -272,11 +272,16 @@ def per_call_seconds(fn: Callable[[], object], count: int) -> float:
 
 
 def idp_rsa_sign_seconds(count: int) -> float:
-    """Seconds per RSA-2048 signature of SIGNED_INFO with the IdP's own key (current settings)."""
+    """Seconds per RSA-2048 signature of SIGNED_INFO with the IdP's own key (current settings),
+    or with a generated RSA-2048 key when the IdP's key is ECDSA."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     from idp.service import signing_key
     from kernel.xml._dsig import RSA_SHA256, _sign_octets
 
     key = signing_key().private_key
+    if not isinstance(key, rsa.RSAPrivateKey):
+        key = rsa_key()
     return per_call_seconds(lambda: _sign_octets(key, RSA_SHA256, SIGNED_INFO), count)
 
 
@@ -464,16 +469,22 @@ def start_server(hub: HubBase, workers: int, log_path: Path, counts_dir: Path | 
 
 
 def server_counts(counts_dir: Path) -> dict[str, int]:
-    """The database counters of every worker that wrote into `counts_dir`, summed. Waits 1.1 s
-    first: each worker rewrites its file every 0.5 s."""
+    """The database counters of every worker that wrote into `counts_dir`, summed (and
+    `per_worker_connections`: each worker's peak of open connections). Waits 1.1 s first: each
+    worker rewrites its file every 0.5 s."""
     time.sleep(1.1)
-    total = {"statements": 0, "commits": 0, "rollbacks": 0, "checkouts": 0}
+    total = {"statements": 0, "commits": 0, "rollbacks": 0, "checkouts": 0, "pings": 0}
+    peaks = []
     for path in counts_dir.glob("*.json"):
         try:
-            for name, value in json.loads(path.read_text()).items():
-                total[name] = total.get(name, 0) + value
+            counts = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
+        peaks.append(counts.pop("peak_connections", 0))
+        counts.pop("connections", None)
+        for name, value in counts.items():
+            total[name] = total.get(name, 0) + value
+    total["per_worker_connections"] = sorted(peaks)  # type: ignore[assignment]
     return total
 
 
@@ -505,16 +516,17 @@ def sql_mix_lines(before: dict[str, int], after: dict[str, int], ops: int, top: 
 
 def counts_per_op(before: dict[str, int], after: dict[str, int], ops: int, postgres: bool) -> dict[str, float]:
     """Per operation: statements, commits, rollbacks and round trips (statements + commits +
-    rollbacks, plus a pre-ping per pool checkout on PostgreSQL; psycopg's implicit BEGIN rides
-    with the first statement of a transaction only on SQLite, so on PostgreSQL one BEGIN per
-    transaction is added too)."""
-    d = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    rollbacks + liveness pings of idle connections; psycopg's implicit BEGIN rides with the first
+    statement of a transaction only on SQLite, so on PostgreSQL one BEGIN per transaction is
+    added too), and each worker's peak of open database connections."""
+    d = {k: after.get(k, 0) - before.get(k, 0) for k in after if k != "per_worker_connections"}
     n = max(ops, 1)
-    trips = d["statements"] + d["commits"] + d["rollbacks"]
+    trips = d["statements"] + d["commits"] + d["rollbacks"] + d.get("pings", 0)
     if postgres:
-        trips += d["checkouts"] + d["commits"] + d["rollbacks"]  # pre-ping; BEGIN of each transaction
+        trips += d["commits"] + d["rollbacks"]  # BEGIN of each transaction
     return {"statements": d["statements"] / n, "commits": d["commits"] / n, "rollbacks": d["rollbacks"] / n,
-            "checkouts": d["checkouts"] / n, "round_trips": trips / n}
+            "checkouts": d["checkouts"] / n, "pings": d.get("pings", 0) / n, "round_trips": trips / n,
+            "connections": after.get("per_worker_connections", [])}
 
 
 def postgres_backend_cpu(database: str) -> float:
@@ -722,11 +734,11 @@ def web_stack_floor(wrk: str, base_url: str, server: subprocess.Popen, *, thread
 
 def round_trip_costs(db_url: str, count: int = 1000) -> dict[str, float]:
     """Client-side CPU ms of one database round trip on `db_url` (PostgreSQL): raw psycopg, a
-    SQLAlchemy Core statement, and a whole short transaction the way the hub opens one (pool
-    checkout with pre-ping, BEGIN, one statement, COMMIT). What each round trip the hot path
-    saves is worth, measured in the same run."""
+    SQLAlchemy Core statement, and a whole short transaction the way the hub opens one
+    (`kernel.db.make_engine`: pool checkout, BEGIN, one statement, COMMIT). What each round trip
+    the hot path saves is worth, measured in the same run."""
     import psycopg
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import text
 
     def cpu_ms(fn: Callable[[], object]) -> float:
         fn()
@@ -740,7 +752,9 @@ def round_trip_costs(db_url: str, count: int = 1000) -> dict[str, float]:
         raw_ms = cpu_ms(lambda: raw.execute("SELECT 1").fetchone())
     finally:
         raw.close()
-    engine = create_engine(_psycopg(db_url), pool_pre_ping=True)
+    from kernel.db import make_engine
+
+    engine = make_engine(db_url)
     try:
         with engine.connect() as conn:
             core_ms = cpu_ms(lambda: conn.execute(text("SELECT 1")).scalar())

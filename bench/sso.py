@@ -181,13 +181,13 @@ class Hub(harness.HubBase):
     extra: dict = field(default_factory=dict)
 
 
-def prepare_hub(home: Path, db_url: str, sp_md_path: Path) -> Hub:
+def prepare_hub(home: Path, db_url: str, sp_md_path: Path, key_type: str = "rsa-2048") -> Hub:
     from idp import accounts, service
     from kernel.db import session_scope
     from kernel.settings import get_settings
 
     env, port = harness.set_up_home(home, db_url, [
-        (["init"], None),
+        (["init", "--key-type", key_type], None),
         (["agency", "add", "--metadata", str(sp_md_path)], None),
     ])
     settings = get_settings()
@@ -312,18 +312,6 @@ def rsa_floor(count: int = 300) -> dict:
     ec = harness.ec_key()
     ec_s = harness.per_call_seconds(lambda: _sign_octets(ec, ECDSA_SHA256, harness.SIGNED_INFO), count)
     return {"sign_ms": sign_s * 1000, "cap_rate": 1 / (2 * sign_s), "ec_sign_ms": ec_s * 1000}
-
-
-def ec_idp_key_supported() -> str | None:
-    """None if the key store would load an ECDSA P-256 IdP key, else why not (from its code)."""
-    import inspect
-
-    from kernel import keys
-
-    source = inspect.getsource(keys.KeyStore.load_signing_key)
-    if "not an RSA key" in source:
-        return "kernel.keys.KeyStore.load_signing_key refuses non-RSA keys"
-    return None
 
 
 def _profile(fn, count: int) -> str:
@@ -569,8 +557,9 @@ def run(args: argparse.Namespace, bench: harness.Bench) -> int:
                    f"ms/request), " if h["db_cpu_s"] is not None else "")
                 + f"wrk {h['wrk_cpu_s']:.1f} s, over {h['seconds']:.1f} s wall on {os.cpu_count()} CPUs")
             say(f"      database per response: {db['statements']:.1f} statements, {db['commits']:.2f} commits, "
-                f"{db['rollbacks']:.2f} rollbacks, {db['checkouts']:.2f} pool checkouts = "
+                f"{db['rollbacks']:.2f} rollbacks, {db['checkouts']:.2f} pool checkouts, {db['pings']:.2f} pings = "
                 f"~{db['round_trips']:.1f} round trips")
+            say(f"      database connections held per worker (peak): {db['connections']}")
             say(f"      idle server (no requests): {h['idle_cores']:.3f} cores busy = "
                 f"{h['idle_cores'] / max(h['rate'], 1e-9) * 1000:.2f} ms of each response's CPU at this rate "
                 "(the history integrators' polls)")
@@ -592,10 +581,22 @@ def run(args: argparse.Namespace, bench: harness.Bench) -> int:
             trip = harness.round_trip_costs(pg_url)
             results["round_trip"] = trip
             say(f"    a database round trip's client CPU: raw psycopg {trip['raw_ms']:.3f} ms, SQLAlchemy Core "
-                f"{trip['core_ms']:.3f} ms, a short transaction (checkout + pre-ping + BEGIN + 1 statement + "
+                f"{trip['core_ms']:.3f} ms, a short transaction (checkout + BEGIN + 1 statement + "
                 f"COMMIT) {trip['transaction_ms']:.3f} ms")
         else:
             say("\n[3b] PostgreSQL skipped (set RENKEI_BENCH_POSTGRES_URL to run it)")
+        say("\n[3c] an ECDSA P-256 IdP key (renkei init --key-type ec-p256), same requests, "
+            + ("PostgreSQL" if pg_admin else "SQLite"))
+        ec_home = tmp / "home-ec"
+        if pg_admin:
+            ec_url = bench.postgres_database(pg_admin, f"renkei_bench_ec_{os.getpid()}")
+        else:
+            ec_url = f"sqlite:///{ec_home / 'renkei.sqlite3'}"
+        ec_hub = prepare_hub(ec_home, ec_url, sp_md, key_type="ec-p256")
+        ec_label = "postgresql-ec" if pg_admin else "sqlite-ec"
+        run_http(ec_hub, ec_label, args.workers, args.flame / f"sso-{ec_label}-worker" if args.flame else None)
+        if args.workers != 1:
+            run_http(ec_hub, ec_label, 1)
         results["http"] = [{k: v for k, v in h.items() if k != "wrk_output"} for h in http]
         results["http_failed"] = http_failed
 
@@ -627,7 +628,7 @@ def run(args: argparse.Namespace, bench: harness.Bench) -> int:
     rows.append(("  (crypto floor: 2 RSA-2048 signatures, 1 core)", floor["cap_rate"], 2 * floor["sign_ms"],
                  "the two signatures of one response", False))
     rows.append(("  (crypto floor: 2 ECDSA P-256 signatures, 1 core)", 1000 / (2 * floor["ec_sign_ms"]),
-                 2 * floor["ec_sign_ms"], "what an EC IdP key would cost", False))
+                 2 * floor["ec_sign_ms"], "the two signatures with an EC IdP key", False))
     if args.skip_http:
         rows.append(("Renkei HTTP", None, None, "skipped (--skip-http)"))
     else:
@@ -647,12 +648,13 @@ def run(args: argparse.Namespace, bench: harness.Bench) -> int:
 def target_lines(base: dict, floor: dict, inproc: dict, http: list[dict], workers: int) -> list[str]:
     """One line per target of the issue: the figure, the bound, met or NOT met."""
     lines = []
-    two_sigs = 2 * floor["sign_ms"]
+    two_sigs, two_ec = 2 * floor["sign_ms"], 2 * floor["ec_sign_ms"]
     measured = [h for h in http if h["workers"] == workers and h.get("cpu_ms")]
     for h in measured:
-        ratio = h["cpu_ms"] / two_sigs
-        lines.append(f"CPU per response <= 2x its two RSA signatures ({h['label']}, HTTP): {h['cpu_ms']:.2f} ms = "
-                     f"{ratio:.1f}x of {two_sigs:.2f} ms: " + ("met" if ratio <= 2 else "NOT met"))
+        sigs, what = (two_ec, "ECDSA P-256") if h["label"].endswith("-ec") else (two_sigs, "RSA")
+        ratio = h["cpu_ms"] / sigs
+        lines.append(f"CPU per response <= 2x its two {what} signatures ({h['label']}, HTTP): {h['cpu_ms']:.2f} ms = "
+                     f"{ratio:.1f}x of {sigs:.2f} ms: " + ("met" if ratio <= 2 else "NOT met"))
     for h in measured:
         cpu_ratio = base["cpu_ms_per_op"] / h["cpu_ms"]
         lines.append(f">= {TARGET_RATIO:.0f}x pysaml2 + xmlsec1 ({h['label']}, HTTP): {cpu_ratio:.1f}x by CPU per "
@@ -660,13 +662,17 @@ def target_lines(base: dict, floor: dict, inproc: dict, http: list[dict], worker
                      + ("met" if min(cpu_ratio, h["rate"] / base["rate"]) >= TARGET_RATIO else "NOT met"))
     lines.append(f">= {TARGET_RATIO:.0f}x pysaml2, in-process answer_success: {base['cpu_ms_per_op'] / inproc['cpu_ms_per_op']:.1f}x "
                  "by CPU: " + ("met" if base["cpu_ms_per_op"] / inproc["cpu_ms_per_op"] >= TARGET_RATIO else "NOT met"))
-    why = ec_idp_key_supported()
-    if why:
-        best = max((h for h in http if h["workers"] == workers), key=lambda h: h["rate"], default=None)
+    ec = [h for h in measured if h["label"].endswith("-ec")]
+    if not ec:
         lines.append(f"ECDSA P-256 IdP key, >= {TARGET_HTTP:,.0f} responses/s over HTTP on {workers} workers: "
-                     f"not supported yet ({why}); with RSA: "
-                     + (f"{best['rate']:,.0f}/s" if best else "not measured")
-                     + f"; 2 EC signatures cost {2 * floor['ec_sign_ms']:.2f} ms vs {two_sigs:.2f} ms RSA")
+                     "not measured (--skip-http or the run failed)")
+    for h in ec:
+        # what the same CPU per response gives when the workers have the cores to themselves
+        capacity = workers * 1000 / h["cpu_ms"]
+        lines.append(f"ECDSA P-256 IdP key, >= {TARGET_HTTP:,.0f} responses/s over HTTP on {workers} workers "
+                     f"({h['label']}): {h['rate']:,.0f}/s measured (wrk shares the cores); {capacity:,.0f}/s "
+                     f"from {h['cpu_ms']:.2f} CPU ms per response on {workers} dedicated cores: "
+                     + ("met" if h["rate"] >= TARGET_HTTP else "NOT met"))
     return lines
 
 

@@ -78,6 +78,9 @@ class Subject:
     person_key: str
     requester_pseudonym: str
     staff: str | None
+    # read with the person in the same statement (pseudonym.service.resolve_with_holdings)
+    holdings: dict[str, str] = field(default_factory=dict)
+    holder_pseudonyms: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -158,7 +161,7 @@ def discover(
     subject = resolve_subject(db_session=db_session, settings=settings, keys=keys, requester=requester,
                               person=person, now=now)
     all_offerings, info_types = _offerings_and_info_types(db_session, service_type, info_type)
-    held = pseudonyms.holdings(db_session=db_session, person_key=subject.person_key)
+    held = subject.holdings  # read with the person: one round trip for person, holdings, pseudonyms
     offerings = location.offerings_for_person(offerings=all_offerings, holdings=held)
     policy = consent.get_current_policy(db_session=db_session, person_key=subject.person_key)
     decisions = [
@@ -169,6 +172,7 @@ def discover(
     provider_pseudonyms = pseudonyms.get_or_create_many(
         db_session=db_session, keys=keys, person_key=subject.person_key,
         agencies=[d.provider for d in decisions if d.permitted], scope=settings.scope,
+        known=subject.holder_pseudonyms,
     )
     entries = _log(requester, subject, decisions, task, channel=Channel.DISCOVERY, asked_at=now)
     _commit_log(db_session, entries)  # log before disclose: the decisions are durable before any token exists
@@ -205,10 +209,10 @@ def resolve_subject(
             "name the person by a bootstrap token, or by your pseudonym with a staff assertion"
         )
     try:
-        resolved = pseudonyms.resolve(db_session=db_session, agency=requester.entity_id, value=pseudonym)
+        found = pseudonyms.resolve_with_holdings(db_session=db_session, agency=requester.entity_id, value=pseudonym)
     except pseudonyms.PseudonymError:
         raise UnknownPerson("no person has that pseudonym at your agency") from None
-    return Subject(resolved.person_key, pseudonym, staff)
+    return Subject(found.resolved.person_key, pseudonym, staff, found.holdings, found.holder_pseudonyms)
 
 
 def _staff_member(db_session: Session, settings: Settings, requester: RegisteredAgency, xml: bytes,

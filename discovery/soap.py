@@ -368,7 +368,7 @@ def _hub_envelope(settings: Settings) -> etree._Element:
 def _signed(envelope: etree._Element, *, action: str, relates_to: str | None, status_code: int) -> Response:
     key = current_signing_key(DISCOVERY_ROLE)
     sign_envelope(envelope, key.private_key, certificate=key.certificate, action=action,
-                  relates_to=relates_to)
+                  relates_to=relates_to, algorithm=key.xml_algorithm)
     body = etree.tostring(envelope, encoding="UTF-8", xml_declaration=True)
     return Response(body, status_code=status_code, media_type=_XML, headers={"Cache-Control": "no-store"})
 
@@ -654,7 +654,7 @@ def _nim_response(settings: Settings, in_response_to: str | None, *,
         response.append(encrypted)
     if sign:
         key = current_signing_key(DISCOVERY_ROLE)
-        sign_enveloped(response, key.private_key, certificate=key.certificate)
+        sign_enveloped(response, key.private_key, certificate=key.certificate, algorithm=key.xml_algorithm)
     envelope = etree.Element(ENVELOPE, nsmap={"soap": SOAP11_NS})
     etree.SubElement(envelope, BODY).append(response)
     return Response(etree.tostring(envelope, encoding="UTF-8", xml_declaration=True), media_type=_XML,

@@ -102,5 +102,5 @@ def provider_token(facts: ProviderTokenFacts, *, signer: SigningKey, provider_ce
         etree.SubElement(local, f"{{{SAML_NS}}}AttributeValue").text = f.local_id
         stmt.append(encrypt_element(local, provider_cert,
                                     wrapper_tag=f"{{{SAML_NS}}}EncryptedAttribute"))
-    sign_enveloped(a, signer.private_key, certificate=signer.certificate)
+    sign_enveloped(a, signer.private_key, certificate=signer.certificate, algorithm=signer.xml_algorithm)
     return etree.tostring(a, encoding="UTF-8")

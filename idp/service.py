@@ -337,7 +337,7 @@ def answer_success(
     assertion.find(f"{{{saml.SAML_NS}}}AttributeStatement").append(
         _discovery_epr(settings=settings, keys=keys, agency=agency, pseudonym=pseudonym, session=session)
     )
-    sign_enveloped(assertion, key.private_key, certificate=key.certificate)
+    sign_enveloped(assertion, key.private_key, certificate=key.certificate, algorithm=key.xml_algorithm)
     response = saml.response_root(
         issuer=settings.idp_entity_id,
         destination=request.acs_location,
@@ -348,7 +348,7 @@ def answer_success(
     etree.SubElement(status, f"{{{saml.SAMLP_NS}}}StatusCode", {"Value": saml.SUCCESS})
     response.append(assertion)
     if settings.sign_response:
-        sign_enveloped(response, key.private_key, certificate=key.certificate)
+        sign_enveloped(response, key.private_key, certificate=key.certificate, algorithm=key.xml_algorithm)
     return Answer(request.acs_location, "SAMLResponse", _serialize(response), request.relay_state)
 
 
@@ -403,7 +403,7 @@ def answer_error(
         message=error.message,
     )
     key = signing_key()
-    sign_enveloped(response, key.private_key, certificate=key.certificate)
+    sign_enveloped(response, key.private_key, certificate=key.certificate, algorithm=key.xml_algorithm)
     return Answer(request.acs_location, "SAMLResponse", _serialize(response), request.relay_state)
 
 
@@ -472,7 +472,7 @@ def handle_logout_request(
         out.append(("RelayState", params["RelayState"]))
     key = signing_key()
     sep = "&" if "?" in destination else "?"
-    return destination + sep + sign_redirect_query(out, key.private_key)
+    return destination + sep + sign_redirect_query(out, key.private_key, algorithm=key.xml_algorithm)
 
 
 def _end_sessions_for(

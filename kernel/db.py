@@ -5,12 +5,14 @@ The schema is only ever changed by Alembic revisions in `migrations/`.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import BigInteger, Integer, MetaData, create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -75,9 +77,39 @@ def make_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
-    # pre-ping costs a round trip per checkout, but without it the first request on each pooled
-    # connection after a database restart fails with a 500
-    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, pool_recycle=1800)
+    engine = create_engine(url, pool_size=10, max_overflow=20, pool_recycle=1800)
+    event.listen(engine, "checkin", _note_checkin)
+    event.listen(engine, "checkout", _ping_if_idle)
+    return engine
+
+
+# A connection that went back to the pool less than this long ago is handed out unchecked: under
+# load every checkout finds one, so the hot path pays no ping round trip (SQLAlchemy's
+# pool_pre_ping pays one per checkout). One idle longer is pinged first, so the first requests
+# after a database restart during a quiet spell get a fresh connection instead of a 500; a
+# restart under load fails at most the transactions in flight (pre-ping could not save those
+# either), and the disconnect they see invalidates the whole pool at once.
+IDLE_PING_SECONDS = 5.0
+
+
+def _note_checkin(_dbapi_connection, connection_record) -> None:
+    connection_record.info["checked_in"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection, connection_record, _proxy) -> None:
+    checked_in = connection_record.info.get("checked_in")
+    if checked_in is None or time.monotonic() - checked_in < IDLE_PING_SECONDS:
+        return  # new (just connected) or recently used
+    try:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("SELECT 1")
+        finally:
+            cursor.close()
+        dbapi_connection.rollback()  # psycopg opened a transaction for the ping
+    except Exception:  # noqa: BLE001 - any driver error: this connection is dead
+        # the pool discards it and checks out (or connects) another (SQLAlchemy pool events)
+        raise sa_exc.DisconnectionError() from None
 
 
 _ENGINES: dict[str, Engine] = {}

@@ -8,6 +8,10 @@ versions of a role's certificate, so keys rotate without downtime.
 The `KeyStore` owns all caching: a loaded version is immutable once written, so it is cached
 forever; which versions exist is re-read when the directory changes (one `stat` per call), so
 `renkei keys rotate` takes effect on the very next signature, without a restart.
+
+A role's key is RSA-2048 (the default) or ECDSA P-256 (`KEY_TYPES`), chosen when a version is
+created; each version says how it signs (`SigningKey.xml_algorithm`, `SigningKey.jws_algorithm`),
+so a rotation may change the type and signers follow it on the next message.
 """
 from __future__ import annotations
 
@@ -21,13 +25,24 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
+
+from kernel.xml import ECDSA_SHA256, RSA_SHA256
 
 SECRET_BYTES = 32
 # file timestamps tick coarsely (a few ms); a directory changed this recently is re-listed on
 # every call, so two changes within one tick are never missed
 _SETTLE_NS = 2_000_000_000
+
+RSA_2048 = "rsa-2048"
+EC_P256 = "ec-p256"
+KEY_TYPES = (RSA_2048, EC_P256)
+DEFAULT_KEY_TYPE = RSA_2048
+MIN_RSA_BITS = 2048
+
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 
 
 class KeyProblem(RuntimeError):
@@ -40,12 +55,26 @@ class SigningKey:
 
     role: str
     version: int
-    private_key: rsa.RSAPrivateKey
+    private_key: PrivateKey
     certificate: x509.Certificate
 
     @property
-    def public_key(self) -> rsa.RSAPublicKey:
+    def public_key(self) -> PublicKey:
         return self.private_key.public_key()
+
+    @property
+    def key_type(self) -> str:
+        return EC_P256 if isinstance(self.private_key, ec.EllipticCurvePrivateKey) else RSA_2048
+
+    @property
+    def xml_algorithm(self) -> str:
+        """The XML-DSig SignatureMethod this key signs with (RFC 6931 §2.3.2 / §2.3.6)."""
+        return ECDSA_SHA256 if self.key_type == EC_P256 else RSA_SHA256
+
+    @property
+    def jws_algorithm(self) -> str:
+        """The JWS `alg` this key signs with (RFC 7518 §3.3 / §3.4)."""
+        return "ES256" if self.key_type == EC_P256 else "RS256"
 
     @property
     def cert_der(self) -> bytes:
@@ -60,7 +89,23 @@ def generate_rsa_key(bits: int = 2048) -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=bits)
 
 
-def self_signed_certificate(key: rsa.RSAPrivateKey, common_name: str, days: int = 3650) -> x509.Certificate:
+def generate_key(key_type: str = DEFAULT_KEY_TYPE) -> PrivateKey:
+    """A new private key of one of `KEY_TYPES`."""
+    if key_type == RSA_2048:
+        return generate_rsa_key()
+    if key_type == EC_P256:
+        return ec.generate_private_key(ec.SECP256R1())
+    raise ValueError(f"key type {key_type!r} is not one of {', '.join(KEY_TYPES)}")
+
+
+def _supported_key(key: object) -> bool:
+    """RSA of at least 2048 bits, or ECDSA on P-256: what signers and verifiers here accept."""
+    if isinstance(key, rsa.RSAPrivateKey):
+        return key.key_size >= MIN_RSA_BITS
+    return isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1)
+
+
+def self_signed_certificate(key: PrivateKey, common_name: str, days: int = 3650) -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.now(UTC)
     return (
@@ -155,11 +200,13 @@ class KeyStore:
     def _cert_path(self, role: str, version: int) -> Path:
         return self.directory / f"{role}-v{version}.cert.pem"
 
-    def create_signing_key(self, role: str, common_name: str | None = None) -> SigningKey:
+    def create_signing_key(
+        self, role: str, common_name: str | None = None, *, key_type: str = DEFAULT_KEY_TYPE
+    ) -> SigningKey:
         """A new version of `role`'s key pair (init, demo and `renkei keys rotate` only)."""
+        key = generate_key(key_type)  # before the lock: an unknown type writes nothing
         with self._lock:
             version = (self._any_signing_versions(role) or [0])[-1] + 1
-            key = generate_rsa_key()
             cert = self_signed_certificate(key, common_name or f"Renkei {role} v{version}")
             # the certificate first: a reader that sees the key always finds its certificate
             _write_private(self._cert_path(role, version), cert.public_bytes(serialization.Encoding.PEM), 0o644)
@@ -198,10 +245,13 @@ class KeyStore:
                 raise KeyProblem(f"{path} is missing; restore it from backup") from None
             except (ValueError, TypeError):
                 raise KeyProblem(f"{path} is not an unencrypted PEM private key; restore it from backup") from None
-            if not isinstance(key, rsa.RSAPrivateKey):
-                raise KeyProblem(f"{path} is not an RSA key; restore it from backup")
+            if not _supported_key(key):
+                raise KeyProblem(
+                    f"{path} is neither an RSA key of {MIN_RSA_BITS} bits or more nor an ECDSA P-256 key; "
+                    "restore it from backup"
+                )
             cert = self.load_certificate(role, version)
-            if cert.public_key().public_numbers() != key.public_key().public_numbers():
+            if not _same_public_key(cert.public_key(), key.public_key()):
                 raise KeyProblem(f"{path} does not match {self._cert_path(role, version)}; restore both from backup")
             cached = self._signing.setdefault((role, version), SigningKey(role, version, key, cert))
         return cached
@@ -213,11 +263,12 @@ class KeyStore:
             raise KeyProblem(f"no {role} signing key in {self.directory}; run `renkei init`")
         return self.load_signing_key(role, versions[-1])
 
-    def ensure_signing_key(self, role: str) -> SigningKey:
-        """The newest version of a role's key, created if the role has none (init and demo only)."""
+    def ensure_signing_key(self, role: str, *, key_type: str = DEFAULT_KEY_TYPE) -> SigningKey:
+        """The newest version of a role's key, created (of `key_type`) if the role has none
+        (init and demo only); an existing key is never replaced, whatever its type."""
         versions = self._any_signing_versions(role)
         if not versions:
-            return self.create_signing_key(role)
+            return self.create_signing_key(role, key_type=key_type)
         return self.load_signing_key(role, versions[-1])  # a lost half is named, never replaced
 
     def published_certificates(self, role: str, keep: int = 2) -> list[x509.Certificate]:
@@ -293,6 +344,10 @@ class KeyStore:
                 except KeyProblem as exc:
                     found.append(str(exc))
         return found
+
+
+def _same_public_key(a: object, b: object) -> bool:
+    return type(a) is type(b) and a.public_numbers() == b.public_numbers()  # type: ignore[attr-defined]
 
 
 _STORES: dict[str, KeyStore] = {}

@@ -28,25 +28,39 @@ class SeenMessage(Base):
 
 
 def remember_at_once(*, db_session: Session, issuer: str, message_id: str, expires_at: datetime) -> None:
-    """`remember`, committed at once in its own short transaction on the same database.
+    """`remember` for IDs checked at the start of a request, before anything is disclosed.
 
-    For IDs checked at the start of a request: the request's own transaction then takes no
-    write lock until its end (SQLite has one writer; holding it through signing serializes
-    every request), and a replay is refused however the request ends.
+    On SQLite in its own short transaction, committed at once: the request's transaction then
+    takes no write lock until its end (SQLite has one writer; holding it through signing
+    serializes every request). On PostgreSQL in the request's own transaction, so a request
+    commits once: the unique index makes a concurrent duplicate wait for this transaction and
+    then find the row, and a request that rolls back disclosed nothing, so its ID may be used
+    again (what leaves the hub is only ever sent after that commit).
     """
+    if db_session.get_bind().dialect.name == "postgresql":
+        remember(db_session=db_session, issuer=issuer, message_id=message_id, expires_at=expires_at)
+        return
     with Session(bind=db_session.get_bind()) as own:
         remember(db_session=own, issuer=issuer, message_id=message_id, expires_at=expires_at)
         own.commit()
 
 
+_INSERTS: dict[str, object] = {}  # per dialect, built once (a prebuilt Core statement)
+
+
+def _insert(db_session: Session):
+    dialect = db_session.get_bind().dialect.name
+    stmt = _INSERTS.get(dialect)
+    if stmt is None:
+        # rowcount is not reliable across drivers; a returned row is
+        stmt = _INSERTS[dialect] = insert_or_ignore(db_session, SeenMessage).returning(SeenMessage.id)
+    return stmt
+
+
 def remember(*, db_session: Session, issuer: str, message_id: str, expires_at: datetime) -> None:
     """Record a message ID once; raise ReplayDetected if it was already recorded."""
-    stmt = (
-        insert_or_ignore(db_session, SeenMessage)
-        .values(issuer=issuer, message_id=message_id, expires_at=expires_at)
-        .returning(SeenMessage.id)  # rowcount is not reliable across drivers; a returned row is
-    )
-    if db_session.execute(stmt).first() is None:
+    params = {"issuer": issuer, "message_id": message_id, "expires_at": expires_at}
+    if db_session.connection().execute(_insert(db_session), params).first() is None:
         raise ReplayDetected(f"message {message_id!r} from {issuer} was already received")
     if random.random() < 0.01:  # sweep expired IDs now and then, off the common path
         db_session.execute(delete(SeenMessage).where(SeenMessage.expires_at < utcnow()))

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import and_, bindparam, func, select, update
+from sqlalchemy.orm import Session, aliased
 
 from kernel.db import insert_or_ignore, utcnow
 from kernel.errors import UserError, shown
@@ -85,15 +85,44 @@ def agency_key_version(*, db_session: Session, keys: KeyStore, agency: str) -> i
     return db_session.scalar(select(AgencyKeyVersion.key_version).where(AgencyKeyVersion.agency == agency))
 
 
-def _live(person_key: str, agency: str):
-    return select(Pseudonym.value).where(
-        Pseudonym.person_key == person_key, Pseudonym.agency == agency, Pseudonym.revoked_at.is_(None)
-    )
+# The hot path's statements, built once: executed on the session's connection (the same
+# transaction) with only their parameters, they skip the ORM's per-statement work.
+_LIVE = select(Pseudonym.value).where(
+    Pseudonym.person_key == bindparam("person_key"), Pseudonym.agency == bindparam("agency"),
+    Pseudonym.revoked_at.is_(None),
+)
+_RESOLVE = select(Pseudonym.person_key, Pseudonym.agency, Pseudonym.key_version).where(
+    Pseudonym.value == bindparam("value"), Pseudonym.agency == bindparam("agency"), Pseudonym.revoked_at.is_(None)
+)
+_LIVE_MANY = select(Pseudonym.agency, Pseudonym.value).where(
+    Pseudonym.person_key == bindparam("person_key"), Pseudonym.agency.in_(bindparam("agencies", expanding=True)),
+    Pseudonym.revoked_at.is_(None),
+)
+
+
+_OTHER = aliased(Pseudonym)
+# one round trip for the person behind a pseudonym, the agencies holding data about them (their
+# local IDs, newest link first) and the person's live pseudonyms at those agencies
+_RESOLVE_WITH_HOLDINGS = (
+    select(Pseudonym.person_key, Pseudonym.agency, Pseudonym.key_version, LocalLink.agency.label("holder"),
+           LocalLink.local_id, _OTHER.value.label("holder_pseudonym"))
+    .select_from(Pseudonym)
+    .outerjoin(LocalLink, LocalLink.person_key == Pseudonym.person_key)
+    .outerjoin(_OTHER, and_(_OTHER.person_key == Pseudonym.person_key, _OTHER.agency == LocalLink.agency,
+                            _OTHER.revoked_at.is_(None)))
+    .where(Pseudonym.value == bindparam("value"), Pseudonym.agency == bindparam("agency"),
+           Pseudonym.revoked_at.is_(None))
+    .order_by(LocalLink.id.desc())
+)
+
+
+def _live_value(db_session: Session, person_key: str, agency: str) -> str | None:
+    return db_session.connection().execute(_LIVE, {"person_key": person_key, "agency": agency}).scalar()
 
 
 def get_or_create(*, db_session: Session, keys: KeyStore, person_key: str, agency: str, scope: str) -> str:
     """The live pseudonym of a person for an agency, created (and stored) on first use."""
-    value = db_session.scalar(_live(person_key, agency))
+    value = _live_value(db_session, person_key, agency)
     if value is not None:
         return value
     _refuse_retired(db_session, agency)  # only on the rare path that would create one
@@ -115,16 +144,13 @@ def get_or_create(*, db_session: Session, keys: KeyStore, person_key: str, agenc
     # a concurrent first use derives the same value: one insert wins, the other reads it back
     db_session.execute(insert_or_ignore(db_session, Pseudonym).values(
         person_key=person_key, agency=agency, value=value, key_version=version, created_at=utcnow()))
-    return db_session.scalar(_live(person_key, agency))
+    return _live_value(db_session, person_key, agency)
 
 
 def resolve(*, db_session: Session, agency: str, value: str) -> Resolved:
     """Map an agency's live pseudonym back to the person (hub-internal use only)."""
-    row = db_session.scalar(
-        select(Pseudonym).where(
-            Pseudonym.value == value, Pseudonym.agency == agency, Pseudonym.revoked_at.is_(None)
-        )
-    )
+    db_session.flush()  # a revocation pending in this session counts (the ORM would autoflush)
+    row = db_session.connection().execute(_RESOLVE, {"value": value, "agency": agency}).first()
     if row is None:
         raise PseudonymError("unknown or revoked pseudonym for this agency")
     return Resolved(row.person_key, row.agency, row.key_version)
@@ -325,6 +351,32 @@ def _csv_rows(text: str, source: str) -> Iterable[tuple[int, str, str]]:
         yield line_no, local_id, master_id
 
 
+@dataclass(frozen=True)
+class ResolvedWithHoldings:
+    """`resolve`, `holdings` and the person's live pseudonyms at those holders, read at once."""
+
+    resolved: Resolved
+    holdings: dict[str, str]  # agency -> local record ID (the oldest link of an agency)
+    holder_pseudonyms: dict[str, str]  # agency -> the person's live pseudonym there, if any
+
+
+def resolve_with_holdings(*, db_session: Session, agency: str, value: str) -> ResolvedWithHoldings:
+    """`resolve` plus `holdings` plus the live pseudonyms at the holders, in one statement."""
+    db_session.flush()  # a revocation or link pending in this session counts
+    rows = db_session.connection().execute(_RESOLVE_WITH_HOLDINGS, {"value": value, "agency": agency}).all()
+    if not rows:
+        raise PseudonymError("unknown or revoked pseudonym for this agency")
+    first = rows[0]
+    held: dict[str, str] = {}
+    live: dict[str, str] = {}
+    for row in rows:  # newest link first: the oldest link of an agency is written last and wins
+        if row.holder is not None:
+            held[row.holder] = row.local_id
+            if row.holder_pseudonym is not None:
+                live[row.holder] = row.holder_pseudonym
+    return ResolvedWithHoldings(Resolved(first.person_key, first.agency, first.key_version), held, live)
+
+
 def local_person(*, db_session: Session, agency: str, local_id: str) -> str | None:
     """The person key an agency's local record ID is linked to (hub-internal)."""
     return db_session.scalar(
@@ -343,20 +395,18 @@ def holdings(*, db_session: Session, person_key: str) -> dict[str, str]:
 
 
 def get_or_create_many(
-    *, db_session: Session, keys: KeyStore, person_key: str, agencies: Iterable[str], scope: str
+    *, db_session: Session, keys: KeyStore, person_key: str, agencies: Iterable[str], scope: str,
+    known: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """The person's live pseudonyms for several agencies, reading them in one query."""
+    """The person's live pseudonyms for several agencies, reading them in one query (none if
+    `known`, live pseudonyms read earlier in this same transaction, has them all)."""
     wanted = set(agencies)
     if not wanted:
         return {}
+    if known is not None and wanted <= known.keys():
+        return {agency: known[agency] for agency in wanted}
     found = dict(
-        db_session.execute(
-            select(Pseudonym.agency, Pseudonym.value).where(
-                Pseudonym.person_key == person_key,
-                Pseudonym.agency.in_(wanted),
-                Pseudonym.revoked_at.is_(None),
-            )
-        ).all()
+        db_session.connection().execute(_LIVE_MANY, {"person_key": person_key, "agencies": sorted(wanted)}).all()
     )
     for agency in wanted - found.keys():
         found[agency] = get_or_create(

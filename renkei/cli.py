@@ -107,14 +107,20 @@ def main() -> None:
     reset_settings()  # each invocation reads the environment afresh
 
 
+KEY_TYPE_CHOICES = ("rsa-2048", "ec-p256")  # kernel.keys.KEY_TYPES, without importing it here
+
+
 @main.command()
 @click.option("--create-missing-secrets", is_flag=True,
               help="Also create a hub secret missing from a home that holds others (only if it never "
                    "existed: a lost secret must be restored from backup).")
-def init(create_missing_secrets: bool) -> None:
+@click.option("--key-type", type=click.Choice(KEY_TYPE_CHOICES), default="rsa-2048", show_default=True,
+              help="Type of new IdP and discovery signing keys (existing keys are kept; "
+                   "change one with `renkei keys rotate ROLE --key-type`).")
+def init(create_missing_secrets: bool, key_type: str) -> None:
     """Create or upgrade the database schema and the hub's keys (idempotent; never replaces a key)."""
     from kernel.db import DatabaseNotMigrated, upgrade
-    from kernel.keys import private_directory
+    from kernel.keys import keystore, private_directory
     from renkei.provisioning import HubNotReady, check_hub_ready, ensure_hub_keys, register_portal
 
     settings = get_settings()
@@ -126,13 +132,17 @@ def init(create_missing_secrets: bool) -> None:
     except Exception as exc:  # noqa: BLE001 - any driver or migration error, said plainly
         raise RenkeiError(f"cannot migrate the database: {_first_line(exc)}") from None
     try:
-        ensure_hub_keys(create_missing_secrets=create_missing_secrets)
+        ensure_hub_keys(create_missing_secrets=create_missing_secrets, key_type=key_type)
         check_hub_ready()
     except HubNotReady as exc:
         raise RenkeiError(str(exc)) from None
     register_portal(settings.db_url)
     click.echo(f"database ready: {settings.db_url.split('@')[-1]}")
     click.echo(f"keys ready:     {settings.keys_dir}")
+    for role in ("idp", "discovery"):
+        current = keystore().current_signing_key(role).key_type
+        note = "" if current == key_type else f" (kept; `renkei keys rotate {role} --key-type {key_type}` changes it)"
+        click.echo(f"{role} signs with a {current} key v{keystore().current_signing_key(role).version}{note}")
     click.echo(f"operator API token in {settings.keys_dir / 'operator-token'} (or set RENKEI_OPERATOR_TOKEN)")
 
 
@@ -632,21 +642,28 @@ def keys() -> None:
 
 @keys.command("rotate")
 @click.argument("role", type=click.Choice(["idp", "discovery"]))
-def keys_rotate(role: str) -> None:
+@click.option("--key-type", type=click.Choice(KEY_TYPE_CHOICES), default=None,
+              help="Type of the new key (default: the type of the current one).")
+def keys_rotate(role: str, key_type: str | None) -> None:
     """Add a new signing key version: running servers sign with it from their next message, and
     metadata publishes it beside the previous one (docs/operations.md)."""
-    from kernel.keys import keystore
+    from kernel.keys import KeyProblem, keystore
 
     settings = get_settings()
     if not keystore().signing_versions(role):
         raise RenkeiError(f"no {role} key in {settings.keys_dir} to rotate; run `renkei init` first")
-    key = keystore().create_signing_key(role)
+    try:
+        previous = keystore().current_signing_key(role)
+    except KeyProblem as exc:
+        raise RenkeiError(str(exc)) from None
+    key = keystore().create_signing_key(role, key_type=key_type or previous.key_type)
     from kernel.db import session_scope
 
     # the key is a file, not a row: recorded just after it exists (a failure here is said)
     with session_scope(_ready_db()) as db:
-        record(db, "keys.rotate", role, after={"version": key.version})
-    click.echo(f"{role} now signs with key v{key.version}; {settings.idp_entity_id} lists it and the one before")
+        record(db, "keys.rotate", role, after={"version": key.version, "key_type": key.key_type})
+    click.echo(f"{role} now signs with {key.key_type} key v{key.version}; {settings.idp_entity_id} lists it "
+               "and the one before")
 
 
 @main.command()

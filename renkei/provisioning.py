@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from access_history.service import NOTE_SECRET
 from idp.accounts import TOTP_SECRET
-from kernel.keys import KeyProblem, KeyStore, keystore, private_directory
+from kernel.keys import DEFAULT_KEY_TYPE, KeyProblem, KeyStore, keystore, private_directory
 from kernel.settings import get_settings
 from pseudonym.bootstrap import BOOTSTRAP_SECRET
 from pseudonym.service import MASTER_ID_SECRET, PAIRWISE_SECRET
@@ -17,6 +17,9 @@ from renkei.operator_api import (
 
 # idp: SSO responses; discovery: provider tokens and SOAP answers; consent: receipts; log: checkpoints
 HUB_ROLES = ("idp", "discovery", "consent", "portal")
+# the roles whose key type the operator chooses (`renkei init --key-type`); consent receipts
+# (RS256 by their spec here) and the portal's SP key (it also decrypts) stay RSA
+KEY_TYPE_ROLES = ("idp", "discovery")
 HUB_SECRETS = (PAIRWISE_SECRET, MASTER_ID_SECRET, BOOTSTRAP_SECRET, NOTE_SECRET, TOTP_SECRET)
 
 
@@ -34,8 +37,10 @@ class HubNotReady(RuntimeError):
     and what fixes it."""
 
 
-def ensure_hub_keys(*, create_missing_secrets: bool = False) -> None:
+def ensure_hub_keys(*, create_missing_secrets: bool = False, key_type: str = DEFAULT_KEY_TYPE) -> None:
     """Create whatever hub key, secret or operator token does not exist yet (never replaces one).
+
+    New idp and discovery keys are of `key_type`; the other roles' keys are RSA.
 
     A missing secret is created only in a home that holds no hub secret yet: in an existing home
     it was lost, and a new one would silently re-key every pseudonym derived from it. Then it must
@@ -54,7 +59,7 @@ def ensure_hub_keys(*, create_missing_secrets: bool = False) -> None:
             )
     try:
         for role in HUB_ROLES:
-            keys.ensure_signing_key(role)
+            keys.ensure_signing_key(role, key_type=key_type if role in KEY_TYPE_ROLES else DEFAULT_KEY_TYPE)
     except KeyProblem as exc:
         raise HubNotReady(str(exc)) from None
     for name in HUB_SECRETS:
@@ -80,5 +85,5 @@ def check_hub_ready() -> None:
         raise HubNotReady("the hub cannot start:\n  " + "\n  ".join(problems))
 
 
-__all__ = ["HUB_ROLES", "HUB_SECRETS", "HubNotReady", "KeyProblem", "check_hub_ready", "ensure_hub_keys",
+__all__ = ["HUB_ROLES", "HUB_SECRETS", "KEY_TYPE_ROLES", "HubNotReady", "KeyProblem", "check_hub_ready", "ensure_hub_keys",
            "register_portal"]

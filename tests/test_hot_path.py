@@ -1,0 +1,71 @@
+"""The hot path's one-statement reads answer exactly what the separate reads did, and never
+hand out what changed: a revoked pseudonym (the requester's or a holder's) is not used."""
+from __future__ import annotations
+
+import pytest
+
+from kernel.db import session_scope, upgrade
+from kernel.keys import KeyStore
+from pseudonym import service as ps
+from pseudonym.models import LocalLink
+from tests.conftest import fresh_database_url
+
+REQ, HOLDER_A, HOLDER_B = ("https://req.example.jp/sp", "https://holder-a.example.jp/sp",
+                           "https://holder-b.example.jp/sp")
+SCOPE = "renkei.example.jp"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("hot-path")
+    url = fresh_database_url(tmp, "hot_path")
+    upgrade(url)
+    keys = KeyStore(tmp / "keys")
+    keys.ensure_secret(ps.PAIRWISE_SECRET)
+    return url, keys
+
+
+def _pseudonym(db, keys, person, agency):
+    return ps.get_or_create(db_session=db, keys=keys, person_key=person, agency=agency, scope=SCOPE)
+
+
+def test_one_statement_equals_the_separate_reads(env):
+    url, keys = env
+    with session_scope(url) as db:
+        requester = _pseudonym(db, keys, "person-1", REQ)
+        at_a = _pseudonym(db, keys, "person-1", HOLDER_A)
+        _pseudonym(db, keys, "person-2", HOLDER_A)  # another person's rows stay out
+        db.add_all([LocalLink(agency=HOLDER_A, local_id="A-old", person_key="person-1"),
+                    LocalLink(agency=HOLDER_A, local_id="A-new", person_key="person-1"),
+                    LocalLink(agency=HOLDER_B, local_id="B-1", person_key="person-1"),
+                    LocalLink(agency=HOLDER_B, local_id="B-other", person_key="person-2")])
+    with session_scope(url) as db:
+        found = ps.resolve_with_holdings(db_session=db, agency=REQ, value=requester)
+        assert found.resolved == ps.resolve(db_session=db, agency=REQ, value=requester)
+        assert found.holdings == ps.holdings(db_session=db, person_key="person-1") == {HOLDER_A: "A-old",
+                                                                                       HOLDER_B: "B-1"}
+        assert found.holder_pseudonyms == {HOLDER_A: at_a}  # none at B yet
+        many = ps.get_or_create_many(db_session=db, keys=keys, person_key="person-1", agencies=[HOLDER_A, HOLDER_B],
+                                     scope=SCOPE, known=found.holder_pseudonyms)
+        assert many[HOLDER_A] == at_a
+        assert many[HOLDER_B] == _pseudonym(db, keys, "person-1", HOLDER_B)  # created on first use
+
+
+def test_revoked_pseudonyms_are_not_used(env):
+    url, keys = env
+    with session_scope(url) as db:
+        requester = _pseudonym(db, keys, "person-3", REQ)
+        at_a = _pseudonym(db, keys, "person-3", HOLDER_A)
+        db.add(LocalLink(agency=HOLDER_A, local_id="A-3", person_key="person-3"))
+    with session_scope(url) as db:
+        ps.revoke(db_session=db, agency=HOLDER_A, value=at_a)
+        # revoked in this very transaction, not yet committed: still not used
+        found = ps.resolve_with_holdings(db_session=db, agency=REQ, value=requester)
+        assert found.holdings == {HOLDER_A: "A-3"} and HOLDER_A not in found.holder_pseudonyms
+        fresh = ps.get_or_create_many(db_session=db, keys=keys, person_key="person-3", agencies=[HOLDER_A],
+                                      scope=SCOPE, known=found.holder_pseudonyms)[HOLDER_A]
+        assert fresh != at_a
+    with session_scope(url) as db:
+        ps.revoke(db_session=db, agency=REQ, value=requester)
+        with pytest.raises(ps.PseudonymError):
+            ps.resolve_with_holdings(db_session=db, agency=REQ, value=requester)
