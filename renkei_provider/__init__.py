@@ -20,6 +20,7 @@ the hub's database, settings or web code.
 """
 
 from kernel.xml import InMemoryReplayCache, ReplayCache, SqliteReplayCache
+from renkei_provider.envelope_receiver import EnvelopeReceiver, Received, SeenStore, SqliteSeenStore
 from renkei_provider.errors import (
     TokenAudienceMismatch,
     TokenExpired,
@@ -41,6 +42,10 @@ from renkei_provider.verifier import (
 
 __all__ = [
     "AcceptedToken",
+    "EnvelopeReceiver",
+    "Received",
+    "SeenStore",
+    "SqliteSeenStore",
     "Disclosure",
     "DisclosureReporter",
     "HubMetadataError",
