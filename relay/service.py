@@ -478,6 +478,23 @@ def run_deliveries(*, session_scope: Callable, settings: Settings, only: Sequenc
     return len(ids)
 
 
+def settle(*, session_scope: Callable, ids: Sequence[int], timeout: float) -> None:
+    """Wait (up to `timeout` seconds) while any of `ids` is being delivered by a worker, so a
+    synchronous answer reports the receiver's ack even when the background worker took the row."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = utcnow()
+        with session_scope() as db:
+            busy = db.scalar(select(RelayDelivery.id).where(
+                RelayDelivery.id.in_(list(ids)), RelayDelivery.state == QUEUED,
+                RelayDelivery.claimed_until.is_not(None), RelayDelivery.claimed_until >= now).limit(1))
+        if busy is None:
+            return
+        time.sleep(0.02)
+
+
 def purge_expired_copies(*, db_session: Session, now: datetime | None = None) -> int:
     """Drop the bodies of settled deliveries whose keeping period is over; the rows stay as the record."""
     result = db_session.execute(

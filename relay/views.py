@@ -122,8 +122,9 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
 def _deliver_now(settings: Settings, result: SubmitResult, db: Session) -> SubmitResult:
     """Synchronous delivery: try this envelope's rows now (those first in line for their receiver)."""
     if result.delivery_ids and not result.duplicate:
-        service.run_deliveries(session_scope=lambda: session_scope(settings.db_url), settings=settings,
-                               only=result.delivery_ids)
+        scope = lambda: session_scope(settings.db_url)
+        service.run_deliveries(session_scope=scope, settings=settings, only=result.delivery_ids)
+        service.settle(session_scope=scope, ids=result.delivery_ids, timeout=settings.relay_timeout_seconds + 1)
         db.expire_all()
         return service.status(db_session=db, sender=result.sender, receipt_number=result.receipt_number)
     return result

@@ -67,6 +67,7 @@ MAX_ATTACHMENTS = 64
 REMARK_MAX = 512
 _RECEIPT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,127}")
+_ID = re.compile(r"[A-Za-z_][A-Za-z0-9._-]{0,127}")  # an xs:ID (NCName), as new_id makes them
 _MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
@@ -215,6 +216,8 @@ def check(env: Envelope) -> None:
             raise EnvelopeInvalid(f"the envelope must carry exactly one {name} attribute")
     if len(env.attachments) > MAX_ATTACHMENTS:
         raise EnvelopeInvalid(f"an envelope carries at most {MAX_ATTACHMENTS} attachments")
+    if not isinstance(env.id, str) or not _ID.fullmatch(env.id):
+        raise EnvelopeInvalid("the envelope ID must be an xs:ID")
     ids = {env.id}
     for a in env.attachments:
         if not _NAME.fullmatch(a.name or ""):
@@ -225,7 +228,7 @@ def check(env: Envelope) -> None:
             raise EnvelopeInvalid(f"attachment {a.name} media type is not type/subtype")
         if not isinstance(a.content, bytes):
             raise EnvelopeInvalid(f"attachment {a.name} content must be bytes")
-        if not isinstance(a.id, str) or not _NAME.fullmatch(a.id.lstrip("_") or "x") or a.id in ids:
+        if not isinstance(a.id, str) or not _ID.fullmatch(a.id) or a.id in ids:
             raise EnvelopeInvalid("attachment IDs must be unique names")
         ids.add(a.id)
         if a.signature is not None:
