@@ -517,10 +517,13 @@ class DeliveryWorker(Periodic):
         self._settings = settings
         self._purged: float | None = None
         self._client = httpx.Client()
+        self.paused = False  # a paused worker claims nothing (tests pause one process's worker)
 
     def run_once(self) -> int:
         import time
 
+        if self.paused:
+            return 0
         if self._purged is None or time.monotonic() - self._purged > self.PURGE_EVERY:
             self._purged = time.monotonic()
             with self._session_scope() as db:

@@ -48,6 +48,7 @@ def _background_work(settings: Settings):
 
         relay_worker = DeliveryWorker(lambda: session_scope(settings.db_url), settings)
         relay_worker.start()
+        _app.state.relay_worker = relay_worker
         try:
             yield
         finally:
