@@ -77,7 +77,7 @@ class EnvelopeJson(_Strict):
 
 
 class SubmitIn(_Strict):
-    envelope: str = Field(..., description="Compact JWS (RS256/PS256/ES256) whose payload is an Envelope, "
+    envelope: str = Field(..., max_length=2 * env_format.MAX_ENVELOPE_BYTES, description="Compact JWS (RS256/PS256/ES256) whose payload is an Envelope, "
                                            "signed with the sender's registered key")
 
 

@@ -543,12 +543,20 @@ def _alg(key) -> str:
     return "ES256" if isinstance(key, ec.EllipticCurvePrivateKey) else "RS256"
 
 
+def _registry(algorithms: Sequence[str] = JWS_ALGORITHMS) -> jws.JWSRegistry:
+    """joserfc's registry with room for an envelope: its default payload cap (128 kB) is for
+    tokens, while an envelope carries documents (MAX_ENVELOPE_BYTES, in base64 inside JSON)."""
+    registry = jws.JWSRegistry(algorithms=list(algorithms))
+    registry.max_payload_length = 2 * MAX_ENVELOPE_BYTES
+    return registry
+
+
 def sign_json(env: Envelope, private_key) -> str:
     """The envelope's JSON form as a compact JWS (RFC 7515 §7.1) signed by the sender."""
     payload = json.dumps(to_json(env), ensure_ascii=False, separators=(",", ":"), sort_keys=True)
     alg = _alg(private_key)
     return jws.serialize_compact({"alg": alg, "typ": "renkei-envelope+json"}, payload.encode(),
-                                 _jose_key(private_key), algorithms=[alg])
+                                 _jose_key(private_key), registry=_registry([alg]))
 
 
 def read_jws(token: str, *, trusted_keys: Sequence, max_chars: int = 2 * MAX_ENVELOPE_BYTES) -> Envelope:
@@ -565,7 +573,7 @@ _REFUSED_HEADERS = frozenset({"crit", "b64", "jwk", "jku", "x5u", "x5c", "x5t", 
 def _verified_jws_payload(token: object, trusted_keys: Sequence, *, max_chars: int, what: str) -> dict:
     if not isinstance(token, str) or len(token) > max_chars or not _COMPACT.fullmatch(token):
         raise EnvelopeInvalid(f"the {what} is not a compact JWS within the size limit")
-    registry = jws.JWSRegistry(algorithms=list(JWS_ALGORITHMS))
+    registry = _registry()
     try:
         signed = jws.extract_compact(token.encode("ascii"), registry=registry)
         header = signed.headers()

@@ -208,6 +208,16 @@ def test_json_envelope_with_jws_department_signature_is_verified_by_pyjwt(hub, r
     digest = base64.urlsafe_b64encode(hashlib.sha256(b_env.attachments[0].content).digest()).rstrip(b"=").decode()
     assert claims["sha256"] == digest
 
+    # an envelope far beyond a token's size (joserfc caps payloads at 128 kB by default)
+    import os
+
+    number = receipt()
+    r = submit_json(hub, fed, envelope_for(fed, number, big=os.urandom(400_000), json_department=True))
+    assert r.status_code == 200, r.text
+    assert {d["to"]: d for d in r.json()["deliveries"]}["tennyu-saki"]["ack"]["status"] == "received"
+    big = next(env for _, n, _, env in fed["servers"]["b"].deliveries if n == number)
+    assert len(big.attachments[0].content) == 400_000
+
 
 def test_resubmitting_a_receipt_number_is_idempotent_and_other_content_conflicts(hub, relay_fed):
     fed = relay_fed
