@@ -235,6 +235,9 @@ def soap_fault(code: str, message: str, *, client: bool = True) -> etree._Elemen
 async def submit_soap(request: Request, db: Session = DB,
                       prefer: str | None = Header(None, description="respond-async: answer once queued")):
     settings = get_settings()
+    declared = request.headers.get("content-length") or "0"
+    if not declared.isdigit() or int(declared) > env_format.MAX_ENVELOPE_BYTES:
+        return _soap(soap_fault(EnvelopeMalformed.code, "the envelope is too large"), 413)
     body = await request.body()
     if len(body) > env_format.MAX_ENVELOPE_BYTES:
         return _soap(soap_fault(EnvelopeMalformed.code, "the envelope is too large"), 413)

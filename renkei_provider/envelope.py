@@ -214,6 +214,9 @@ def check(env: Envelope) -> None:
     for name in REQUIRED_ATTRIBUTES:
         if sum(1 for n, _ in env.attributes if n == name) != 1:
             raise EnvelopeInvalid(f"the envelope must carry exactly one {name} attribute")
+    for name in (PROCESS_TYPE, MESSAGE_TYPE):  # route keys: names, as the route table holds them
+        if not _NAME.fullmatch(env.attribute(name) or ""):
+            raise EnvelopeInvalid(f"{name} must be a name (a letter, then letters, digits or . _ -; at most 128)")
     if len(env.attachments) > MAX_ATTACHMENTS:
         raise EnvelopeInvalid(f"an envelope carries at most {MAX_ATTACHMENTS} attachments")
     if not isinstance(env.id, str) or not _ID.fullmatch(env.id):
