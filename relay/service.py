@@ -324,7 +324,8 @@ def forwarded_body(envelope: Envelope, binding: str, signer) -> bytes:
     Body or as a JSON object holding the JWS."""
     if binding == "json":
         return json.dumps({"envelope": env_format.sign_json(envelope, signer.private_key)}).encode()
-    return env_format.soap_wrap(env_format.sign_xml(envelope, signer.private_key))
+    # exclusive c14n ignores the SOAP ancestors: the signed element is wrapped as it is
+    return env_format.soap_wrap(env_format.sign_element(envelope, signer.private_key))
 
 
 def _existing(db_session: Session, sender: str, receipt_number: str) -> RelayEnvelope | None:

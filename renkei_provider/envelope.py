@@ -70,7 +70,6 @@ _NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,127}")
 _ID = re.compile(r"[A-Za-z_][A-Za-z0-9._-]{0,127}")  # an xs:ID (NCName), as new_id makes them
 _MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
 
 class EnvelopeInvalid(ValueError):
@@ -282,11 +281,16 @@ def to_xml(env: Envelope) -> bytes:
     return etree.tostring(to_element(env))
 
 
-def sign_xml(env: Envelope, private_key, *, certificate=None) -> bytes:
-    """The envelope as XML, signed (enveloped XML-DSig) by the sender's key."""
+def sign_element(env: Envelope, private_key, *, certificate=None) -> etree._Element:
+    """The envelope as an env:Envelope element signed (enveloped XML-DSig) with `private_key`."""
     root = to_element(env)
     sign_enveloped(root, private_key, certificate=certificate)
-    return etree.tostring(root)
+    return root
+
+
+def sign_xml(env: Envelope, private_key, *, certificate=None) -> bytes:
+    """The envelope as XML, signed (enveloped XML-DSig) by the sender's key."""
+    return etree.tostring(sign_element(env, private_key, certificate=certificate))
 
 
 def sign_attachment_xml(attachment: Attachment, private_key, *, department: str) -> Attachment:
@@ -322,13 +326,15 @@ def _time(text: str | None, what: str) -> datetime | None:
 
 
 def _b64(text: str | None, what: str) -> bytes:
+    """Canonical base64 only (no line breaks or spaces: validate=True refuses any character
+    outside the alphabet), so that the same content always serializes the same way."""
     text = text or ""
-    if not _B64.fullmatch(text) or len(text) % 4:
-        raise EnvelopeInvalid(f"{what} is not canonical base64 (no line breaks or spaces)")
     try:
+        if len(text) % 4:
+            raise ValueError("length")
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise EnvelopeInvalid(f"{what} is not base64") from None
+        raise EnvelopeInvalid(f"{what} is not canonical base64 (no line breaks or spaces)") from None
 
 
 def from_element(root: etree._Element) -> Envelope:
