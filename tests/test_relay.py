@@ -467,3 +467,58 @@ def test_the_demo_agency_inbox_verifies_dedupes_and_acks_relayed_envelopes(hub, 
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_a_receiver_down_for_the_whole_keeping_period_ends_expired_and_the_copy_is_dropped(hub, relay_fed):
+    """RENKEI_RELAY_RETENTION_DAYS: retried while kept; then `expired`, the body purged, no resend."""
+    import socket
+    from datetime import timedelta
+
+    from discovery import service as location
+    from federation import service as agencies
+    from kernel.db import utcnow
+    from relay import routes as route_table
+    from relay import service
+    from relay.errors import NotFound
+    from relay.models import RelayDelivery
+
+    fed = relay_fed
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    urn = f"urn:renkei:test:closed-inbox:{fed['tag']}"
+    with session_scope() as db:
+        location.add_service_type(db_session=db, urn=urn, name="closed", info_types=["JUMINHYO"])
+        location.add_offering(db_session=db, provider=fed["b"].entity_id, service_type=urn,
+                              endpoint=f"http://127.0.0.1:{closed.getsockname()[1]}/inbox")
+        route_table.set_route(db_session=db, route=route_table.Route(fed["process"], "to-closed", (
+            route_table.Destination("closed", "@" + E.DESTINATION_MUNICIPALITY, urn, f"JUKI{fed['tag']}", "JUMINHYO"),
+        ), owner="tests"))
+    worker = hub.server.config.app.state.relay_worker
+    worker.paused = True
+    try:
+        short = hub.settings.model_copy(update={"relay_retention_days": 1 / 24})  # an hour
+        number = receipt()
+        with session_scope() as db:
+            sender = agencies.lookup(db_session=db, entity_id=fed["s"].entity_id)
+            result = service.submit(db_session=db, settings=short, sender=sender,
+                                    envelope=envelope_for(fed, number, message_type="to-closed"))
+        [delivery_id] = result.delivery_ids
+        scope = session_scope
+        assert service.deliver(session_scope=scope, settings=short, delivery_id=delivery_id) == "queued"
+        with session_scope() as db:
+            row = db.get(RelayDelivery, delivery_id)
+            assert row.attempts == 1 and "ConnectError" in row.last_error and row.next_attempt_at > utcnow()
+            row.keep_until = utcnow() - timedelta(seconds=1)  # the keeping period is over
+        assert service.deliver(session_scope=scope, settings=short, delivery_id=delivery_id) == "expired"
+        with session_scope() as db:
+            assert service.status(db_session=db, sender=fed["s"].entity_id,
+                                  receipt_number=number).deliveries[0].state == "expired"
+            assert service.purge_expired_copies(db_session=db) >= 1
+        with session_scope() as db:
+            assert db.get(RelayDelivery, delivery_id).body is None
+            with pytest.raises(NotFound):
+                service.resend(db_session=db, receiver=fed["b"].entity_id, sender=fed["s"].entity_id,
+                               receipt_number=number)
+    finally:
+        worker.paused = False
+        closed.close()
