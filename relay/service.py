@@ -426,8 +426,11 @@ def post(endpoint: str, binding: str, body: bytes, *, timeout: float,
         raise httpx.HTTPStatusError(f"receiver answered {response.status_code}", request=response.request,
                                     response=response)
     if binding == "json":
-        return env_format.ack_from_json(response.json().get("ack") if response.headers.get(
-            "content-type", "").startswith("application/json") else None)
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        return env_format.ack_from_json(answer.get("ack") if isinstance(answer, dict) else None)
     return env_format.ack_from_xml(response.content)
 
 

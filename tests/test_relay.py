@@ -522,3 +522,42 @@ def test_a_receiver_down_for_the_whole_keeping_period_ends_expired_and_the_copy_
     finally:
         worker.paused = False
         closed.close()
+
+
+def test_routes_load_from_yaml_and_bad_routes_are_refused_with_the_field_named(hub):
+    import yaml
+
+    from relay import routes as route_table
+
+    document = yaml.safe_load("""
+routes:
+  - process_type: yaml-moving
+    message_type: resident-record
+    destinations:
+      - {to: tennyu-saki, agency: "@DestinationMunicipality", service_type: "urn:renkei:test:x",
+         task: JUKI, info_type: JUMINHYO, attachments: [juminhyo]}
+      - {to: denryoku, agency: power, service_type: "urn:renkei:test:x", task: TENKYO, info_type: TENKYO,
+         binding: json}
+""")
+    with session_scope() as db:
+        assert route_table.load_routes(db_session=db, config=document, entity_ids={"power": "https://power.example.jp/sp"},
+                                       owner="yaml-test") == 1
+        route = route_table.get_route(db_session=db, process_type="yaml-moving", message_type="resident-record")
+        assert [d.logical_to for d in route.destinations] == ["tennyu-saki", "denryoku"]
+        assert route.destinations[1].agency == "https://power.example.jp/sp" and route.destinations[1].binding == "json"
+        assert route.destinations[0].attachments == ("juminhyo",)
+        assert route_table.remove_routes_of(db_session=db, owner="yaml-test") == 2
+        assert route_table.get_route(db_session=db, process_type="yaml-moving", message_type="resident-record") is None
+    for bad, field in (
+        ({"process_type": "転居", "message_type": "m", "destinations": [{"to": "a"}]}, "process type"),
+        ({"process_type": "p", "message_type": "m", "destinations": []}, "at least one destination"),
+        ({"process_type": "p", "message_type": "m", "destinations": [
+            {"to": "a", "agency": "x", "service_type": "not-a-urn", "task": "T", "info_type": "I"}]}, "URN"),
+        ({"process_type": "p", "message_type": "m", "destinations": [
+            {"to": "a", "agency": "x", "service_type": "urn:x:y", "task": "T" * 65, "info_type": "I"}]}, "task"),
+        ({"process_type": "p", "message_type": "m", "destinations": [
+            {"to": "a", "agency": "x", "service_type": "urn:x:y", "task": "T", "info_type": "I", "binding": "ftp"}]},
+         "binding"),
+    ):
+        with pytest.raises(route_table.RouteError, match=field):
+            route_table.routes_from_config({"routes": [bad]})
