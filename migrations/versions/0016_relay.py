@@ -26,7 +26,7 @@ def upgrade() -> None:
         sa.Column("logical_to", sa.String(length=256), nullable=False),
         sa.Column("position", sa.Integer(), nullable=False),
         sa.Column("agency", sa.String(length=1024), nullable=False),
-        sa.Column("service_type", sa.String(length=256), nullable=False),
+        sa.Column("service_type", sa.String(length=512), nullable=False),
         sa.Column("task_code", sa.String(length=64), nullable=False),
         sa.Column("info_type_code", sa.String(length=64), nullable=False),
         sa.Column("attachments", sa.String(length=2048), nullable=False),
