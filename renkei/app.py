@@ -72,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from idp.views import router as idp_router
     from portal.routes import router as portal_router
     from portal.views import LoginRequired, login_redirect_handler, portal_static
+    from process.api import router as process_api
     from renkei.operator_api import router as operator_api
 
     app = FastAPI(title="Renkei", version=__version__, docs_url=None, redoc_url=None,
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(operator_api)
     app.include_router(discovery_soap)
     app.include_router(history_api)
+    app.include_router(process_api)
     app.include_router(portal_router)
     app.mount("/portal/static", portal_static(), name="portal-static")
     app.add_exception_handler(LoginRequired, login_redirect_handler)
