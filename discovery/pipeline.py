@@ -254,9 +254,10 @@ def _classes_of(db_session: Session) -> Callable[[str], set[str]]:
 
 def _decide_offering(db_session: Session, requester: RegisteredAgency, subject: Subject,
                      offering: location.OfferingView, task: str, info_types: list[str],
-                     now: datetime, policy=consent.READ_FRESH) -> OfferingDecision:
+                     now: datetime, policy=consent.READ_FRESH, *, needs_encryption: bool = True) -> OfferingDecision:
     """Whitelist, then the person's policy, for every information type the offering discloses;
-    the offering is permitted only if every one is, and only to a provider that can decrypt."""
+    the offering is permitted only if every one is, and only to a provider that can decrypt
+    (unless nothing is encrypted for it, as when the hub relays an envelope)."""
     provider = agencies.lookup(db_session=db_session, entity_id=offering.provider)
     result = OfferingDecision(
         provider=offering.provider, provider_name=provider.name if provider else offering.provider,
@@ -278,17 +279,17 @@ def _decide_offering(db_session: Session, requester: RegisteredAgency, subject: 
         overriding = next((d for _, d in result.per_info_type if d.overridden), None)
         result.reason = str((overriding or result.per_info_type[0][1]).reason)
         result.whitelist_entry = result.per_info_type[0][1].whitelist_entry_id
-        if provider is None or not provider.encryption_certs:
+        if needs_encryption and (provider is None or not provider.encryption_certs):
             result.permitted, result.reason = False, NO_ENCRYPTION_KEY
     return result
 
 
 def _log(db_session: Session, requester: RegisteredAgency, subject: Subject,
          decisions: list[OfferingDecision], task: str, *, channel: Channel, asked_at: datetime,
-         query_group_id: str | None = None) -> None:
+         query_group_id: str | None = None, query_id: str | None = None) -> None:
     """One history entry per information type decided, each with its own reason; the entries
     of one query share its query ID."""
-    query_id = new_id()
+    query_id = query_id or new_id()
     entries = []
     for d in decisions:
         for code, decided in d.per_info_type:
@@ -322,6 +323,66 @@ def _token_for(db_session: Session, settings: Settings, keys: KeyStore, requeste
         local_id=local_id, now=now, skew=timedelta(seconds=settings.clock_skew_seconds),
     )
     return tokens.provider_token(facts, signer=current_signing_key(DISCOVERY_ROLE), provider_cert=provider.encryption_certs[0])
+
+
+@dataclass(frozen=True)
+class RelayLeg:
+    """One envelope the hub would forward: to `receiver` (the whitelist's requester, who learns
+    the data) from the sender (the whitelist's provider, who discloses it), for `task`."""
+
+    receiver: RegisteredAgency
+    service_type: str
+    endpoint: str
+    task: str
+    info_type: str
+
+
+@dataclass
+class RelayDecisions:
+    person_key: str
+    decisions: list[OfferingDecision]  # one per leg, in order; `provider` is the sender
+    receiver_pseudonyms: dict[str, str]  # permitted receiver → its pseudonym for the person
+    query_id: str
+
+
+@_nothing_disclosed_on_database_failure
+def decide_relay(
+    *,
+    db_session: Session,
+    settings: Settings,
+    sender: RegisteredAgency,
+    sender_pseudonym: str,
+    legs: list[RelayLeg],
+    query_group_id: str,
+    now: datetime | None = None,
+) -> RelayDecisions:
+    """Decide every leg of a relayed envelope on the discovery path (whitelist, then the
+    person's policy) and log each decision in the access history (channel `relay`, one query
+    ID, the caller's query group). Does not commit: the relay commits these entries with its
+    outbox rows, and delivers only committed rows, so nothing leaves before its log entry."""
+    now = now or utcnow()
+    keys = keystore()
+    try:
+        person_key = pseudonyms.resolve(db_session=db_session, agency=sender.entity_id,
+                                        value=sender_pseudonym).person_key
+    except pseudonyms.PseudonymError:
+        raise UnknownPerson("no person has that pseudonym at the sending agency") from None
+    subject = Subject(person_key, sender_pseudonym, None)
+    policy = consent.get_current_policy(db_session=db_session, person_key=person_key)
+    decisions = []
+    query_id = new_id()
+    for leg in legs:
+        offering = location.OfferingView(sender.entity_id, leg.service_type, leg.endpoint, "", (leg.info_type,))
+        d = _decide_offering(db_session, leg.receiver, subject, offering, leg.task, [leg.info_type], now, policy,
+                             needs_encryption=False)
+        decisions.append(d)
+        _log(db_session, leg.receiver, subject, [d], leg.task, channel=Channel.RELAY, asked_at=now,
+             query_group_id=query_group_id, query_id=query_id)
+    permitted = sorted({leg.receiver.entity_id for leg, d in zip(legs, decisions, strict=True) if d.permitted})
+    receiver_pseudonyms = pseudonyms.get_or_create_many(
+        db_session=db_session, keys=keys, person_key=person_key, agencies=permitted, scope=settings.scope,
+    ) if permitted else {}
+    return RelayDecisions(person_key, decisions, receiver_pseudonyms, query_id)
 
 
 @_nothing_disclosed_on_database_failure

@@ -63,6 +63,15 @@ class Settings(BaseSettings):
     operator_bootstrap: bool = True
     # JSON-lines request log: "stderr", "off" or a file path
     request_log: str = "stderr"
+    # relay (電子封筒): how long a forwarded envelope is kept for resend (and retried while its
+    # receiver is down), the retry backoff, the delivery worker's tick, a claim's lease and the
+    # HTTP timeout of one delivery
+    relay_retention_days: float = Field(default=30, gt=0)
+    relay_retry_base_seconds: float = Field(default=1.0, gt=0)
+    relay_retry_max_seconds: float = Field(default=300.0, gt=0)
+    relay_worker_seconds: float = 0.2
+    relay_lease_seconds: float = Field(default=30.0, gt=0)
+    relay_timeout_seconds: float = Field(default=10.0, gt=0)
 
     @property
     def db_url(self) -> str:

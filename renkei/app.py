@@ -21,7 +21,7 @@ page, error_page = _pages.page, _pages.error_page
 def _background_work(settings: Settings):
     """The app's lifespan: while the app serves, the history integrator sequences queued
     entries into the Merkle tree and signs checkpoints, and the notifier turns integrated
-    entries into people's notices."""
+    entries into people's notices, and the relay's worker delivers queued envelopes."""
     from contextlib import asynccontextmanager
 
     from access_history import ledger
@@ -43,9 +43,15 @@ def _background_work(settings: Settings):
 
         notifier = Notifier(lambda: session_scope(settings.db_url), get_settings, interval=settings.notice_seconds)
         notifier.start()
+        # the relay's durable outbox: envelopes committed with their decisions are delivered here
+        from relay.service import DeliveryWorker
+
+        relay_worker = DeliveryWorker(lambda: session_scope(settings.db_url), settings)
+        relay_worker.start()
         try:
             yield
         finally:
+            relay_worker.stop()
             notifier.stop()
             integrator.stop()
 
@@ -73,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from portal.routes import router as portal_router
     from portal.views import LoginRequired, login_redirect_handler, portal_static
     from process.api import router as process_api
+    from relay.views import router as relay_router
     from renkei.operator_api import router as operator_api
 
     app = FastAPI(title="Renkei", version=__version__, docs_url=None, redoc_url=None,
@@ -91,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(discovery_soap)
     app.include_router(history_api)
     app.include_router(process_api)
+    app.include_router(relay_router)
     app.include_router(portal_router)
     app.mount("/portal/static", portal_static(), name="portal-static")
     app.add_exception_handler(LoginRequired, login_redirect_handler)

@@ -20,6 +20,7 @@ the hub's database, settings or web code.
 """
 
 from kernel.xml import InMemoryReplayCache, ReplayCache, SqliteReplayCache
+from renkei_provider.envelope_receiver import EnvelopeReceiver, Received, SeenStore, SqliteSeenStore
 from renkei_provider.errors import (
     TokenAudienceMismatch,
     TokenExpired,
@@ -43,11 +44,15 @@ __all__ = [
     "AcceptedToken",
     "Disclosure",
     "DisclosureReporter",
+    "EnvelopeReceiver",
     "HubMetadataError",
     "InMemoryReplayCache",
+    "Received",
     "ReplayCache",
     "ReportResult",
+    "SeenStore",
     "SqliteReplayCache",
+    "SqliteSeenStore",
     "TokenAudienceMismatch",
     "TokenExpired",
     "TokenIssuerMismatch",

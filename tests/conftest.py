@@ -191,3 +191,6 @@ def demo_urls(printed: str, config: dict) -> tuple[str, dict[str, str]] | None:
 
 # the shared cross-agency test federation (tests/federation.py)
 from tests.federation import bootstrap, fed  # noqa: F401
+
+# the relay's envelope federation (tests/relay_helpers.py)
+from tests.relay_helpers import relay_fed  # noqa: F401

@@ -29,7 +29,7 @@ def test_a_broken_contract_is_reported(tmp_path):
     import shutil
 
     packages = ["renkei", "portal", "idp", "discovery", "consent", "access_history", "federation",
-                "pseudonym", "renkei_provider", "kernel"]
+                "pseudonym", "renkei_provider", "kernel", "relay"]
     for name in packages:
         shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "examples" / "agency_demo", tmp_path / "agency_demo",

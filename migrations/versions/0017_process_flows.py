@@ -2,7 +2,7 @@
 process runs and the state of each activity (業務プロセスフロー)
 
 Revision ID: 0017_process_flows
-Revises: 0012_wide_ids
+Revises: 0016_relay (0012_wide_ids before the relay branch was merged in)
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0017_process_flows"
-down_revision = "0012_wide_ids"
+down_revision = "0016_relay"  # the lead re-chains at merge
 branch_labels = None
 depends_on = None
 
