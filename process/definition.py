@@ -104,15 +104,18 @@ class Activity(_Strict):
     provider: Party
     task: Code  # 事務
     info_type: Code  # 特定個人情報
-    service_type: Party | None = None  # lookup: the discovery service type asked for
+    # lookup: the service type asked for; relay: the receiver's envelope inbox (its offering of
+    # this service type is where the hub delivers)
+    service_type: Party | None = None
     message_type: Code | None = None  # relay: the envelope's message type (メッセージ種別)
     after: tuple[Ident, ...] = ()
     when: tuple[Condition, ...] = ()
 
     @model_validator(mode="after")
     def _exchange_fields(self) -> Activity:
-        if self.exchange == "lookup" and not self.service_type:
-            raise ValueError("a lookup names its service_type")
+        if not self.service_type:
+            raise ValueError(f"a {self.exchange} names its service_type"
+                             + (" (the receiver's envelope inbox)" if self.exchange == "relay" else ""))
         if self.exchange == "relay" and not self.message_type:
             raise ValueError("a relay names its message_type")
         if self.requester == self.provider:
@@ -138,6 +141,11 @@ class ProcessDefinition(_Strict):
         if duplicates:
             raise ValueError(f"activity ids must be unique: {', '.join(duplicates)}")
         position = {a: i for i, a in enumerate(ids)}
+        messages = [a.message_type for a in self.activities if a.exchange == "relay"]
+        twice = sorted({m for m in messages if messages.count(m) > 1})
+        if twice:
+            raise ValueError(f"each relay activity needs its own message_type (it picks the route): "
+                             f"{', '.join(twice)}")
         for a in self.activities:
             for dep in a.after:
                 if dep not in position:

@@ -20,11 +20,13 @@ import secrets
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from kernel.background import Periodic
 from kernel.db import utcnow
 from kernel.settings import Settings
 from process import service
@@ -35,6 +37,8 @@ from process.models import ProcessInstance, ProcessStep, RunStatus, StepStatus
 log = logging.getLogger(__name__)
 
 SessionScope = Callable[[], AbstractContextManager[Session]]
+LEASE = timedelta(seconds=120)  # a runner that stopped without a word is taken over after this
+APPLICATION_MAX = 16 * 1024  # bytes of JSON: what a counter form holds, not documents
 UNFINISHED = {StepStatus.PENDING}
 NOT_COMPLETED = {StepStatus.REFUSED, StepStatus.FAILED, StepStatus.BLOCKED}
 CHANNELS = ("counter", "portal", "life_event")
@@ -76,10 +80,27 @@ def default_exchanges() -> dict[str, Exchange]:
     return exchanges
 
 
-def start(*, db_session: Session, process_id: str, person_key: str, started_by: str, channel: str) -> str:
+def application_json(application: Mapping[str, Any] | None) -> str | None:
+    """The application as stored: JSON of at most APPLICATION_MAX bytes, or ProcessError."""
+    if application is None:
+        return None
+    if not isinstance(application, Mapping):
+        raise service.ProcessError("the application is an object of fields")
+    try:
+        text = json.dumps(dict(application), ensure_ascii=False, sort_keys=True)
+    except (TypeError, ValueError):
+        raise service.ProcessError("the application is not JSON") from None
+    if len(text.encode("utf-8")) > APPLICATION_MAX or "\x00" in text:
+        raise service.ProcessError(f"the application is larger than {APPLICATION_MAX} bytes")
+    return text
+
+
+def start(*, db_session: Session, process_id: str, person_key: str, started_by: str, channel: str,
+          application: Mapping[str, Any] | None = None) -> str:
     """Create a run of the operating version for a person (committed); returns its instance ID.
 
     Raises NotOperating if no version has passed its conformance test and been put into operation."""
+    stored = application_json(application)
     if channel not in CHANNELS:
         raise service.ProcessError(f"channel must be one of {', '.join(CHANNELS)}")
     installed = service.operating(db_session=db_session, process_id=process_id)
@@ -93,7 +114,7 @@ def start(*, db_session: Session, process_id: str, person_key: str, started_by: 
     instance = ProcessInstance(instance_id=secrets.token_hex(16), query_group_id=secrets.token_hex(16),
                                process_id=installed.process_id, version=installed.version,
                                person_key=person_key, trigger_channel=channel, started_by=started_by,
-                               status=str(RunStatus.RUNNING), started_at=now)
+                               status=str(RunStatus.RUNNING), started_at=now, application=stored)
     db_session.add(instance)
     for position, activity in enumerate(definition.activities):
         db_session.add(ProcessStep(instance_id=instance.instance_id, activity_id=activity.id, position=position,
@@ -109,28 +130,53 @@ def run(*, session_scope: SessionScope, settings: Settings, instance_id: str,
     `delivered`, when given, collects what each activity returned to its requester (the data
     itself, which the hub does not keep), for a caller that started the run synchronously."""
     exchanges = exchanges if exchanges is not None else default_exchanges()
-    while True:
+    if not _claim(session_scope, instance_id):  # another runner has it, or it has finished
         with session_scope() as db:
-            instance = db.get(ProcessInstance, instance_id)
-            if instance is None:
-                raise service.ProcessError(f"no process run {instance_id}")
-            definition = service.get(db_session=db, process_id=instance.process_id,
-                                     version=instance.version).definition
-            steps = _steps(db, instance_id)
-            nxt = _next_ready(definition, steps)
-            if nxt is None:
-                _finish(db, instance, steps)
+            return view(db_session=db, instance_id=instance_id)
+    waiting: set[str] = set()  # handed to the relay's outbox this time; checked again on resume
+    try:
+        while True:
+            with session_scope() as db:
+                instance = db.get(ProcessInstance, instance_id)
+                definition = service.get(db_session=db, process_id=instance.process_id,
+                                         version=instance.version).definition
+                steps = _steps(db, instance_id)
+                nxt = _next_ready(definition, steps, waiting)
+                if nxt is None:
+                    _finish(db, instance, steps)
+                    db.commit()
+                    return view(db_session=db, instance_id=instance_id)
+                activity, verdict = nxt
+                if verdict is None:
+                    ctx = RunContext(instance.instance_id, instance.query_group_id, instance.person_key,
+                                     definition.process_type,
+                                     json.loads(instance.application) if instance.application else None,
+                                     instance.started_at)
+                    verdict = _perform(db, settings, exchanges, ctx, activity, steps[activity.id])
+                if verdict.status is StepStatus.PENDING:
+                    waiting.add(activity.id)
+                _record(db, instance_id, activity, verdict)
+                instance.claimed_until = utcnow() + LEASE
                 db.commit()
-                return view(db_session=db, instance_id=instance_id)
-            activity, verdict = nxt
-            if verdict is None:
-                ctx = RunContext(instance.instance_id, instance.query_group_id, instance.person_key,
-                                 definition.process_type)
-                verdict = _perform(db, settings, exchanges, ctx, activity, steps[activity.id])
-            _record(db, instance_id, activity, verdict)
-            db.commit()
-            if delivered is not None and verdict.result is not None:
-                delivered[activity.id] = verdict.result
+                if delivered is not None and verdict.result is not None:
+                    delivered[activity.id] = verdict.result
+    finally:
+        with session_scope() as db:
+            db.execute(update(ProcessInstance).where(ProcessInstance.instance_id == instance_id)
+                       .values(claimed_until=None))
+
+
+def _claim(session_scope: SessionScope, instance_id: str) -> bool:
+    """Take the run for this runner (a lease, renewed at every step); False if another has it."""
+    now = utcnow()
+    with session_scope() as db:
+        if db.get(ProcessInstance, instance_id) is None:
+            raise service.ProcessError(f"no process run {instance_id}")
+        taken = db.execute(update(ProcessInstance).where(
+            ProcessInstance.instance_id == instance_id, ProcessInstance.status == str(RunStatus.RUNNING),
+            or_(ProcessInstance.claimed_until.is_(None), ProcessInstance.claimed_until < now),
+        ).values(claimed_until=now + LEASE))
+        return taken.rowcount == 1
 
 
 def _steps(db: Session, instance_id: str) -> dict[str, ProcessStep]:
@@ -139,12 +185,14 @@ def _steps(db: Session, instance_id: str) -> dict[str, ProcessStep]:
     return {r.activity_id: r for r in rows}
 
 
-def _next_ready(definition: ProcessDefinition, steps: Mapping[str, ProcessStep]) -> tuple[Activity, Outcome | None] | None:
+def _next_ready(definition: ProcessDefinition, steps: Mapping[str, ProcessStep],
+                waiting: set[str] = frozenset()) -> tuple[Activity, Outcome | None] | None:
     """The first pending activity whose predecessors have finished, with its verdict when the
-    rules decide it without an exchange (blocked, skipped); None when the run has finished."""
+    rules decide it without an exchange (blocked, skipped); None when nothing more can run now
+    (the run has finished, or waits for a delivery)."""
     for activity in definition.activities:
         step = steps[activity.id]
-        if StepStatus(step.status) not in UNFINISHED:
+        if StepStatus(step.status) not in UNFINISHED or activity.id in waiting:
             continue
         before = {dep: StepStatus(steps[dep].status) for dep in activity.after}
         if any(s in UNFINISHED for s in before.values()):
@@ -219,9 +267,12 @@ def _record(db: Session, instance_id: str, activity: Activity, verdict: Outcome)
 def _finish(db: Session, instance: ProcessInstance, steps: Mapping[str, ProcessStep]) -> None:
     if instance.status != str(RunStatus.RUNNING):
         return
+    if any(StepStatus(s.status) in UNFINISHED for s in steps.values()):
+        return  # a notice still on its way: the run goes on when it is delivered
     stopped = any(StepStatus(s.status) in NOT_COMPLETED for s in steps.values())
     instance.status = str(RunStatus.INCOMPLETE if stopped else RunStatus.COMPLETED)
     instance.finished_at = utcnow()
+    instance.application = None  # the relayed notices carried it; the hub keeps no copy
     db.flush()
 
 
@@ -257,10 +308,27 @@ def runs_of_person(*, db_session: Session, person_key: str, limit: int = 20) -> 
 
 def resume_unfinished(*, session_scope: SessionScope, settings: Settings,
                       exchanges: Mapping[str, Exchange] | None = None) -> int:
-    """Carry every run a stopped hub left unfinished to its end; returns how many."""
+    """Carry every run a stopped hub left unfinished (or that waits for a delivery) as far as
+    it goes now; returns how many runs were taken up."""
+    now = utcnow()
     with session_scope() as db:
-        ids = list(db.scalars(select(ProcessInstance.instance_id)
-                              .where(ProcessInstance.status == str(RunStatus.RUNNING))))
+        ids = list(db.scalars(select(ProcessInstance.instance_id).where(
+            ProcessInstance.status == str(RunStatus.RUNNING),
+            or_(ProcessInstance.claimed_until.is_(None), ProcessInstance.claimed_until < now))))
     for instance_id in ids:
         run(session_scope=session_scope, settings=settings, instance_id=instance_id, exchanges=exchanges)
     return len(ids)
+
+
+class ProcessResumer(Periodic):
+    """In the app's lifespan: takes up runs a stopped hub left, and runs waiting for a notice's
+    delivery, every few seconds."""
+
+    name = "process-resumer"
+
+    def __init__(self, session_scope: SessionScope, settings: Settings, interval: float = 5.0):
+        super().__init__(interval)
+        self._session_scope, self._settings = session_scope, settings
+
+    def run_once(self) -> int:
+        return resume_unfinished(session_scope=self._session_scope, settings=self._settings)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import logging
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import httpx
@@ -47,6 +47,8 @@ class RunContext:
     query_group_id: str
     person_key: str
     process_type: str
+    application: dict[str, Any] | None = None  # the application as filed at the counter
+    started_at: datetime | None = None
 
 
 class Exchange(Protocol):

@@ -38,7 +38,7 @@ class Lifecycle(StrEnum):
 
 
 class StepStatus(StrEnum):
-    PENDING = "pending"  # waiting for what it comes after
+    PENDING = "pending"  # waiting for what it comes after, or for its delivery
     DONE = "done"  # the exchange was permitted and carried out
     REFUSED = "refused"  # the hub refused it (whitelist, the person's policy) or the provider did
     FAILED = "failed"  # it could not be carried out (a provider unreachable, no offering)
@@ -114,6 +114,9 @@ class ProcessInstance(Base):
     status: Mapped[str] = mapped_column(String(16))
     started_at: Mapped[datetime] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # the application as filed (申請内容), which relayed notices carry; dropped when the run ends
+    application: Mapped[str | None] = mapped_column(Text)
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime)  # one runner at a time
 
 
 class ProcessStep(Base):

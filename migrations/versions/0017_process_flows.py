@@ -60,6 +60,8 @@ def upgrade() -> None:
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("started_at", sa.DateTime(), nullable=False),
         sa.Column("finished_at", sa.DateTime(), nullable=True),
+        sa.Column("application", sa.Text(), nullable=True),
+        sa.Column("claimed_until", sa.DateTime(), nullable=True),
         sa.CheckConstraint("status IN ('running', 'completed', 'incomplete')",
                            name=op.f("ck_process_instances_status")),
         sa.ForeignKeyConstraint(["process_id", "version"],
