@@ -32,6 +32,8 @@ class StartIn(BaseModel):
     process: bounded_text(PROCESS_ID_MAX) = Field(..., description="The process definition's ID")
     channel: str = Field("counter", pattern="^(counter|portal|life_event)$")
     person: PersonIn
+    application: dict[str, Any] | None = Field(
+        None, description="The application as filed (e.g. the new address); relayed notices carry it")
 
 
 def start_url() -> str:
@@ -92,7 +94,8 @@ async def start(body: StartIn, authorization: str = Header("", description="Bear
         return _error(exc.status, exc.code, exc.message)
     try:
         instance_id = engine.start(db_session=db, process_id=body.process, person_key=subject.person_key,
-                                   started_by=requester.entity_id, channel=body.channel)
+                                   started_by=requester.entity_id, channel=body.channel,
+                                   application=body.application)
     except service.ProcessError as exc:
         return _error(400, "BAD_TRIGGER", str(exc))
     delivered: dict[str, Any] = {}

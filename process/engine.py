@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 SessionScope = Callable[[], AbstractContextManager[Session]]
 LEASE = timedelta(seconds=120)  # a runner that stopped without a word is taken over after this
+START_GRACE = timedelta(seconds=30)  # a new run belongs to whoever started it for this long
 APPLICATION_MAX = 16 * 1024  # bytes of JSON: what a counter form holds, not documents
 UNFINISHED = {StepStatus.PENDING}
 NOT_COMPLETED = {StepStatus.REFUSED, StepStatus.FAILED, StepStatus.BLOCKED}
@@ -307,13 +308,15 @@ def runs_of_person(*, db_session: Session, person_key: str, limit: int = 20) -> 
 
 
 def resume_unfinished(*, session_scope: SessionScope, settings: Settings,
-                      exchanges: Mapping[str, Exchange] | None = None) -> int:
+                      exchanges: Mapping[str, Exchange] | None = None,
+                      grace: timedelta = START_GRACE) -> int:
     """Carry every run a stopped hub left unfinished (or that waits for a delivery) as far as
-    it goes now; returns how many runs were taken up."""
+    it goes now; returns how many runs were taken up. Runs younger than `grace` are left to
+    the caller that started them."""
     now = utcnow()
     with session_scope() as db:
         ids = list(db.scalars(select(ProcessInstance.instance_id).where(
-            ProcessInstance.status == str(RunStatus.RUNNING),
+            ProcessInstance.status == str(RunStatus.RUNNING), ProcessInstance.started_at <= now - grace,
             or_(ProcessInstance.claimed_until.is_(None), ProcessInstance.claimed_until < now))))
     for instance_id in ids:
         run(session_scope=session_scope, settings=settings, instance_id=instance_id, exchanges=exchanges)

@@ -48,9 +48,15 @@ def _background_work(settings: Settings):
 
         relay_worker = DeliveryWorker(lambda: session_scope(settings.db_url), settings)
         relay_worker.start()
+        # process runs a stopped hub left, and runs waiting for a notice's delivery, go on here
+        from process.engine import ProcessResumer
+
+        process_resumer = ProcessResumer(lambda: session_scope(settings.db_url), settings)
+        process_resumer.start()
         try:
             yield
         finally:
+            process_resumer.stop()
             relay_worker.stop()
             notifier.stop()
             integrator.stop()

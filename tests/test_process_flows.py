@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import uuid
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -223,15 +224,32 @@ def test_a_run_left_unfinished_resumes_where_it_stopped(operating):
     with session_scope() as db:
         half = engine.view(db_session=db, instance_id=instance_id)
     assert str(half.status) == "running"
-    assert [str(s.status) for s in half.steps].count("pending") == 5
+    assert str(half.steps[0].status) == "done" and str(half.steps[1].status) == "pending"
     first_decision = half.steps[0].decision_ids
-    resumed = engine.resume_unfinished(session_scope=session_scope, settings=get_settings())
-    assert resumed >= 1
+    # a young run is left to whoever started it; a stopped one is taken up
+    assert instance_id not in _resumed_ids(engine, session_scope, get_settings(), grace=timedelta(hours=1))
+    engine.resume_unfinished(session_scope=session_scope, settings=get_settings(), grace=timedelta(0))
     with session_scope() as db:
         done = engine.view(db_session=db, instance_id=instance_id)
     assert str(done.status) == "incomplete"
     assert done.steps[0].decision_ids == first_decision  # not asked again
     assert {s.activity_id: str(s.status) for s in done.steps}["annex-if-moving"] == "done"
+
+
+def _resumed_ids(engine, session_scope, settings, *, grace):
+    taken = []
+
+    class Recording(engine.LookupExchange):
+        def perform(self, *, run, **kwargs):
+            taken.append(run.instance_id)
+            raise KeyboardInterrupt
+
+    try:
+        engine.resume_unfinished(session_scope=session_scope, settings=settings, grace=grace,
+                                 exchanges={"lookup": Recording()})
+    except KeyboardInterrupt:
+        pass
+    return taken
 
 
 def test_the_counter_starts_a_run_over_http(operating, hub):
@@ -273,6 +291,7 @@ def test_the_counter_starts_a_run_over_http(operating, hub):
 def test_a_broken_provider_fails_conformance_with_readable_reasons(federation, hub):
     from agency_demo import AgencyConfig, sp_metadata
     from agency_demo.careless import create_careless_provider_app
+
     from discovery import service as location
     from kernel.db import session_scope
 
@@ -337,3 +356,108 @@ def test_metering_counts_the_runs_from_the_access_history(operating, tmp_path):
     assert int(to_insurer["refused"]) == runs and int(to_insurer["permitted"]) == 0
     assert list(rows[0]) == ["month", "requester", "provider", "process", "queries", "permitted", "refused",
                              "provided"]
+
+
+def test_a_notice_is_relayed_in_an_envelope_and_waits_while_the_receiver_is_down(federation, hub):
+    """A relay activity: the route is installed when the definition operates; the receiver gets
+    one envelope naming the person by its own pseudonym, with the application filed; while the
+    receiver is down the step waits, and the run completes once it is back."""
+    from consent import service as consent
+    from consent.models import PolicyRuleIn, WhitelistEntryIn
+    from discovery import service as location
+    from kernel.db import session_scope
+    from kernel.keys import keystore
+    from kernel.settings import get_settings
+    from process import engine
+    from pseudonym import service as pseudonyms
+    from relay import routes as route_table
+    from relay.service import hub_certificates
+    from renkei_provider import EnvelopeReceiver
+    from renkei_provider import envelope as E
+    from tests.relay_helpers import ReceiverServer, wait_for
+
+    f = federation
+    city_a, city_b = f["city_a"].entity_id, f["city_b"].entity_id
+    power = AgencyServer(hub, f["tmp"], "power", "電力会社 (process test)", "electricity_company")
+    inbox_urn, notice_task = f"urn:renkei:test-{RUN}:inbox", f"NOTICE-{RUN}"
+    receiver = ReceiverServer("power", EnvelopeReceiver(hub_keys=hub_certificates()))
+    receiver.start()
+    try:
+        with session_scope() as db:
+            location.add_service_type(db_session=db, urn=inbox_urn, name="inbox", info_types=["TENKYO"])
+            location.add_offering(db_session=db, provider=power.entity_id, service_type=inbox_urn,
+                                  endpoint=receiver.url)
+            consent.create_whitelist_entry(db_session=db, entry=WhitelistEntryIn(
+                requester=power.entity_id, provider="class:municipality", task_code=notice_task,
+                task_name=notice_task, info_type_code="TENKYO", info_type_name="転居先",
+                legal_basis="本人同意 (test)", consent="required"))
+            consent.set_policy(collection_method="test-setup", db_session=db, person_key=f["person_key"],
+                               principal_id=USERNAME, rules=[
+                                   PolicyRuleIn(effect="allow", requester=city_b),
+                                   PolicyRuleIn(effect="allow", requester=power.entity_id, info_type_code="TENKYO")])
+        process_id = f"notice-{RUN}"
+        data = definition(city_a, city_b, f["insurer"].entity_id, process_id=process_id)
+        data["activities"] = [data["activities"][0], {
+            "id": "notice", "name": "電力会社へ転居通知", "exchange": "relay", "requester": power.entity_id,
+            "provider": city_b, "service_type": inbox_urn, "message_type": "TENKYO-TSUCHI", "task": notice_task,
+            "info_type": "TENKYO", "after": ["record"],
+            "when": [{"activity": "record", "field": "転出先", "equals": "デモB市"}]}]
+        data["process_type"] = f"HIKKOSHI-{RUN}"
+        install(f["tmp"], data)
+        cli("process", "implemented", process_id)
+        for agency, out in ((city_a, "r-a"), (power.entity_id, "r-p")):
+            code, output, report = conformance(agency, process_id, f["tmp"] / out)
+            assert code == 0, output
+        assert {c["name"] for c in report["checks"]} >= {
+            "acknowledges a valid envelope", "answers the same envelope again as a duplicate",
+            "rejects an envelope signed by another key (bad signature)"}
+        receiver.deliveries.clear()
+        assert "operating" in cli("process", "operate", process_id)
+        with session_scope() as db:
+            route = route_table.get_route(db_session=db, process_type=f"HIKKOSHI-{RUN}", message_type="TENKYO-TSUCHI")
+            assert route.destinations[0].agency == power.entity_id
+            p_power = pseudonyms.get_or_create(db_session=db, keys=keystore(), person_key=f["person_key"],
+                                               agency=power.entity_id, scope=hub.settings.scope)
+            p_city_b = pseudonyms.get_or_create(db_session=db, keys=keystore(), person_key=f["person_key"],
+                                                agency=city_b, scope=hub.settings.scope)
+
+        def start_and_run():
+            with session_scope() as db:
+                instance_id = engine.start(db_session=db, process_id=process_id, person_key=f["person_key"],
+                                           started_by=city_b, channel="counter",
+                                           application={"新住所 (new address)": "デモB市 1-1"})
+            return engine.run(session_scope=session_scope, settings=get_settings(), instance_id=instance_id)
+
+        view = start_and_run()
+        steps = {s.activity_id: s for s in view.steps}
+        assert str(steps["notice"].status) == "done", steps["notice"]
+        assert str(view.status) == "completed"
+        [(status, _receipt, body, envelope)] = receiver.deliveries
+        assert status == "received"
+        assert envelope.person == p_power and p_city_b.encode() not in body
+        assert "デモB市 1-1" in envelope.attachments[0].content.decode()
+        assert envelope.attribute(E.MESSAGE_TYPE) == "TENKYO-TSUCHI"
+
+        port = receiver.port
+        receiver.stop()
+        waiting = start_and_run()
+        notice = {s.activity_id: s for s in waiting.steps}["notice"]
+        assert str(notice.status) == "pending" and notice.reason == "AWAITING_DELIVERY"
+        assert str(waiting.status) == "running"
+        receiver.start(port=port)
+
+        last = []
+
+        def finished() -> bool:
+            engine.resume_unfinished(session_scope=session_scope, settings=get_settings(), grace=timedelta(0))
+            with session_scope() as db:
+                last[:] = [engine.view(db_session=db, instance_id=waiting.instance_id)]
+            return str(last[0].status) != "running"
+
+        wait_for(finished, "the waiting run goes on once the receiver is back", timeout=90)
+        assert str(last[0].status) == "completed", last[0]
+        assert receiver.received()[-1] == receiver.deliveries[-1][1]
+    finally:
+        if not receiver.server.should_exit:
+            receiver.stop()
+        power.stop()
