@@ -324,7 +324,8 @@ def forwarded_body(envelope: Envelope, binding: str, signer) -> bytes:
     Body or as a JSON object holding the JWS."""
     if binding == "json":
         return json.dumps({"envelope": env_format.sign_json(envelope, signer.private_key)}).encode()
-    return env_format.soap_wrap(env_format.sign_xml(envelope, signer.private_key))
+    # exclusive c14n ignores the SOAP ancestors: the signed element is wrapped as it is
+    return env_format.soap_wrap(env_format.sign_element(envelope, signer.private_key))
 
 
 def _existing(db_session: Session, sender: str, receipt_number: str) -> RelayEnvelope | None:
@@ -517,10 +518,13 @@ class DeliveryWorker(Periodic):
         self._settings = settings
         self._purged: float | None = None
         self._client = httpx.Client()
+        self.paused = False  # a paused worker claims nothing (tests pause one process's worker)
 
     def run_once(self) -> int:
         import time
 
+        if self.paused:
+            return 0
         if self._purged is None or time.monotonic() - self._purged > self.PURGE_EVERY:
             self._purged = time.monotonic()
             with self._session_scope() as db:

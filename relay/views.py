@@ -77,7 +77,7 @@ class EnvelopeJson(_Strict):
 
 
 class SubmitIn(_Strict):
-    envelope: str = Field(..., description="Compact JWS (RS256/PS256/ES256) whose payload is an Envelope, "
+    envelope: str = Field(..., max_length=2 * env_format.MAX_ENVELOPE_BYTES, description="Compact JWS (RS256/PS256/ES256) whose payload is an Envelope, "
                                            "signed with the sender's registered key")
 
 
@@ -235,6 +235,9 @@ def soap_fault(code: str, message: str, *, client: bool = True) -> etree._Elemen
 async def submit_soap(request: Request, db: Session = DB,
                       prefer: str | None = Header(None, description="respond-async: answer once queued")):
     settings = get_settings()
+    declared = request.headers.get("content-length") or "0"
+    if not declared.isdigit() or int(declared) > env_format.MAX_ENVELOPE_BYTES:
+        return _soap(soap_fault(EnvelopeMalformed.code, "the envelope is too large"), 413)
     body = await request.body()
     if len(body) > env_format.MAX_ENVELOPE_BYTES:
         return _soap(soap_fault(EnvelopeMalformed.code, "the envelope is too large"), 413)

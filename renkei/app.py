@@ -48,6 +48,7 @@ def _background_work(settings: Settings):
 
         relay_worker = DeliveryWorker(lambda: session_scope(settings.db_url), settings)
         relay_worker.start()
+        _app.state.relay_worker = relay_worker
         # process runs a stopped hub left, and runs waiting for a notice's delivery, go on here
         from process.engine import ProcessResumer
 

@@ -70,7 +70,6 @@ _NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,127}")
 _ID = re.compile(r"[A-Za-z_][A-Za-z0-9._-]{0,127}")  # an xs:ID (NCName), as new_id makes them
 _MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
 
 class EnvelopeInvalid(ValueError):
@@ -214,6 +213,9 @@ def check(env: Envelope) -> None:
     for name in REQUIRED_ATTRIBUTES:
         if sum(1 for n, _ in env.attributes if n == name) != 1:
             raise EnvelopeInvalid(f"the envelope must carry exactly one {name} attribute")
+    for name in (PROCESS_TYPE, MESSAGE_TYPE):  # route keys: names, as the route table holds them
+        if not _NAME.fullmatch(env.attribute(name) or ""):
+            raise EnvelopeInvalid(f"{name} must be a name (a letter, then letters, digits or . _ -; at most 128)")
     if len(env.attachments) > MAX_ATTACHMENTS:
         raise EnvelopeInvalid(f"an envelope carries at most {MAX_ATTACHMENTS} attachments")
     if not isinstance(env.id, str) or not _ID.fullmatch(env.id):
@@ -279,11 +281,16 @@ def to_xml(env: Envelope) -> bytes:
     return etree.tostring(to_element(env))
 
 
-def sign_xml(env: Envelope, private_key, *, certificate=None) -> bytes:
-    """The envelope as XML, signed (enveloped XML-DSig) by the sender's key."""
+def sign_element(env: Envelope, private_key, *, certificate=None) -> etree._Element:
+    """The envelope as an env:Envelope element signed (enveloped XML-DSig) with `private_key`."""
     root = to_element(env)
     sign_enveloped(root, private_key, certificate=certificate)
-    return etree.tostring(root)
+    return root
+
+
+def sign_xml(env: Envelope, private_key, *, certificate=None) -> bytes:
+    """The envelope as XML, signed (enveloped XML-DSig) by the sender's key."""
+    return etree.tostring(sign_element(env, private_key, certificate=certificate))
 
 
 def sign_attachment_xml(attachment: Attachment, private_key, *, department: str) -> Attachment:
@@ -319,13 +326,15 @@ def _time(text: str | None, what: str) -> datetime | None:
 
 
 def _b64(text: str | None, what: str) -> bytes:
+    """Canonical base64 only (no line breaks or spaces: validate=True refuses any character
+    outside the alphabet), so that the same content always serializes the same way."""
     text = text or ""
-    if not _B64.fullmatch(text) or len(text) % 4:
-        raise EnvelopeInvalid(f"{what} is not canonical base64 (no line breaks or spaces)")
     try:
+        if len(text) % 4:
+            raise ValueError("length")
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise EnvelopeInvalid(f"{what} is not base64") from None
+        raise EnvelopeInvalid(f"{what} is not canonical base64 (no line breaks or spaces)") from None
 
 
 def from_element(root: etree._Element) -> Envelope:
@@ -543,12 +552,20 @@ def _alg(key) -> str:
     return "ES256" if isinstance(key, ec.EllipticCurvePrivateKey) else "RS256"
 
 
+def _registry(algorithms: Sequence[str] = JWS_ALGORITHMS) -> jws.JWSRegistry:
+    """joserfc's registry with room for an envelope: its default payload cap (128 kB) is for
+    tokens, while an envelope carries documents (MAX_ENVELOPE_BYTES, in base64 inside JSON)."""
+    registry = jws.JWSRegistry(algorithms=list(algorithms))
+    registry.max_payload_length = 2 * MAX_ENVELOPE_BYTES
+    return registry
+
+
 def sign_json(env: Envelope, private_key) -> str:
     """The envelope's JSON form as a compact JWS (RFC 7515 §7.1) signed by the sender."""
     payload = json.dumps(to_json(env), ensure_ascii=False, separators=(",", ":"), sort_keys=True)
     alg = _alg(private_key)
     return jws.serialize_compact({"alg": alg, "typ": "renkei-envelope+json"}, payload.encode(),
-                                 _jose_key(private_key), algorithms=[alg])
+                                 _jose_key(private_key), registry=_registry([alg]))
 
 
 def read_jws(token: str, *, trusted_keys: Sequence, max_chars: int = 2 * MAX_ENVELOPE_BYTES) -> Envelope:
@@ -565,7 +582,7 @@ _REFUSED_HEADERS = frozenset({"crit", "b64", "jwk", "jku", "x5u", "x5c", "x5t", 
 def _verified_jws_payload(token: object, trusted_keys: Sequence, *, max_chars: int, what: str) -> dict:
     if not isinstance(token, str) or len(token) > max_chars or not _COMPACT.fullmatch(token):
         raise EnvelopeInvalid(f"the {what} is not a compact JWS within the size limit")
-    registry = jws.JWSRegistry(algorithms=list(JWS_ALGORITHMS))
+    registry = _registry()
     try:
         signed = jws.extract_compact(token.encode("ascii"), registry=registry)
         header = signed.headers()

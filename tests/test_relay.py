@@ -208,6 +208,16 @@ def test_json_envelope_with_jws_department_signature_is_verified_by_pyjwt(hub, r
     digest = base64.urlsafe_b64encode(hashlib.sha256(b_env.attachments[0].content).digest()).rstrip(b"=").decode()
     assert claims["sha256"] == digest
 
+    # an envelope far beyond a token's size (joserfc caps payloads at 128 kB by default)
+    import os
+
+    number = receipt()
+    r = submit_json(hub, fed, envelope_for(fed, number, big=os.urandom(400_000), json_department=True))
+    assert r.status_code == 200, r.text
+    assert {d["to"]: d for d in r.json()["deliveries"]}["tennyu-saki"]["ack"]["status"] == "received"
+    big = next(env for _, n, _, env in fed["servers"]["b"].deliveries if n == number)
+    assert len(big.attachments[0].content) == 400_000
+
 
 def test_resubmitting_a_receipt_number_is_idempotent_and_other_content_conflicts(hub, relay_fed):
     fed = relay_fed
@@ -390,3 +400,70 @@ def test_receiver_down_then_up_receives_everything_in_order_and_can_ask_for_a_re
     r = httpx.post(url, json={"sender": fed["s"].entity_id, "receipt_number": numbers[0]},
                    headers={"Authorization": "Bearer " + client_assertion(fed["p"], url)})
     assert r.status_code == 404
+
+
+def test_the_demo_agency_inbox_verifies_dedupes_and_acks_relayed_envelopes(hub, relay_fed, tmp_path):
+    """examples/agency_demo's /relay/inbox, built on renkei_provider.EnvelopeReceiver."""
+    from agency_demo import AgencyConfig, create_agency_app
+
+    from consent import service as consent
+    from consent.models import WhitelistEntryIn
+    from discovery import service as location
+    from relay import routes as route_table
+    from tests.conftest import listening_socket, port_of, serve_in_thread
+    from tests.test_idp_sso import cli
+
+    fed = relay_fed
+    sock = listening_socket()
+    base = f"http://127.0.0.1:{port_of(sock)}"
+    config = AgencyConfig(
+        entity_id=f"{base}/metadata", name="demo inbox", base_url=base, hub_base_url=hub.base_url,
+        key_dir=tmp_path / "agency-keys", hub_metadata_xml=httpx.get(f"{hub.base_url}/idp/metadata").text,
+        departments={fed["department"]: (pem(fed["dept_cert"]).decode(),)},
+    )
+    server, thread = serve_in_thread(create_agency_app(config), sock)
+    try:
+        metadata = tmp_path / "agency.xml"
+        metadata.write_bytes(httpx.get(config.metadata_url).content)
+        cli("agency", "add", "--metadata", str(metadata), "--class", "municipality")
+        with session_scope() as db:
+            location.add_offering(db_session=db, provider=config.entity_id, service_type=fed["inbox"],
+                                  endpoint=config.relay_inbox_url)
+            consent.import_whitelist(db_session=db, entries=[WhitelistEntryIn(
+                requester=config.entity_id, provider=fed["s"].entity_id, task_code=f"JUKI{fed['tag']}",
+                task_name="住基", info_type_code="JUMINHYO", info_type_name="住民票", legal_basis="demo",
+                consent="override")])
+            route_table.set_route(db_session=db, route=route_table.Route(fed["process"], "to-demo-agency", (
+                route_table.Destination("demo", config.entity_id, fed["inbox"], f"JUKI{fed['tag']}", "JUMINHYO",
+                                        ("juminhyo",), "soap"),), owner="tests"))
+        number = receipt()
+        r = submit_soap(hub, fed, envelope_for(fed, number, message_type="to-demo-agency"))
+        assert soap_deliveries(r)["demo"] == {"state": "delivered", "reason": "PERMITTED_BY_LAW",
+                                              "decision_id": soap_deliveries(r)["demo"]["decision_id"],
+                                              "ack": "received"}
+        [got] = httpx.get(config.relay_inbox_url).json()["envelopes"]
+        assert got["receipt_number"] == number and got["attachments"][0]["signed_by"] == fed["department"]
+        # the same delivery again (as after a hub crash) is acknowledged as a duplicate, not filed twice
+        with session_scope() as db:
+            from relay.models import RelayDelivery
+
+            body = db.scalar(select(RelayDelivery.body).where(RelayDelivery.receipt_number == number))
+        again = httpx.post(config.relay_inbox_url, content=body, headers={"Content-Type": "text/xml"})
+        assert E.ack_from_xml(again.content).status == E.DUPLICATE
+        assert len(httpx.get(config.relay_inbox_url).json()["envelopes"]) == 1
+        # a document altered after its department signed it is refused, even under a valid hub signature
+        from dataclasses import replace
+
+        from kernel.keys import current_signing_key
+
+        forwarded = E.read_xml(body, trusted_keys=None)
+        altered = replace(forwarded, attachments=(replace(forwarded.attachments[0], content="<住民票>改ざん</住民票>".encode()),),
+                          header=replace(forwarded.header, receipt_number=receipt()))
+        tampered = E.soap_wrap(E.sign_xml(altered, current_signing_key("discovery").private_key))
+        refused = E.ack_from_xml(httpx.post(config.relay_inbox_url, content=tampered,
+                                            headers={"Content-Type": "text/xml"}).content)
+        assert refused.status == E.REJECTED and "juminhyo" in refused.remark
+        assert len(httpx.get(config.relay_inbox_url).json()["envelopes"]) == 1
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -12,6 +12,9 @@ the integration example, built on OneLogin's python3-saml. Routes:
   POST /lookup    as requester: run one configured scenario through the hub's discovery API
                   and fetch each permitted provider's record (HTML, or JSON on Accept)
   POST /provide/{name}  as provider: accept a hub token, answer the linked record (JSON)
+  POST /relay/inbox  receive an envelope the hub relays (SOAP or JSON): verify the hub's and
+                  each department's signature, dedupe by receipt number, answer the 受領Ack
+  GET  /relay/inbox  the envelopes received so far (JSON, newest last)
 """
 
 from __future__ import annotations
@@ -58,7 +61,15 @@ from agency_demo.saml import (
     toolkit_request,
 )
 from agency_demo.sessions import SeenAssertions, SessionStore
-from renkei_provider import Disclosure, DisclosureReporter, HubMetadataError, TokenRejected
+from renkei_provider import (
+    Disclosure,
+    DisclosureReporter,
+    EnvelopeReceiver,
+    HubMetadataError,
+    SqliteSeenStore,
+    TokenRejected,
+    hub_signing_certificates,
+)
 
 __all__ = ["AgencyConfig", "create_agency_app"]
 
@@ -345,6 +356,28 @@ def create_agency_app(config: AgencyConfig) -> FastAPI:
             headers={"Cache-Control": "no-store"},
         )
 
+    inbox = _Inbox(config)
+
+    @app.post("/relay/inbox")
+    async def relay_inbox(request: Request) -> Response:
+        """An envelope relayed by the hub: verified, deduplicated, acknowledged (受領Ack)."""
+        body = await request.body()
+        if len(body) > MAX_ENVELOPE_BODY:
+            return JSONResponse({"error": "TOO_LARGE", "message": "the envelope is too large"}, status_code=413)
+        try:
+            receiver = inbox.receiver(await hub_token_metadata())
+        except (IdpMetadataError, HubMetadataError) as exc:
+            return JSONResponse({"error": "HUB_METADATA_UNAVAILABLE", "message": str(exc)}, status_code=502)
+        outcome = receiver.receive(body, request.headers.get("content-type", ""))
+        if outcome.envelope is not None:
+            inbox.keep(outcome.envelope)
+        log.info("envelope %s: %s %s", outcome.ack.receipt_number, outcome.ack.status, outcome.ack.remark)
+        return Response(outcome.body, media_type=outcome.content_type, headers={"Cache-Control": "no-store"})
+
+    @app.get("/relay/inbox")
+    async def relay_inbox_list() -> Response:
+        return JSONResponse({"envelopes": inbox.received}, headers={"Cache-Control": "no-store"})
+
     @app.api_route("/logout", methods=["GET", "POST"])
     async def logout(request: Request) -> Response:
         """Sign out here, then ask the hub to end its session too (LogoutRequest)."""
@@ -422,6 +455,47 @@ def create_agency_app(config: AgencyConfig) -> FastAPI:
         return response
 
     return app
+
+
+MAX_ENVELOPE_BODY = 32 * 1024 * 1024
+
+
+class _Inbox:
+    """The agency's envelope receiver (renkei_provider.EnvelopeReceiver) with the hub's keys
+    from its metadata, receipt numbers kept in a SQLite file beside the agency's keys."""
+
+    KEEP = 50
+
+    def __init__(self, config: AgencyConfig):
+        from cryptography import x509
+
+        self._config = config
+        self._departments = {
+            name: [x509.load_pem_x509_certificate(pem.encode()) for pem in pems]
+            for name, pems in (config.departments or {}).items()
+        }
+        config.key_dir.mkdir(parents=True, exist_ok=True)
+        self._seen = SqliteSeenStore(config.key_dir / "envelopes-seen.sqlite3")
+        self._cached: tuple[str | bytes, EnvelopeReceiver] | None = None
+        self.received: list[dict[str, Any]] = []
+
+    def receiver(self, hub_metadata: str | bytes) -> EnvelopeReceiver:
+        if self._cached is None or self._cached[0] != hub_metadata:
+            _, certs = hub_signing_certificates(hub_metadata, role="discovery")
+            self._cached = (hub_metadata, EnvelopeReceiver(hub_keys=certs, department_keys=self._departments,
+                                                           seen=self._seen))
+        return self._cached[1]
+
+    def keep(self, envelope) -> None:
+        self.received.append({
+            "receipt_number": envelope.header.receipt_number, "from": envelope.header.sender,
+            "to": envelope.header.to, "decision_id": envelope.header.decision_id,
+            "attributes": [{"name": n, "value": v} for n, v in envelope.attributes],
+            "attachments": [{"name": a.name, "file_name": a.file_name, "media_type": a.media_type,
+                             "signed_by": a.signature.department if a.signature else None}
+                            for a in envelope.attachments],
+        })
+        del self.received[:-self.KEEP]
 
 
 def _agency_checks(auth: OneLogin_Saml2_Auth, request_id: str, seen: SeenAssertions) -> str | None:

@@ -53,6 +53,12 @@ class AgencyConfig:
                      endpoint name; that part is then what this service discloses.
     hub_metadata_xml — the hub metadata whose signing keys provider tokens must carry. None:
                      the IdP metadata (pinned `idp_metadata_xml`, or fetched and refreshed).
+
+    Envelopes the hub relays (電子封筒, docs/relay.md), received at `{base_url}/relay/inbox`:
+
+    departments    — issuing department (as envelopes name it in SignedBy) → PEM certificates
+                     of its signing key (職責署名); a signed document of any other department is
+                     refused. Envelopes are verified against the hub's discovery-role keys.
     """
 
     entity_id: str
@@ -67,6 +73,7 @@ class AgencyConfig:
     provides: tuple[str, ...] = field(default_factory=tuple)
     records: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, hash=False)
     hub_metadata_xml: str | None = None
+    departments: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         # Normalise once so every derived URL is spelled the same way the metadata spells it.
@@ -115,6 +122,11 @@ class AgencyConfig:
     def lookup_url(self) -> str:
         """Where the home page's scenario buttons POST (requester side)."""
         return f"{self.base_url}/lookup"
+
+    @property
+    def relay_inbox_url(self) -> str:
+        """Where the hub delivers relayed envelopes (the offering of a relay service type)."""
+        return f"{self.base_url}/relay/inbox"
 
     def provide_url(self, service_type: str) -> str:
         """The endpoint answering `service_type` (provider side); the hub's offering URL."""
