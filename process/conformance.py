@@ -137,11 +137,8 @@ def run_conformance(*, db_session: Session, settings: Settings, installed: Insta
 
 def _relay_checks(db_session: Session, settings: Settings, activity: Activity, deadline: float,
                   http: httpx.Client) -> list[Check]:
-    try:
-        from process.relaying import envelope_checks
-    except ImportError:
-        return [Check(activity.id, "envelope receiver", False, "a relay room to send envelopes with",
-                      "this hub has no relay room", 0.0)]
+    from process.relaying import envelope_checks
+
     return envelope_checks(db_session=db_session, settings=settings, activity=activity, deadline=deadline, http=http)
 
 

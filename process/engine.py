@@ -72,13 +72,9 @@ class RunView:
 
 
 def default_exchanges() -> dict[str, Exchange]:
-    exchanges: dict[str, Exchange] = {"lookup": LookupExchange()}
-    try:
-        from process.relaying import RelayExchange
-    except ImportError:  # the relay room is not installed in this build
-        return exchanges
-    exchanges["relay"] = RelayExchange()
-    return exchanges
+    from process.relaying import RelayExchange
+
+    return {"lookup": LookupExchange(), "relay": RelayExchange()}
 
 
 def application_json(application: Mapping[str, Any] | None) -> str | None:

@@ -149,8 +149,8 @@ def missing_conformance(*, db_session: Session, installed: Installed) -> list[st
 
 def put_into_operation(*, db_session: Session, process_id: str, version: int | None = None,
                        install_routes: Callable[[ProcessDefinition], None] | None = None) -> Installed:
-    """Operate a conformance-tested version: its routes go into the relay's route table, and
-    triggers start it from now on."""
+    """Operate a conformance-tested version: its relay activities' routes go into the relay's
+    route table (or through `install_routes`, when given), and triggers start it from now on."""
     installed = get(db_session=db_session, process_id=process_id, version=version)
     if installed.status is Lifecycle.OPERATING:
         return installed
@@ -159,6 +159,10 @@ def put_into_operation(*, db_session: Session, process_id: str, version: int | N
         raise NotOperating(f"{process_id} v{installed.version} is {installed.status}: it cannot operate before "
                            f"it passes its conformance test" + (f" (not yet passed: {', '.join(missing)})"
                                                                 if missing else ""))
-    if install_routes is not None:
+    if install_routes is None:
+        from process.relaying import install_routes as into_route_table
+
+        into_route_table(db_session=db_session, definition=installed.definition)
+    else:
         install_routes(installed.definition)
     return _set(db_session, installed, Lifecycle.OPERATING)

@@ -87,7 +87,8 @@ def agency_config(agency: DemoAgency, hub_url: str, home: Path, config: dict | N
             for s in config.get("scenarios") or []
             if s["requester"] == agency.key
         ),
-        provides=tuple(o["service_type"] for o in config.get("offerings") or [] if o["provider"] == agency.key),
+        provides=tuple(o["service_type"] for o in config.get("offerings") or []
+                       if o["provider"] == agency.key and "/provide/" in o["endpoint"]),
         records=(config.get("records") or {}).get(agency.key, {}),
     )
 
@@ -396,7 +397,8 @@ def _start_at_counter(settings, demo_agencies: list[DemoAgency], scenario: dict)
     url = settings.base_url.rstrip("/") + "/api/process/start"
     jwt = sign_client_assertion(key, issuer=counter.entity_id, audience=url, jti=uuid.uuid4().hex)
     return httpx.post(url, json={"process": scenario["process"], "channel": "counter",
-                                 "person": {"bootstrap_token": token}},
+                                 "person": {"bootstrap_token": token},
+                                 "application": scenario.get("application")},
                       headers={"Authorization": f"Bearer {jwt}"}, timeout=60)
 
 

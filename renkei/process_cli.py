@@ -127,20 +127,11 @@ def _advance(action: str, process_id: str, version: int | None) -> None:
             if action == "implemented":
                 installed = service.mark_implemented(db_session=db, process_id=process_id, version=version)
             else:
-                installed = service.put_into_operation(db_session=db, process_id=process_id, version=version,
-                                                       install_routes=_route_installer(db))
+                installed = service.put_into_operation(db_session=db, process_id=process_id, version=version)
         except _process_errors() as exc:
             raise click.ClickException(str(exc)) from None
         _operation(db, f"process.{action}", process_id, {"version": installed.version})
     click.echo(f"{process_id} v{installed.version}: {installed.status}")
-
-
-def _route_installer(db):
-    try:
-        from process.relaying import install_routes
-    except ImportError:
-        return None
-    return lambda definition: install_routes(db_session=db, definition=definition)
 
 
 @process.command("implemented")

@@ -26,7 +26,7 @@ def test_run_scenarios_prints_each_decision_and_exits_0(tmp_path):
     assert "conformance of 転出元 市役所" in proc.stdout and ": operating" in proc.stdout
     for run in config["process_runs"]:
         assert f"✓ {run['title']}" in proc.stdout
-    assert "(the electricity company learns the new address): done (PERMITTED_BY_CONSENT)" in proc.stdout
+    assert "(notice of the move to the electricity company, relayed): done (PERMITTED_BY_CONSENT)" in proc.stdout
     assert "(family-register annex, in parallel): refused (DENIED_BY_PERSON)" in proc.stdout
     assert "all process runs ended as expected" in proc.stdout
 
