@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import uuid
 from datetime import timedelta
 
@@ -461,3 +462,22 @@ def test_a_notice_is_relayed_in_an_envelope_and_waits_while_the_receiver_is_down
         if not receiver.server.should_exit:
             receiver.stop()
         power.stop()
+
+
+def test_the_person_sees_the_procedure_as_one_story_in_the_portal(operating, hub):
+    from tests.test_portal import portal_login
+
+    view, _ = run_view(operating)
+    client = portal_login(hub, USERNAME, "process test password", "/portal/procedures")
+    page = client.get("/portal/procedures", params={"group": view.query_group_id})
+    assert page.status_code == 200 and "手続の流れ" in page.text
+    story = re.search(rf'<section class="procedure" data-group="{view.query_group_id}".*?</section>',
+                      page.text, re.DOTALL).group(0)
+    steps = dict(re.findall(r'data-activity="([^"]+)" data-status="([^"]+)"', story))
+    assert steps == {"record": "done", "medical": "refused", "after-medical": "blocked",
+                     "annex-if-moving": "done", "annex-if-elsewhere": "skipped", "after-elsewhere": "skipped"}
+    assert 'data-reason="NO_WHITELIST_ENTRY"' in story and "転出元 (process test)" in story
+    # another person's procedure is not shown to this one
+    other = client.get("/portal/procedures", params={"group": "0" * 32})
+    assert other.status_code == 200 and "data-group=" not in other.text
+    assert "data-group=" in client.get("/portal/procedures").text
