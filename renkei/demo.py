@@ -90,6 +90,7 @@ def agency_config(agency: DemoAgency, hub_url: str, home: Path, config: dict | N
         provides=tuple(o["service_type"] for o in config.get("offerings") or []
                        if o["provider"] == agency.key and "/provide/" in o["endpoint"]),
         records=(config.get("records") or {}).get(agency.key, {}),
+        processes=tuple((c["process"], c["title"]) for c in (config.get("counters") or {}).get(agency.key, [])),
     )
 
 
@@ -240,7 +241,8 @@ def run(*, config_file: Path | None, serve: bool, run_scenarios: bool = False) -
         thread.start()
         try:
             ok = run_lookups(config, demo_agencies, passwords, totp, [server for server, _ in servers])
-            ok = run_processes(config, demo_agencies, (config_file or DEFAULT_CONFIG).parent) and ok
+            ok = run_processes(config, demo_agencies, (config_file or DEFAULT_CONFIG).parent, passwords,
+                               totp) and ok
         finally:
             for server, _ in servers:
                 server.should_exit = True
@@ -253,7 +255,7 @@ def run(*, config_file: Path | None, serve: bool, run_scenarios: bool = False) -
     seeded = settings.home / "demo-history-seeded"
     if not seeded.exists():  # the first run leaves the scenarios' exchanges in the history
         run_lookups(config, demo_agencies, passwords, totp, [server for server, _ in servers])
-        run_processes(config, demo_agencies, (config_file or DEFAULT_CONFIG).parent)
+        run_processes(config, demo_agencies, (config_file or DEFAULT_CONFIG).parent, passwords, totp)
         seeded.write_text("the demo scenarios ran once; the portal's history shows them\n")
     click.echo("Open an agency URL or the portal above and log in. Ctrl-C stops everything.")
     try:
@@ -304,11 +306,12 @@ def run_lookups(config: dict, demo_agencies: list[DemoAgency], passwords: dict[s
     return all_ok
 
 
-def run_processes(config: dict, demo_agencies: list[DemoAgency], config_dir: Path) -> bool:
+def run_processes(config: dict, demo_agencies: list[DemoAgency], config_dir: Path, passwords: dict[str, str],
+                  totp_secrets: dict[str, str | None]) -> bool:
     """The demo's business process flows: each definition through its lifecycle (installed,
     implemented, conformance-tested against the running demo agencies, operating), then each
-    run started as the trigger agency's counter starts it, every step's outcome printed. True
-    if every run's steps ended as the configuration expects."""
+    run filed by its person at the trigger agency's counter app, every step's outcome printed.
+    True if every run's steps ended as the configuration expects."""
     from process import conformance, service
     from process.definition import DefinitionInvalid, load_definition
 
@@ -349,7 +352,7 @@ def run_processes(config: dict, demo_agencies: list[DemoAgency], config_dir: Pat
                    f"{installed.status}")
     all_ok = True
     for scenario in config.get("process_runs") or []:
-        answer = _start_at_counter(settings, demo_agencies, scenario)
+        answer = _file_at_counter(config, demo_agencies, scenario, passwords, totp_secrets)
         if answer.status_code != 200:
             click.echo(f"  ✗ {scenario['title']}: the hub answered {answer.status_code} {answer.text[:300]}")
             all_ok = False
@@ -370,36 +373,17 @@ def _agency_name(demo_agencies: list[DemoAgency], entity_id: str) -> str:
     return next((a.name for a in demo_agencies if a.entity_id == entity_id), entity_id)
 
 
-def _start_at_counter(settings, demo_agencies: list[DemoAgency], scenario: dict) -> httpx.Response:
-    """What the counter app of the trigger's agency sends: its client assertion, and the person
-    named by a bootstrap token (as its SSO login would have given it)."""
-    import uuid
-    from datetime import timedelta
-
-    from agency_demo.keys import KEY_FILE
-    from cryptography.hazmat.primitives import serialization
-
-    from discovery.pipeline import discovery_entity_id
-    from kernel.db import utcnow
-    from kernel.jose import sign_client_assertion
-    from pseudonym import bootstrap
-
+def _file_at_counter(config: dict, demo_agencies: list[DemoAgency], scenario: dict, passwords: dict[str, str],
+                     totp_secrets: dict[str, str | None]) -> httpx.Response:
+    """As a browser would: the person signs in at the counter agency and files the application."""
     counter = next(a for a in demo_agencies if a.key == scenario["counter"])
-    with session_scope() as db:
-        person = accounts.find(db_session=db, username=scenario["person"])
-        own = pseudonyms.get_or_create(db_session=db, keys=keystore(), person_key=person.person_key,
-                                       agency=counter.entity_id, scope=settings.scope)
-    token = bootstrap.issue_bootstrap(keys=keystore(), audience=discovery_entity_id(settings),
-                                      requester=counter.entity_id, pseudonym=own,
-                                      expires=int((utcnow() + timedelta(minutes=5)).timestamp()))
-    key = serialization.load_pem_private_key(
-        (settings.home / "agencies" / counter.key / KEY_FILE).read_bytes(), password=None)
-    url = settings.base_url.rstrip("/") + "/api/process/start"
-    jwt = sign_client_assertion(key, issuer=counter.entity_id, audience=url, jti=uuid.uuid4().hex)
-    return httpx.post(url, json={"process": scenario["process"], "channel": "counter",
-                                 "person": {"bootstrap_token": token},
-                                 "application": scenario.get("application")},
-                      headers={"Authorization": f"Bearer {jwt}"}, timeout=60)
+    offered = [c["process"] for c in (config.get("counters") or {}).get(counter.key, [])]
+    with httpx.Client(timeout=120, follow_redirects=True) as browser:
+        home = _log_in(browser, counter, scenario["person"], passwords, totp_secrets)
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', home).group(1)
+        return browser.post(f"{counter.base_url}/process", headers={"Accept": "application/json"},
+                            data={"csrf_token": csrf, "process": str(offered.index(scenario["process"])),
+                                  "new_address": scenario["new_address"]})
 
 
 def _log_in(browser, agency: DemoAgency, username: str, passwords: dict[str, str],
