@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -32,7 +33,14 @@ ACTIVITIES_MAX = 50
 
 Ident = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")]
 Code = Annotated[str, StringConstraints(min_length=1, max_length=CODE_MAX, pattern=r"^[^\x00-\x1f\x7f]+$")]
-Party = Annotated[str, StringConstraints(min_length=1, max_length=PARTY_MAX, pattern=r"^[^\x00-\x1f\x7f\s]+$")]
+def _filled(value: str) -> str:
+    if value.startswith("{") and value.endswith("}"):
+        raise ValueError(f"the placeholder {value} was not filled in: give --set {value[1:-1]}=ENTITY_ID")
+    return value
+
+
+Party = Annotated[str, StringConstraints(min_length=1, max_length=PARTY_MAX, pattern=r"^[^\x00-\x1f\x7f\s]+$"),
+                  AfterValidator(_filled)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=NAME_MAX, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 

@@ -85,9 +85,10 @@ def application_json(application: Mapping[str, Any] | None) -> str | None:
         raise service.ProcessError("the application is an object of fields")
     try:
         text = json.dumps(dict(application), ensure_ascii=False, sort_keys=True)
-    except (TypeError, ValueError):
-        raise service.ProcessError("the application is not JSON") from None
-    if len(text.encode("utf-8")) > APPLICATION_MAX or "\x00" in text:
+        size = len(text.encode("utf-8"))
+    except (TypeError, ValueError):  # UnicodeEncodeError too: a lone surrogate
+        raise service.ProcessError("the application is not JSON text") from None
+    if size > APPLICATION_MAX:
         raise service.ProcessError(f"the application is larger than {APPLICATION_MAX} bytes")
     return text
 

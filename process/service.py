@@ -7,6 +7,7 @@ The caller owns the transaction: these functions flush, never commit.
 """
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 from collections.abc import Callable
@@ -43,9 +44,15 @@ class Installed:
     definition: ProcessDefinition
 
 
+@functools.lru_cache(maxsize=64)
+def _parsed(source: str, label: str) -> ProcessDefinition:
+    """An installed version never changes: parse its text once (runs read it at every step)."""
+    return parse_definition(source, source=label)
+
+
 def _installed(row: ProcessDefinitionRow) -> Installed:
     return Installed(row.process_id, row.version, Lifecycle(row.status), row.digest,
-                     parse_definition(row.source, source=f"{row.process_id} v{row.version}"))
+                     _parsed(row.source, f"{row.process_id} v{row.version}"))
 
 
 def conformance_parties(definition: ProcessDefinition) -> set[str]:

@@ -326,7 +326,11 @@ def run_processes(config: dict, demo_agencies: list[DemoAgency], config_dir: Pat
         except DefinitionInvalid as exc:
             raise click.ClickException(str(exc)) from None
         with session_scope() as db:
-            installed, _ = service.install(db_session=db, definition=definition, source=text)
+            try:
+                installed, _ = service.install(db_session=db, definition=definition, source=text)
+            except service.ProcessError as exc:  # e.g. the agencies' ports changed since the last run
+                click.echo(f"  ✗ {exc} (delete {settings.home} to start afresh)")
+                return False
             if installed.status.value == "defined":
                 installed = service.mark_implemented(db_session=db, process_id=definition.id,
                                                      version=definition.version)

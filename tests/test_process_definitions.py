@@ -19,7 +19,7 @@ IDS = {"city-a": "http://a.example/metadata", "city-b": "http://b.example/metada
 
 
 def demo_data() -> dict:
-    definition, text = load_definition(DEMO, placeholders=IDS)
+    _, text = load_definition(DEMO, placeholders=IDS)
     return yaml.safe_load(text)
 
 
@@ -47,6 +47,11 @@ def test_the_demo_definition_is_valid():
     (lambda d: d["trigger"].update(channels=[]), "names its channels"),
     (lambda d: d["activities"][0].update(task="x" * 129), "activities.0.task"),
     (lambda d: d.update(id="Bad Id"), "id: String should match pattern"),
+    (lambda d: d["activities"][0].update(requester="{city-b}"),
+     "the placeholder {city-b} was not filled in: give --set city-b=ENTITY_ID"),
+    (lambda d: d["activities"][2].update(message_type=None), "a relay names its message_type"),
+    (lambda d: d["activities"].append({**d["activities"][2], "id": "again"}),
+     "each relay activity needs its own message_type"),
 ])
 def test_a_broken_definition_is_refused_saying_where(change, message):
     data = demo_data()

@@ -287,6 +287,15 @@ def test_the_counter_starts_a_run_over_http(operating, hub):
     bad = post({"process": PROCESS, "channel": "portal", "person": {"bootstrap_token": token}})
     assert bad.status_code == 400 and "not started at the portal" in bad.json()["message"]
     assert post({"process": "x" * 65, "person": {"bootstrap_token": token}}).status_code in (400, 422)
+    # the application is checked before anything is written: too large, or not text
+    too_big = post({"process": PROCESS, "person": {"bootstrap_token": token}, "application": {"x": "y" * 20000}})
+    assert too_big.status_code == 400 and "larger than" in too_big.json()["message"]
+    surrogate = httpx.post(url, content=b'{"process": "' + PROCESS.encode() + b'", "person": {"bootstrap_token": "'
+                           + token.encode() + b'"}, "application": {"x": "\\ud800"}}',
+                           headers={"Authorization": "Bearer " + sign_client_assertion(
+                               city_b.private_key(), issuer=city_b.entity_id, audience=url, jti=uuid.uuid4().hex),
+                               "Content-Type": "application/json"}, timeout=30)
+    assert surrogate.status_code in (400, 422), surrogate.text
 
 
 def test_a_broken_provider_fails_conformance_with_readable_reasons(federation, hub):
