@@ -150,11 +150,13 @@ def discover(
     task: str,
     info_type: str | None = None,
     now: datetime | None = None,
+    query_group_id: str | None = None,
 ) -> list[OfferingDecision]:
     """Decide, log durably, then issue tokens, for every provider of `service_type` for the person.
 
     Commits the session itself: "log before disclose" is this function's promise, not its
     caller's. If the log write or the commit fails, LogWriteFailed is raised and no token exists.
+    `query_group_id` ties the entries to a larger procedure (a process run, `process/`).
     """
     now = now or utcnow()
     keys = keystore()
@@ -174,7 +176,8 @@ def discover(
         agencies=[d.provider for d in decisions if d.permitted], scope=settings.scope,
         known=subject.holder_pseudonyms,
     )
-    entries = _log(requester, subject, decisions, task, channel=Channel.DISCOVERY, asked_at=now)
+    entries = _log(requester, subject, decisions, task, channel=Channel.DISCOVERY, asked_at=now,
+                   query_group_id=query_group_id)
     _commit_log(db_session, entries)  # log before disclose: the decisions are durable before any token exists
     for d in decisions:
         if d.permitted:

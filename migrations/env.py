@@ -10,7 +10,7 @@ from kernel.db import Base, make_engine
 from renkei import operators  # noqa: F401  (the roof's one table: named operators)
 
 for room in ("federation", "idp", "pseudonym", "consent", "discovery", "access_history", "portal",
-             "relay"):
+             "relay", "process"):
     try:
         importlib.import_module(f"{room}.models")
     except ModuleNotFoundError as exc:  # a room without tables yet

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from portal import history_views, notice_views, people_views, policy_views, views
+from portal import history_views, notice_views, people_views, policy_views, process_views, views
 
 router = APIRouter()
-for part in (views, history_views, notice_views, policy_views, people_views):
+for part in (views, history_views, notice_views, policy_views, people_views, process_views):
     router.include_router(part.router)

@@ -49,9 +49,15 @@ def _background_work(settings: Settings):
         relay_worker = DeliveryWorker(lambda: session_scope(settings.db_url), settings)
         relay_worker.start()
         _app.state.relay_worker = relay_worker
+        # process runs a stopped hub left, and runs waiting for a notice's delivery, go on here
+        from process.engine import ProcessResumer
+
+        process_resumer = ProcessResumer(lambda: session_scope(settings.db_url), settings)
+        process_resumer.start()
         try:
             yield
         finally:
+            process_resumer.stop()
             relay_worker.stop()
             notifier.stop()
             integrator.stop()
@@ -79,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from idp.views import router as idp_router
     from portal.routes import router as portal_router
     from portal.views import LoginRequired, login_redirect_handler, portal_static
+    from process.api import router as process_api
     from relay.views import router as relay_router
     from renkei.operator_api import router as operator_api
 
@@ -97,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(operator_api)
     app.include_router(discovery_soap)
     app.include_router(history_api)
+    app.include_router(process_api)
     app.include_router(relay_router)
     app.include_router(portal_router)
     app.mount("/portal/static", portal_static(), name="portal-static")

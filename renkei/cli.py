@@ -10,6 +10,8 @@ import click
 
 from kernel.settings import get_settings, reset_settings
 from renkei.audit_cli import audit
+from renkei.process_cli import conformance, metering
+from renkei.process_cli import process as process_group
 
 
 class RenkeiError(click.ClickException):
@@ -739,6 +741,9 @@ def operator_revoke(name: str) -> None:
 
 main.add_command(audit)
 main.add_command(__import__("renkei.history_cli", fromlist=["history"]).history)
+main.add_command(process_group)
+main.add_command(conformance)
+main.add_command(metering)
 
 if __name__ == "__main__":
     main()

@@ -87,8 +87,10 @@ def agency_config(agency: DemoAgency, hub_url: str, home: Path, config: dict | N
             for s in config.get("scenarios") or []
             if s["requester"] == agency.key
         ),
-        provides=tuple(o["service_type"] for o in config.get("offerings") or [] if o["provider"] == agency.key),
+        provides=tuple(o["service_type"] for o in config.get("offerings") or []
+                       if o["provider"] == agency.key and "/provide/" in o["endpoint"]),
         records=(config.get("records") or {}).get(agency.key, {}),
+        processes=tuple((c["process"], c["title"]) for c in (config.get("counters") or {}).get(agency.key, [])),
     )
 
 
@@ -239,6 +241,8 @@ def run(*, config_file: Path | None, serve: bool, run_scenarios: bool = False) -
         thread.start()
         try:
             ok = run_lookups(config, demo_agencies, passwords, totp, [server for server, _ in servers])
+            ok = run_processes(config, demo_agencies, (config_file or DEFAULT_CONFIG).parent, passwords,
+                               totp) and ok
         finally:
             for server, _ in servers:
                 server.should_exit = True
@@ -251,6 +255,7 @@ def run(*, config_file: Path | None, serve: bool, run_scenarios: bool = False) -
     seeded = settings.home / "demo-history-seeded"
     if not seeded.exists():  # the first run leaves the scenarios' exchanges in the history
         run_lookups(config, demo_agencies, passwords, totp, [server for server, _ in servers])
+        run_processes(config, demo_agencies, (config_file or DEFAULT_CONFIG).parent, passwords, totp)
         seeded.write_text("the demo scenarios ran once; the portal's history shows them\n")
     click.echo("Open an agency URL or the portal above and log in. Ctrl-C stops everything.")
     try:
@@ -299,6 +304,90 @@ def run_lookups(config: dict, demo_agencies: list[DemoAgency], passwords: dict[s
             click.echo("      no provider holds data for this person")
     click.echo("all scenarios decided as expected" if all_ok else "some scenarios did not decide as expected")
     return all_ok
+
+
+def run_processes(config: dict, demo_agencies: list[DemoAgency], config_dir: Path, passwords: dict[str, str],
+                  totp_secrets: dict[str, str | None]) -> bool:
+    """The demo's business process flows: each definition through its lifecycle (installed,
+    implemented, conformance-tested against the running demo agencies, operating), then each
+    run filed by its person at the trigger agency's counter app, every step's outcome printed.
+    True if every run's steps ended as the configuration expects."""
+    from process import conformance, service
+    from process.definition import DefinitionInvalid, load_definition
+
+    if not config.get("processes"):
+        return True
+    settings = get_settings()
+    entity_ids = {a.key: a.entity_id for a in demo_agencies}
+    click.echo("\nbusiness process flows:")
+    for name in config["processes"]:
+        try:
+            definition, text = load_definition(config_dir / name, placeholders=entity_ids)
+        except DefinitionInvalid as exc:
+            raise click.ClickException(str(exc)) from None
+        with session_scope() as db:
+            try:
+                installed, _ = service.install(db_session=db, definition=definition, source=text)
+            except service.ProcessError as exc:  # e.g. the agencies' ports changed since the last run
+                click.echo(f"  ✗ {exc} (delete {settings.home} to start afresh)")
+                return False
+            if installed.status.value == "defined":
+                installed = service.mark_implemented(db_session=db, process_id=definition.id,
+                                                     version=definition.version)
+        for party in sorted(service.conformance_parties(definition)):
+            # the agencies write to the hub while they are tested: hold no transaction meanwhile
+            with session_scope() as db:
+                report = conformance.run_conformance(db_session=db, settings=settings, installed=installed,
+                                                     agency=party)
+            with session_scope() as db:
+                installed = service.record_conformance(db_session=db, installed=installed, agency=party,
+                                                       passed=report.passed, report=report.to_json())
+            click.echo(f"  conformance of {_agency_name(demo_agencies, party)}: "
+                       f"{'passed' if report.passed else 'FAILED'} "
+                       f"({sum(c.passed for c in report.checks)}/{len(report.checks)} checks)")
+            for c in report.checks:
+                if not c.passed:
+                    click.echo(f"      ✗ {c.activity}: {c.name}: expected {c.expected}, but {c.observed}")
+        if installed.status.value == "conformance-tested":
+            with session_scope() as db:
+                installed = service.put_into_operation(db_session=db, process_id=definition.id,
+                                                       version=definition.version)
+        click.echo(f"  {definition.name} v{definition.version} (owner {definition.owner.name}): "
+                   f"{installed.status}")
+    all_ok = True
+    for scenario in config.get("process_runs") or []:
+        answer = _file_at_counter(config, demo_agencies, scenario, passwords, totp_secrets)
+        if answer.status_code != 200:
+            click.echo(f"  ✗ {scenario['title']}: the hub answered {answer.status_code} {answer.text[:300]}")
+            all_ok = False
+            continue
+        run = answer.json()
+        got = {s["activity"]: s["status"] for s in run["steps"]}
+        ok = all(got.get(k) == v for k, v in (scenario.get("expect") or {}).items())
+        all_ok = all_ok and ok
+        click.echo(f"  {'✓' if ok else '✗'} {scenario['title']}  [run {run['instance_id']}, {run['status']}]")
+        for s in run["steps"]:
+            received = f"; received: {s['received']}" if s.get("received") else ""
+            click.echo(f"      {s['name']}: {s['status']} ({s['reason']}){received}")
+    click.echo("all process runs ended as expected" if all_ok else "some process runs did not end as expected")
+    return all_ok
+
+
+def _agency_name(demo_agencies: list[DemoAgency], entity_id: str) -> str:
+    return next((a.name for a in demo_agencies if a.entity_id == entity_id), entity_id)
+
+
+def _file_at_counter(config: dict, demo_agencies: list[DemoAgency], scenario: dict, passwords: dict[str, str],
+                     totp_secrets: dict[str, str | None]) -> httpx.Response:
+    """As a browser would: the person signs in at the counter agency and files the application."""
+    counter = next(a for a in demo_agencies if a.key == scenario["counter"])
+    offered = [c["process"] for c in (config.get("counters") or {}).get(counter.key, [])]
+    with httpx.Client(timeout=120, follow_redirects=True) as browser:
+        home = _log_in(browser, counter, scenario["person"], passwords, totp_secrets)
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', home).group(1)
+        return browser.post(f"{counter.base_url}/process", headers={"Accept": "application/json"},
+                            data={"csrf_token": csrf, "process": str(offered.index(scenario["process"])),
+                                  "new_address": scenario["new_address"]})
 
 
 def _log_in(browser, agency: DemoAgency, username: str, passwords: dict[str, str],

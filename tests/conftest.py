@@ -168,6 +168,9 @@ def demo_on_free_ports(tmp: Path) -> tuple[Path, dict, dict[str, str]]:
     path = tmp / "demo.yaml"
     path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
     shutil.copy(config_dir / config["whitelist"], tmp / config["whitelist"])
+    for name in config.get("processes") or []:  # process definitions, by their relative paths
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(config_dir / name, tmp / name)
     env = {"RENKEI_HOME": str(tmp / "home"), "RENKEI_DATABASE_URL": fresh_database_url(tmp, "demo")}
     return path, config, env
 

@@ -78,7 +78,7 @@ def browser():
 def test_demo_prints_urls_and_people(demo):
     assert demo["hub"] in demo["printed"]
     assert all(url in demo["printed"] for url in demo["agencies"].values())
-    assert set(demo["passwords"]) == {"taro", "hanako"} and "hanako" in demo["totp"]
+    assert set(demo["passwords"]) == {"taro", "hanako", "jiro"} and "hanako" in demo["totp"]
 
 
 def test_person_logs_into_two_agencies_and_each_sees_its_own_pseudonym(demo, browser):

@@ -22,6 +22,13 @@ def test_run_scenarios_prints_each_decision_and_exits_0(tmp_path):
         assert scenario["expect"] in proc.stdout
     assert "record:" in proc.stdout  # the permitted lookups fetched the provider's record
     assert "all scenarios decided as expected" in proc.stdout
+    # the moving one-stop service: conformance-tested, operating, each run's steps printed
+    assert "conformance of 転出元 市役所" in proc.stdout and ": operating" in proc.stdout
+    for run in config["process_runs"]:
+        assert f"✓ {run['title']}" in proc.stdout
+    assert "(notice of the move to the electricity company, relayed): done (PERMITTED_BY_CONSENT)" in proc.stdout
+    assert "(family-register annex, in parallel): refused (DENIED_BY_PERSON)" in proc.stdout
+    assert "all process runs ended as expected" in proc.stdout
 
 
 def test_a_scenario_that_decides_otherwise_fails_the_run(tmp_path):

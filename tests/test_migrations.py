@@ -25,7 +25,7 @@ from tests.conftest import fresh_database_url
 # every module that declares tables on the shared metadata
 MODEL_MODULES = ("kernel.replay", "federation.models", "idp.models", "pseudonym.models",
                  "consent.models", "discovery.models", "access_history.models", "portal.models",
-                 "relay.models", "renkei.operators")
+                 "relay.models", "process.models", "renkei.operators")
 
 
 # PostgreSQL's monthly partitions of the history (access_history/retention.py) are created by

@@ -11,6 +11,8 @@ the integration example, built on OneLogin's python3-saml. Routes:
   GET  /sls       SingleLogoutService: the hub's LogoutResponse (or LogoutRequest)
   POST /lookup    as requester: run one configured scenario through the hub's discovery API
                   and fetch each permitted provider's record (HTML, or JSON on Accept)
+  POST /process   as the counter (窓口): file an application (e.g. 転入届) that starts a business
+                  process flow at the hub for the signed-in person (HTML, or JSON on Accept)
   POST /provide/{name}  as provider: accept a hub token, answer the linked record (JSON)
   POST /relay/inbox  receive an envelope the hub relays (SOAP or JSON): verify the hub's and
                   each department's signature, dedupe by receipt number, answer the 受領Ack
@@ -37,6 +39,7 @@ from onelogin.saml2.utils import OneLogin_Saml2_Error
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from agency_demo import counter
 from agency_demo.config import AgencyConfig
 from agency_demo.lookups import (
     LookupFailed,
@@ -179,6 +182,7 @@ def create_agency_app(config: AgencyConfig) -> FastAPI:
             csrf_token=session.get(CSRF, ""),
             lookup_url=config.lookup_url,
             provided=[(urn, config.provide_url(urn)) for urn in config.provides],
+            processes=list(enumerate(config.processes)) if login else [],
         )
 
     @app.get("/metadata")
@@ -310,6 +314,48 @@ def create_agency_app(config: AgencyConfig) -> FastAPI:
             as_expected=any(r.reason == expect for r in results) if expect else None,
             results=results,
         )
+
+    @app.post("/process")
+    async def file_application(request: Request) -> Response:
+        """The counter: the signed-in resident files an application that starts a process."""
+        wants_json = "application/json" in request.headers.get("accept", "")
+        session = sessions.load(request)
+
+        def fail(status: int, code: str, message: str) -> Response:
+            if wants_json:
+                return JSONResponse({"error": code, "message": message}, status_code=status,
+                                    headers={"Cache-Control": "no-store"})
+            return pages.render("error.html", status_code=status, title_ja="申請を受け付けられませんでした",
+                                title_en="The application was not accepted", reason=f"{code}: {message}", errors=[])
+
+        if _current_login(session) is None:
+            return fail(401, "NOT_SIGNED_IN", "sign in first")
+        if int(request.headers.get("content-length") or 0) > 4096:
+            return fail(413, "TOO_LARGE", "the form is too large")
+        form = await request.form()
+        given = form.get("csrf_token")
+        expected = session.get(CSRF)
+        if not isinstance(given, str) or not expected or not hmac.compare_digest(given, expected):
+            return fail(403, "CSRF", "the form did not come from this agency's page; reload it")
+        index = form.get("process")
+        if not isinstance(index, str) or not index.isdigit() or int(index) >= len(config.processes):
+            return fail(400, "UNKNOWN_PROCESS", "no such application")
+        address = form.get("new_address")
+        if not isinstance(address, str) or not address.strip() or len(address) > counter.ADDRESS_MAX \
+                or any(ord(c) < 32 for c in address):
+            return fail(400, "BAD_ADDRESS", f"give the new address (at most {counter.ADDRESS_MAX} characters)")
+        if not session.get(BOOTSTRAP):
+            return fail(409, "NO_BOOTSTRAP_TOKEN", "the hub's sign-in carried no discovery token; sign in again")
+        process_id, title = config.processes[int(index)]
+        try:
+            run = await counter.start_process(config, sp_key, bootstrap_token=session[BOOTSTRAP],
+                                              process_id=process_id,
+                                              application={"新住所 (new address)": address.strip()})
+        except LookupFailed as exc:
+            return fail(exc.status, exc.code, exc.message)
+        if wants_json:
+            return JSONResponse(run, headers={"Cache-Control": "no-store"})
+        return pages.render("process.html", title=title, run=run, explain=explain)
 
     @app.post("/provide/{name}")
     async def provide(name: str, request: Request, background: BackgroundTasks) -> Response:

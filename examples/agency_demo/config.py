@@ -74,6 +74,8 @@ class AgencyConfig:
     records: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, hash=False)
     hub_metadata_xml: str | None = None
     departments: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
+    # business processes this agency's counter (窓口) starts: (process ID, title)
+    processes: tuple[tuple[str, str], ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         # Normalise once so every derived URL is spelled the same way the metadata spells it.
