@@ -10,6 +10,7 @@ import time
 import uuid
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import ClassVar
 from urllib.parse import parse_qs
 
 import httpx
@@ -21,6 +22,7 @@ from lxml import etree
 from sqlalchemy import update
 
 from idp.accounts import totp
+from kernel.jose import sign_jws
 from renkei.cli import main
 from tests.oidc_client import RP, Flow, Person, callback, exchange, hub_keys, s256, verify_id_token
 from tests.saml_sp import NS, Browser, TestSP, response_from_page
@@ -299,10 +301,52 @@ def test_client_assertions_follow_the_discovery_service_rules(hub, people, rp, r
     assert answer.json()["error"] == "invalid_client"
 
 
-def test_request_objects_are_refused(hub, rp):
+def _request_object(rp: RP, hub_url: str, flow: Flow, *, alg: str = "RS256", key=None, **extra) -> str:
+    now = int(time.time())
+    claims = {"iss": rp.client_id, "aud": hub_url, "client_id": rp.client_id, "exp": now + 60, "iat": now,
+              "response_type": "code", "redirect_uri": rp.redirect_uri, "scope": "openid", "state": flow.state,
+              "nonce": flow.nonce, "code_challenge": s256(flow.verifier), "code_challenge_method": "S256", **extra}
+    return sign_jws(claims, key=key if key is not None else rp.key, alg=alg, kid="k1")
+
+
+def test_a_signed_request_object_is_honoured(hub, people, rp):
+    person, _, _, _ = full_flow(hub, rp, "oidc-dana", people["oidc-dana"])  # logged in
     flow = Flow()
-    back = callback(Person(hub.base_url).authorize(rp, flow, request="eyJhbGciOiJub25lIn0.e30."), rp)
-    assert back["error"] == "request_not_supported" and back["iss"] == hub.base_url
+    query = {"client_id": rp.client_id, "response_type": "code", "scope": "openid",
+             "request": _request_object(rp, hub.base_url, flow)}
+    back = callback(person.client.get("/idp/oidc/authorize", params=query), rp)
+    assert back["state"] == flow.state and back["code"]
+    answer = exchange(hub.base_url, rp, back["code"], flow)
+    verify_id_token(hub.base_url, rp, answer.json()["id_token"], flow)
+
+
+@pytest.mark.parametrize("case", ["alg_none", "hmac", "other_client_key", "wrong_audience", "no_expiry", "by_uri"])
+def test_request_objects_without_a_registered_signature_are_refused(hub, people, rp, rp_es, case):
+    import base64
+
+    person, _, _, _ = full_flow(hub, rp, "oidc-dana", people["oidc-dana"])
+    flow = Flow()
+    query = {"client_id": rp.client_id, "response_type": "code", "scope": "openid", "redirect_uri": rp.redirect_uri,
+             "state": "outer-state"}
+    if case == "alg_none":
+        header = base64.urlsafe_b64encode(b'{"alg":"none"}').rstrip(b"=").decode()
+        signed = _request_object(rp, hub.base_url, flow)
+        query["request"] = header + "." + signed.split(".")[1] + "."
+    elif case == "hmac":  # keyed with the client's public key material, the classic confusion
+        query["request"] = _request_object(rp, hub.base_url, flow, alg="HS256", key=json.dumps(rp.jwk).encode())
+    elif case == "other_client_key":
+        query["request"] = _request_object(rp, hub.base_url, flow, alg="ES256", key=rp_es.key)
+    elif case == "wrong_audience":
+        query["request"] = _request_object(rp, hub.base_url, flow, aud="https://other-op.example")
+    elif case == "no_expiry":
+        query["request"] = _request_object(rp, hub.base_url, flow, exp=None)
+    else:
+        query["request_uri"] = "https://rp1.oidc.example.jp/request.jwt"
+    answer = person.client.get("/idp/oidc/authorize", params=query)
+    back = callback(answer, rp)
+    assert "code" not in back
+    assert back["error"] in ("invalid_request_object", "invalid_request", "request_uri_not_supported"), back
+    assert back["iss"] == hub.base_url
 
 
 def test_an_unknown_client_gets_a_page_not_a_redirect(hub):
@@ -380,9 +424,9 @@ def test_acr_values_are_honoured_or_refused(hub, people, rp):
 
 
 class _Receiver(BaseHTTPRequestHandler):
-    received: list[str] = []
+    received: ClassVar[list[str]] = []
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
         type(self).received.append(parse_qs(body)["logout_token"][0])
         self.send_response(200)
@@ -421,7 +465,7 @@ def test_rp_initiated_logout_ends_the_session_and_tells_the_other_rps(hub, peopl
                       tmp_path_factory)
     two = register_rp(RP(f"https://bcl-b-{uuid.uuid4().hex[:6]}.example.jp", "https://bcl-b.example.jp/cb",
                          backchannel_logout_uri=url), tmp_path_factory)
-    person, flow, tokens, claims_one = full_flow(hub, one, "oidc-erin", people["oidc-erin"])
+    person, _, tokens, claims_one = full_flow(hub, one, "oidc-erin", people["oidc-erin"])
     flow_two = Flow()
     back = callback(person.authorize(two, flow_two), two)  # same login session, no login
     tokens_two = exchange(hub.base_url, two, back["code"], flow_two).json()
@@ -454,7 +498,7 @@ def test_saml_single_logout_ends_the_oidc_sessions_too(hub, people, backchannel,
     sp = register(TestSP(f"https://slo-{uuid.uuid4().hex[:6]}.example.jp/sp", "https://slo.example.jp"), tmp)
     oidc_rp = register_rp(RP(f"https://bcl-c-{uuid.uuid4().hex[:6]}.example.jp", "https://bcl-c.example.jp/cb",
                              backchannel_logout_uri=url), tmp_path_factory)
-    person, flow, tokens, claims = full_flow(hub, oidc_rp, "oidc-dana", people["oidc-dana"])
+    person, _, _, claims = full_flow(hub, oidc_rp, "oidc-dana", people["oidc-dana"])
     browser = Browser(hub.base_url)
     browser.client = person.client  # the same browser, the same login session
     _, root = sp.authn_request(f"{hub.base_url}/idp/sso")
@@ -537,3 +581,54 @@ def pseudonyms_person(db, username: str) -> str:
     from idp import accounts
 
     return accounts.find(db_session=db, username=username).person_key
+
+
+def test_a_code_exchanged_twice_at_once_is_given_once(hub, people, rp):
+    """Codes live in the database: of two simultaneous exchanges (two workers), one wins."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    for _ in range(3):
+        _, flow, back = login_flow(hub, rp, "oidc-dana", people["oidc-dana"])
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            answers = list(pool.map(lambda pair: exchange(hub.base_url, rp, pair[0], pair[1]),
+                                    [(back["code"], flow)] * 2))
+        assert sorted(a.status_code for a in answers) == [200, 400], [a.text for a in answers]
+
+
+@pytest.mark.parametrize("params", [
+    {"state": "s" * 5000},
+    {"nonce": "n" * 300},
+    {"acr_values": "a" * 2000},
+    {"scope": "openid " + "x" * 9000},
+])
+def test_oversized_authorization_parameters_get_a_clear_refusal(hub, rp, params):
+    answer = Person(hub.base_url).authorize(rp, Flow(), **params)
+    assert 300 <= answer.status_code < 500
+    if answer.status_code in (302, 303):
+        assert "error=" in answer.headers["location"] and "code=" not in answer.headers["location"]
+
+
+def test_oversized_token_requests_get_a_clear_refusal(hub, rp):
+    answer = exchange(hub.base_url, rp, "c" * 5000, Flow(), assertion="a" * 9000)
+    assert answer.status_code in (400, 401) and answer.json()["error"]
+
+
+def test_an_unreachable_backchannel_rp_is_reported_and_its_session_still_ends(hub, people, tmp_path_factory):
+    import socket
+
+    from idp.oidc import logout
+    from idp.oidc.models import OidcRpSession
+    from kernel.db import session_scope
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}/bcl"
+    down = register_rp(RP(f"https://down-{uuid.uuid4().hex[:6]}.example.jp", "https://down.example.jp/cb",
+                          backchannel_logout_uri=dead), tmp_path_factory)
+    _, _, tokens, claims = full_flow(hub, down, "oidc-dana", people["oidc-dana"])
+    with session_scope() as db:
+        row = db.query(OidcRpSession).filter_by(client_id=down.client_id, sid=claims["sid"]).one()
+        results = logout.end_sessions(db, row.login_session_id)
+    assert [(r.client_id, r.ok) for r in results if r.client_id == down.client_id] == [(down.client_id, False)]
+    assert httpx.get(f"{hub.base_url}/idp/oidc/userinfo", timeout=10,
+                     headers={"Authorization": f"Bearer {tokens['access_token']}"}).status_code == 401

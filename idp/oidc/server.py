@@ -28,15 +28,17 @@ from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
 from authlib.oauth2.rfc6749.resource_protector import ResourceProtector
 from authlib.oauth2.rfc6750 import BearerTokenGenerator, BearerTokenValidator
 from authlib.oauth2.rfc7636 import CodeChallenge
+from authlib.oauth2.rfc9101 import JWTAuthenticationRequest
 from authlib.oauth2.rfc9207 import IssuerParameter
 from authlib.oidc.core import UserInfo, UserInfoEndpoint
 from authlib.oidc.core.grants import OpenIDCode
-from joserfc.jwk import ECKey, RSAKey
+from joserfc import jwt
+from joserfc.jwk import ECKey, KeySet, RSAKey
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from federation import service as agencies
-from federation.oidc import OidcClient
+from federation.oidc import CLIENT_ALGORITHMS, OidcClient
 from idp import service as idp_service
 from idp.oidc import keys as op_keys
 from idp.oidc.models import OidcCode, OidcRpSession, OidcToken
@@ -337,6 +339,42 @@ class _Protector(ResourceProtector):
         return self.validate_request([scopes] if isinstance(scopes, str) else scopes, self.request)
 
 
+class RequestObjects(JWTAuthenticationRequest):
+    """Request objects by value (RFC 9101, OIDC Core §6.1): signed with one of the client's
+    registered keys by RS256, PS256 or ES256 (its registered `request_object_signing_alg` if it
+    named one); "none" and HMAC are never accepted. The object is for this OP (`aud`), from
+    this client (`iss`), and expires. `request_uri` is not supported (no fetching by the OP)."""
+
+    def __init__(self, ctx: Context):
+        super().__init__(support_request=True, support_request_uri=False)
+        self.ctx = ctx
+        self.claims_validator = jwt.JWTClaimsRegistry(
+            leeway=60, client_id={"essential": True}, iss={"essential": True},
+            aud={"essential": True, "value": issuer(ctx.settings)}, exp={"essential": True})
+
+    def resolve_client_public_key(self, client: Client) -> KeySet:
+        return KeySet.import_key_set(client.registration.jwks)
+
+    def get_request_object_signing_algorithms(self, client: Client) -> list[str]:
+        registered = client.registration.request_object_signing_alg
+        return [registered] if registered else list(CLIENT_ALGORITHMS)
+
+    def get_server_metadata(self) -> dict:
+        return {"issuer": issuer(self.ctx.settings)}
+
+    def get_client_require_signed_request_object(self, client: Client) -> bool:
+        return False
+
+    def apply(self, server: HubServer, request: OAuth2Request) -> None:
+        """Replace the request's parameters by the verified request object's, if it has one."""
+        if "request" not in request.payload.data and "request_uri" not in request.payload.data:
+            return
+        client_id = request.payload.client_id
+        self.parse_authorization_request(server, request)
+        if request.payload.data.get("iss") != client_id:
+            raise InvalidRequestError("the request object's iss must be the client_id", state=request.payload.state)
+
+
 # --- the server ----------------------------------------------------------------------------
 
 
@@ -379,6 +417,7 @@ class HubServer(AuthorizationServer):
         self.register_grant(CodeGrant, [S256Challenge(required=True), HubOpenIDCode(ctx)])
         self.register_extension(lambda server: HubIssuer(ctx)(server))
         self.register_endpoint(HubUserInfo(self))
+        self.request_objects = RequestObjects(ctx)
 
     def query_client(self, client_id: str) -> Client | None:
         if not isinstance(client_id, str) or len(client_id) > 1024:

@@ -3,6 +3,7 @@ login pages and session), token, UserInfo and RP-initiated logout. Thin: Authlib
 (`idp.oidc.server`) decides; these read the request and write its answer."""
 from __future__ import annotations
 
+import json
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -101,7 +102,8 @@ def configuration() -> JSONResponse:
         "authorization_response_iss_parameter_supported": True,
         "backchannel_logout_supported": True,
         "backchannel_logout_session_supported": True,
-        "request_parameter_supported": False,
+        "request_parameter_supported": True,
+        "request_object_signing_alg_values_supported": ["RS256", "PS256", "ES256"],
         "request_uri_parameter_supported": False,
         "claims_parameter_supported": False,
     }, headers={"Cache-Control": "max-age=300"})
@@ -133,6 +135,13 @@ def _error_redirect(server: HubServer, oreq: HubRequest, error: OAuth2Error) -> 
     """An error to the validated redirect URI, with state and iss (RFC 9207 §2), or a page when
     the redirect URI is not (yet) trusted (RFC 6749 §4.1.2.1: never redirect then)."""
     if not error.redirect_uri:
+        # an error raised before the redirect URI was checked: it still goes back to the RP when
+        # the client is known and the URI is one it registered (as Authlib does for
+        # unsupported_response_type, RFC 6749 §4.1.2.1)
+        client = server.query_client(oreq.payload.client_id or "")
+        if client is not None and oreq.payload.redirect_uri and client.check_redirect_uri(oreq.payload.redirect_uri):
+            error.redirect_uri = oreq.payload.redirect_uri
+    if not error.redirect_uri:
         return error_page(400, f"認可要求を処理できません。The authorization request was refused: "
                                f"{error.error}: {error.description or ''}")
     error.state = oreq.payload.state
@@ -147,6 +156,10 @@ def _authorize(request: Request, db: Session, params: list[tuple[str, str]], *, 
         return error_page(400, f"認可要求が大きすぎます。The authorization request exceeds {MAX_QUERY_CHARS} characters.")
     server = _server(db)
     oreq = HubRequest("GET", endpoint(settings, "authorize"), params, request.headers)
+    try:
+        server.request_objects.apply(server, oreq)
+    except OAuth2Error as error:
+        return _error_redirect(server, HubRequest("GET", oreq.uri, params, request.headers), error)
     data = oreq.payload.data
     session = idp_service.current_session(db_session=db, token=request.cookies.get(SESSION_COOKIE), settings=settings)
     prompts = (data.get("prompt") or "").split()
@@ -166,11 +179,9 @@ def _authorize(request: Request, db: Session, params: list[tuple[str, str]], *, 
     try:
         if len(data.get("state") or "") > STATE_MAX:
             raise OAuth2Error(f"state must not exceed {STATE_MAX} characters")
-        for name, code in (("request", "request_not_supported"), ("request_uri", "request_uri_not_supported"),
-                           ("registration", "registration_not_supported")):
-            if name in data:
-                # OIDC Core §6: request objects are not taken; nothing signed "none" or HMAC gets in
-                raise _after_validation(server, oreq, code, f"the {name} parameter is not supported")
+        if "registration" in data:
+            raise _after_validation(server, oreq, "registration_not_supported",
+                                    "the registration parameter is not supported")
         grant = server.get_consent_grant(oreq, end_user=grantee)
         if needed is None:
             raise _after_validation(server, oreq, "unmet_authentication_requirements",
@@ -182,7 +193,8 @@ def _authorize(request: Request, db: Session, params: list[tuple[str, str]], *, 
         return _error_redirect(server, oreq, error)
     if grantee is not None:
         return _reply(server.create_authorization_response(oreq, grant_user=grantee, grant=grant))
-    return _park(db, oreq, params, requested, force="login" in prompts or session is not None)
+    verified = [(k, v if isinstance(v, str) else json.dumps(v)) for k, v in data.items() if k != "request"]
+    return _park(db, oreq, verified, requested, force="login" in prompts or session is not None)
 
 
 def _too_old(session, max_age: str | None) -> bool:
