@@ -646,22 +646,27 @@ def keys() -> None:
 
 
 @keys.command("rotate")
-@click.argument("role", type=click.Choice(["idp", "discovery"]))
+@click.argument("role", type=click.Choice(["idp", "discovery", "oidc-es256"]))
 def keys_rotate(role: str) -> None:
     """Add a new signing key version: running servers sign with it from their next message, and
-    metadata publishes it beside the previous one (docs/operations.md)."""
+    metadata (and the OIDC JWKS) publishes it beside the previous one (docs/operations.md).
+    `idp` also signs RS256 ID tokens; `oidc-es256` is the OP's ES256 key (docs/oidc.md)."""
+    from idp.oidc import keys as oidc_keys
     from kernel.keys import keystore
 
     settings = get_settings()
     if not keystore().signing_versions(role):
         raise RenkeiError(f"no {role} key in {settings.keys_dir} to rotate; run `renkei init` first")
-    key = keystore().create_signing_key(role)
+    if role == oidc_keys.EC_ROLE:
+        version = oidc_keys.create_es256_key(keystore())
+    else:
+        version = keystore().create_signing_key(role).version
     from kernel.db import session_scope
 
     # the key is a file, not a row: recorded just after it exists (a failure here is said)
     with session_scope(_ready_db()) as db:
-        record(db, "keys.rotate", role, after={"version": key.version})
-    click.echo(f"{role} now signs with key v{key.version}; {settings.idp_entity_id} lists it and the one before")
+        record(db, "keys.rotate", role, after={"version": version})
+    click.echo(f"{role} now signs with key v{version}; {settings.idp_entity_id} lists it and the one before")
 
 
 @main.command()

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from joserfc.jwk import KeySet
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from idp import saml
 from idp import service as idp_service
@@ -119,7 +120,7 @@ def jwks() -> JSONResponse:
 
 
 @router.get("/idp/oidc/authorize")
-async def authorize_get(request: Request, db: Session = DB) -> Response:
+def authorize_get(request: Request, db: Session = DB) -> Response:
     """OpenID Connect Core §3.1.2.1, by GET."""
     return _authorize(request, db, parse_qsl(request.url.query, keep_blank_values=True), resumed=False)
 
@@ -128,7 +129,9 @@ async def authorize_get(request: Request, db: Session = DB) -> Response:
 async def authorize_post(request: Request, db: Session = DB) -> Response:
     """OpenID Connect Core §3.1.2.1, by POST (form-encoded)."""
     form = await request.form()
-    return _authorize(request, db, [(k, v) for k, v in form.multi_items() if isinstance(v, str)], resumed=False)
+    params = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
+    # the database work runs off the event loop, as in the sync routes
+    return await run_in_threadpool(_authorize, request, db, params, resumed=False)
 
 
 def _error_redirect(server: HubServer, oreq: HubRequest, error: OAuth2Error) -> Response:
@@ -274,6 +277,10 @@ async def token(request: Request, db: Session = DB) -> Response:
     params = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
     if sum(len(k) + len(v) for k, v in params) > 4 * MAX_QUERY_CHARS:
         return JSONResponse({"error": "invalid_request", "error_description": "the request is too large"}, 400)
+    return await run_in_threadpool(_token, request, db, params)
+
+
+def _token(request: Request, db: Session, params: list[tuple[str, str]]) -> Response:
     server = _server(db)
     oreq = HubRequest("POST", endpoint(get_settings(), "token"), params, request.headers)
     return _reply(server.create_token_response(oreq))
