@@ -527,6 +527,9 @@ def expire_housekeeping(*, db_session: Session, now: datetime | None = None) -> 
         delete(IdpSession).where(func.coalesce(IdpSession.last_seen_at, IdpSession.authn_instant) <= idle_since)
     )
     db_session.execute(delete(PendingAuthn).where(PendingAuthn.expires_at <= now))
+    from idp.oidc.logout import expire as expire_oidc  # the OIDC provider builds on this module
+
+    expire_oidc(db_session=db_session, now=now)
     db_session.execute(
         delete(LoginThrottle).where(
             LoginThrottle.last_failure_at <= now - timedelta(seconds=settings.login_failure_window_seconds)

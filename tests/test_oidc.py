@@ -632,3 +632,23 @@ def test_an_unreachable_backchannel_rp_is_reported_and_its_session_still_ends(hu
     assert [(r.client_id, r.ok) for r in results if r.client_id == down.client_id] == [(down.client_id, False)]
     assert httpx.get(f"{hub.base_url}/idp/oidc/userinfo", timeout=10,
                      headers={"Authorization": f"Bearer {tokens['access_token']}"}).status_code == 401
+
+
+def test_housekeeping_drops_expired_codes_tokens_and_orphaned_rp_sessions(hub, people, rp):
+    from sqlalchemy import func, select
+
+    from idp import service
+    from idp.models import IdpSession
+    from idp.oidc.models import OidcCode, OidcRpSession, OidcToken
+    from kernel.db import session_scope, utcnow
+
+    _, _, _, claims = full_flow(hub, rp, "oidc-dana", people["oidc-dana"])
+    login_flow(hub, rp, "oidc-dana", people["oidc-dana"])  # leaves an unused code
+    with session_scope() as db:
+        login_session = db.scalar(select(OidcRpSession.login_session_id).where(OidcRpSession.sid == claims["sid"]))
+        service.expire_housekeeping(db_session=db, now=utcnow() + timedelta(seconds=hub.settings.session_lifetime_seconds + 1))
+        assert db.get(IdpSession, login_session) is None
+        assert db.scalar(select(func.count()).select_from(OidcRpSession).where(OidcRpSession.sid == claims["sid"])) == 0
+        later = utcnow() + timedelta(seconds=hub.settings.session_lifetime_seconds + 1)
+        assert db.scalar(select(func.count()).select_from(OidcCode).where(OidcCode.expires_at <= later)) == 0
+        assert db.scalar(select(func.count()).select_from(OidcToken).where(OidcToken.expires_at <= later)) == 0

@@ -86,7 +86,27 @@ def end_sessions(db_session: Session, login_session_id: str) -> list[LogoutResul
 
 
 def end_login_session(db_session: Session, login_session_id: str) -> list[LogoutResult]:
-    """End a login session entirely: its OIDC RPs (`end_sessions`) and the IdP session row."""
+    """End a login session entirely: its OIDC RPs (`end_sessions`), its SAML SPs where the
+    IdP can reach them over the back channel (`idp.slo`, where present), and the IdP session."""
     results = end_sessions(db_session, login_session_id)
+    try:
+        from idp import slo  # SAML Single Logout to every SP of the session, if this build has it
+    except ImportError:
+        slo = None
+    if slo is not None and hasattr(slo, "end_saml_sessions"):
+        slo.end_saml_sessions(db_session=db_session, settings=get_settings(), login_session_id=login_session_id)
     db_session.execute(delete(IdpSession).where(IdpSession.id == login_session_id))
     return results
+
+
+def expire(*, db_session: Session, now=None) -> None:
+    """Drop expired pending requests, codes and access tokens, and the RP sessions of login
+    sessions that ended without a logout (expired or idle)."""
+    from idp.oidc.models import OidcPending
+
+    now = now or utcnow()
+    db_session.execute(delete(OidcPending).where(OidcPending.expires_at <= now))
+    db_session.execute(delete(OidcCode).where(OidcCode.expires_at <= now))
+    db_session.execute(delete(OidcToken).where(OidcToken.expires_at <= now))
+    live = select(IdpSession.id)
+    db_session.execute(delete(OidcRpSession).where(OidcRpSession.login_session_id.not_in(live)))
