@@ -24,7 +24,7 @@ from authlib.oauth2.rfc6749 import (
     TokenMixin,
     grants,
 )
-from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
+from authlib.oauth2.rfc6749.requests import OAuth2Payload
 from authlib.oauth2.rfc6749.resource_protector import ResourceProtector
 from authlib.oauth2.rfc6750 import BearerTokenGenerator, BearerTokenValidator
 from authlib.oauth2.rfc7636 import CodeChallenge
@@ -154,27 +154,40 @@ class AccessToken(TokenMixin):
 # --- requests ----------------------------------------------------------------------------
 
 
+class HubPayload(OAuth2Payload):
+    """The request's parameters: the first value of each name, and every value (Authlib refuses
+    repeated parameters with the lists)."""
+
+    def __init__(self, params: list[tuple[str, str]]):
+        self._data: dict[str, str] = {}
+        self._datalist: dict[str, list[str]] = {}
+        for name, value in params:
+            self._data.setdefault(name, value)
+            self._datalist.setdefault(name, []).append(value)
+
+    @property
+    def data(self) -> dict[str, str]:
+        return self._data
+
+    @property
+    def datalist(self) -> dict[str, list[str]]:
+        return self._datalist
+
+
 class HubRequest(OAuth2Request):
     """An OAuth 2 request built from what the route read (query or form, as pairs)."""
 
     def __init__(self, method: str, uri: str, params: list[tuple[str, str]], headers) -> None:
         super().__init__(method=method, uri=uri, headers=headers)
-        data: dict[str, str] = {}
-        for name, value in params:
-            data.setdefault(name, value)
-        self.payload = BasicOAuth2Payload(data)
-        self.payload._datalist = {}
-        for name, value in params:
-            self.payload._datalist.setdefault(name, []).append(value)
-        self._params = data
+        self.payload = HubPayload(params)
 
     @property
     def args(self) -> dict[str, str]:
-        return self._params
+        return self.payload.data
 
     @property
     def form(self) -> dict[str, str]:
-        return self._params
+        return self.payload.data
 
 
 @dataclass
