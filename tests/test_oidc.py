@@ -652,3 +652,18 @@ def test_housekeeping_drops_expired_codes_tokens_and_orphaned_rp_sessions(hub, p
         later = utcnow() + timedelta(seconds=hub.settings.session_lifetime_seconds + 1)
         assert db.scalar(select(func.count()).select_from(OidcCode).where(OidcCode.expires_at <= later)) == 0
         assert db.scalar(select(func.count()).select_from(OidcToken).where(OidcToken.expires_at <= later)) == 0
+
+
+def test_resuming_without_logging_in_is_login_required_and_a_pending_request_is_used_once(hub, rp):
+    person = Person(hub.base_url)
+    flow = Flow()
+    first = person.authorize(rp, flow)
+    assert first.status_code == 303 and "/idp/login" in first.headers["location"]
+    pending = person.client.cookies.get("renkei_oidc_pending")
+    back = callback(person.client.get("/idp/oidc/authorize/resume", params={"pending": pending}), rp)
+    assert back["error"] == "login_required" and back["state"] == flow.state
+    again = person.client.get("/idp/oidc/authorize/resume", params={"pending": pending})
+    assert again.status_code == 400 and "location" not in again.headers
+    # and another browser cannot resume it
+    stranger = Person(hub.base_url)
+    assert stranger.client.get("/idp/oidc/authorize/resume", params={"pending": pending}).status_code == 400

@@ -190,6 +190,8 @@ def _authorize(request: Request, db: Session, params: list[tuple[str, str]], *, 
             raise _after_validation(server, oreq, "unmet_authentication_requirements",
                                     "none of the acr_values can be met by this OP")
         if grantee is None and resumed:
+            if session is None:  # the login pages did not leave a session in this browser
+                raise _after_validation(server, oreq, "login_required", "the person did not log in")
             raise _after_validation(server, oreq, "unmet_authentication_requirements",
                                     "this account cannot log in as strongly as the service requires")
     except OAuth2Error as error:
