@@ -636,6 +636,11 @@ def run(args: argparse.Namespace, bench: harness.Bench) -> int:
             failed = True
             rows.append((f"Renkei HTTP, {label}", None, None, f"FAILED: {reason[:200]}"))
     report(rows, base["rate"])
+    if not args.skip_oidc:  # the OIDC code exchange (bench/oidc.py), on a home of its own
+        from bench import oidc
+
+        results["oidc"] = oidc.run_oidc(tmp, quick=args.quick, workers=args.workers)
+        failed = failed or results["oidc"]["failed"]
     say("\nTargets of the issue (CPU ratios use the server's CPU ms per response, which load moves "
         "far less than wall-clock rates):")
     for line in target_lines(base, floor, inproc, http, args.workers):
@@ -691,6 +696,7 @@ def main() -> int:
                         help="distinct AuthnRequests to precompute per HTTP run (default: enough)")
     parser.add_argument("--profile", action="store_true",
                         help="print a cProfile of the in-process full SSO path")
+    parser.add_argument("--skip-oidc", action="store_true", help="skip the OIDC token phases (bench/oidc.py)")
     parser.add_argument("--flame", type=Path, default=None,
                         help="write a py-spy speedscope profile of one worker of the PostgreSQL run here (a dir)")
     harness.add_output_arguments(parser)

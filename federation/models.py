@@ -32,6 +32,10 @@ class Agency(Base):
     certificates: Mapped[list[AgencyCertificate]] = relationship(
         back_populates="agency", cascade="all, delete-orphan", lazy="selectin"
     )
+    # set for an agency that connects over OpenID Connect (federation.oidc)
+    oidc_client: Mapped[AgencyOidcClient | None] = relationship(
+        cascade="all, delete-orphan", lazy="selectin", uselist=False
+    )
 
 
 class AgencyEndpoint(Base):
@@ -62,3 +66,15 @@ class AgencyCertificate(Base):
     cert_pem: Mapped[str] = mapped_column(Text)
 
     agency: Mapped[Agency] = relationship(back_populates="certificates")
+
+
+class AgencyOidcClient(Base):
+    """An agency's OpenID Connect client metadata (RFC 7591 fields), checked at registration;
+    the JWKS in it are the only keys its client assertions and request objects verify with."""
+
+    __tablename__ = "agency_oidc_clients"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    agency_id: Mapped[int] = mapped_column(ForeignKey("agencies.id", ondelete="CASCADE"), unique=True)
+    metadata_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

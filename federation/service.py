@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from federation.models import Agency, AgencyCertificate, AgencyEndpoint
+from federation.oidc import OidcClient, client_from_json
 from kernel.cache import TTLCache
 from kernel.db import utcnow
 from kernel.errors import UserError, shown
@@ -53,6 +54,8 @@ class RegisteredAgency:
     slo: tuple[Endpoint, ...]
     signing_keys: tuple = field(default=())
     encryption_certs: tuple[x509.Certificate, ...] = field(default=())
+    # the agency's OpenID Connect client registration, if it connects over OIDC (federation.oidc)
+    oidc: OidcClient | None = None
 
     def acs_for(self, url: str | None, index: int | None) -> Endpoint | None:
         """The ACS a request names (by URL or index), or the default one when it names none."""
@@ -235,6 +238,11 @@ def list_all(*, db_session: Session) -> list[Agency]:
 _cache: TTLCache[RegisteredAgency | None] = TTLCache(seconds=5.0)
 
 
+def clear_cache() -> None:
+    """Forget cached agencies (after a registration changed)."""
+    _cache.clear()
+
+
 def lookup(*, db_session: Session, entity_id: str) -> RegisteredAgency | None:
     """The live agency for an entity ID (cached for a few seconds), or None when it is unknown
     or retired: every live use (SSO, discovery, tokens, links) refuses a retired agency alike."""
@@ -257,6 +265,7 @@ def _view(agency: Agency) -> RegisteredAgency:
         )
 
     certs = [(c.use, x509.load_pem_x509_certificate(c.cert_pem.encode())) for c in agency.certificates]
+    oidc = client_from_json(agency.oidc_client.metadata_json) if agency.oidc_client is not None else None
     return RegisteredAgency(
         entity_id=agency.entity_id,
         name=agency.name,
@@ -265,6 +274,8 @@ def _view(agency: Agency) -> RegisteredAgency:
         want_assertions_signed=agency.want_assertions_signed,
         acs=endpoints("acs"),
         slo=endpoints("slo"),
-        signing_keys=tuple(c.public_key() for use, c in certs if use == "signing"),
+        # an OIDC agency's JWKS sign its client assertions to the discovery service too
+        signing_keys=tuple(c.public_key() for use, c in certs if use == "signing") + (oidc.public_keys if oidc else ()),
         encryption_certs=tuple(c for use, c in certs if use == "encryption"),
+        oidc=oidc,
     )

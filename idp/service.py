@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import unquote_plus
 
 from lxml import etree
-from sqlalchemy import delete, func
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from access_history import service as history
@@ -247,9 +247,18 @@ _SEEN_GRANULARITY = timedelta(minutes=1)
 
 
 def end_session(*, db_session: Session, token: str | None) -> None:
-    """End the session a cookie token names, if any."""
+    """End the session a cookie token names, if any (its OIDC RPs are told too)."""
     if token:
+        _end_oidc_sessions(db_session, [_hash(token)])
         db_session.execute(delete(IdpSession).where(IdpSession.id == _hash(token)))
+
+
+def _end_oidc_sessions(db_session: Session, login_session_ids: list[str]) -> None:
+    """One login session serves SAML and OIDC: ending it sends back-channel logout tokens."""
+    from idp.oidc.logout import end_sessions  # the OIDC provider builds on this module
+
+    for login_session_id in login_session_ids:
+        end_sessions(db_session, login_session_id)
 
 
 def logout_csrf_token(token: str) -> str:
@@ -486,8 +495,11 @@ def _end_sessions_for(
         except pseudonyms.PseudonymError:
             return
         query = delete(IdpSession).where(IdpSession.person_key == person.person_key)
+        ids = select(IdpSession.id).where(IdpSession.person_key == person.person_key)
         if request.session_indexes:
             query = query.where(IdpSession.session_index.in_(request.session_indexes))
+            ids = ids.where(IdpSession.session_index.in_(request.session_indexes))
+        _end_oidc_sessions(db_session, list(db_session.scalars(ids)))
         db_session.execute(query)
 
 
@@ -517,6 +529,9 @@ def expire_housekeeping(*, db_session: Session, now: datetime | None = None) -> 
         delete(IdpSession).where(func.coalesce(IdpSession.last_seen_at, IdpSession.authn_instant) <= idle_since)
     )
     db_session.execute(delete(PendingAuthn).where(PendingAuthn.expires_at <= now))
+    from idp.oidc.logout import expire as expire_oidc  # the OIDC provider builds on this module
+
+    expire_oidc(db_session=db_session, now=now)
     db_session.execute(
         delete(LoginThrottle).where(
             LoginThrottle.last_failure_at <= now - timedelta(seconds=settings.login_failure_window_seconds)

@@ -13,6 +13,7 @@ from access_history import service as history
 from access_history.models import OperationIn
 from federation import service as agencies
 from idp import accounts, saml, service
+from idp.oidc.views import finish_login as finish_oidc_login
 from kernel.keys import keystore
 from kernel.settings import get_settings
 from kernel.web import DB, Pages, raw_query
@@ -250,12 +251,14 @@ def _finish(request: Request, db: Session, authn: saml.AuthnRequest, row, person
     token = service.start_session(db_session=db, settings=settings, person_key=person_key, level=level)
     session = service.current_session(db_session=db, token=token, settings=settings)
     context = saml.context_for_level(authn.requested_context, level)
-    if context is None:
+    if (resume := finish_oidc_login(authn)) is not None:  # an OIDC authorization request goes on there
+        response = resume
+    elif context is None:
         error = saml.SamlStatusError(
             RESPONDER, "this account cannot log in as strongly as the service requires",
             saml.NO_AUTHN_CONTEXT,
         )
-        answer = service.answer_error(settings=settings, keys=keystore(), request=authn, error=error)
+        response = _post_answer(service.answer_error(settings=settings, keys=keystore(), request=authn, error=error))
     else:
         agency = agencies.lookup(db_session=db, entity_id=authn.issuer)
         if agency is None:
@@ -264,7 +267,7 @@ def _finish(request: Request, db: Session, authn: saml.AuthnRequest, row, person
             db_session=db, settings=settings, keys=keystore(), agency=agency,
             request=authn, session=session, authn_context=context,
         )
-    response = _post_answer(answer)
+        response = _post_answer(answer)
     response.set_cookie(
         SESSION_COOKIE, token, httponly=True, samesite="lax", secure=_secure(), path="/idp",
         max_age=settings.session_lifetime_seconds,

@@ -150,13 +150,14 @@ def verify_client_assertion(
     token: str,
     *,
     keys_for: Callable[[str], Sequence],
-    audience: str,
+    audience: str | Sequence[str],
     db_session: Session,
     now: int | None = None,
 ) -> dict:
     """Verify a client assertion and return its claims; `keys_for(iss)` gives the pinned keys.
 
-    iss and sub must be the same registered client, aud this endpoint, exp within five
+    iss and sub must be the same registered client, aud this endpoint (or one of the
+    `audience` values given: an OP's token endpoint accepts its issuer too), exp within five
     minutes, iat/nbf (if present) not in the future, and the jti unused (kept in the replay
     cache until exp).
     """
@@ -179,7 +180,8 @@ def verify_client_assertion(
         now=now, leeway=CLOCK_SKEW,
         iss={"essential": True, "value": issuer},
         sub={"essential": True, "value": issuer},  # RFC 7523 §3 item 2: sub is the client itself
-        aud={"essential": True, "value": audience},
+        aud={"essential": True, "value": audience} if isinstance(audience, str)
+        else {"essential": True, "values": list(audience)},
         exp={"essential": True},
         jti={"essential": True},
     )

@@ -9,7 +9,7 @@ from kernel import replay  # noqa: F401  (the kernel's replay-cache table)
 from kernel.db import Base, make_engine
 from renkei import operators  # noqa: F401  (the roof's one table: named operators)
 
-for room in ("federation", "idp", "pseudonym", "consent", "discovery", "access_history", "portal",
+for room in ("federation", "idp", "idp.oidc", "pseudonym", "consent", "discovery", "access_history", "portal",
              "relay", "process"):
     try:
         importlib.import_module(f"{room}.models")

@@ -82,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from access_history.api import router as history_api
     from discovery.api import router as discovery_api
     from discovery.soap import router as discovery_soap
+    from idp.oidc.views import router as oidc_router
     from idp.views import router as idp_router
     from portal.routes import router as portal_router
     from portal.views import LoginRequired, login_redirect_handler, portal_static
@@ -100,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         mount_api_docs(app)
     app.include_router(idp_router)
+    app.include_router(oidc_router)
     app.include_router(discovery_api)
     app.include_router(operator_api)
     app.include_router(discovery_soap)

@@ -265,34 +265,49 @@ def person_role_list(role: str | None) -> None:
 
 @main.group()
 def agency() -> None:
-    """Register agency service providers from their SAML metadata."""
+    """Register agency service providers from their SAML metadata or OpenID Connect client metadata."""
 
 
 @agency.command("add")
-@click.option("--metadata", "metadata_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--metadata", "metadata_file", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="The agency's SAML metadata file (md:EntityDescriptor with an SPSSODescriptor).")
+@click.option("--oidc-metadata", "oidc_file", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="The agency's OpenID Connect client metadata (RFC 7591 JSON with client_id and jwks); "
+                   "for an agency already registered from SAML metadata, adds OIDC to it.")
 @click.option("--class", "agency_class", default="", help="Agency class, e.g. municipality.")
 @click.option("--name", default=None, help="Display name (default: from the metadata).")
 @click.option("--replace", is_flag=True,
               help="Update an agency that is already registered (a retired one cannot be).")
-def agency_add(metadata_file: Path, agency_class: str, name: str | None, replace: bool) -> None:
-    """Register an agency from its metadata; its ACS URLs and keys are pinned from it."""
+def agency_add(metadata_file: Path | None, oidc_file: Path | None, agency_class: str, name: str | None,
+               replace: bool) -> None:
+    """Register an agency from its metadata; its ACS URLs (or redirect URIs) and keys are pinned from it."""
+    from federation import oidc
     from federation import service as agencies
     from kernel.db import session_scope
 
+    if (metadata_file is None) == (oidc_file is None):
+        raise RenkeiError("give exactly one of --metadata (SAML) or --oidc-metadata (OpenID Connect)")
+    source = metadata_file or oidc_file
     url = _ready_db()
     try:
-        data = metadata_file.read_bytes()
+        data = source.read_bytes()
     except OSError as exc:
-        raise RenkeiError(f"cannot read {metadata_file}: {exc.strerror}") from None
+        raise RenkeiError(f"cannot read {source}: {exc.strerror}") from None
     try:
         with session_scope(url) as db:
-            a = agencies.register(db_session=db, metadata=data, agency_class=agency_class, name=name, replace=replace)
+            if oidc_file is not None:
+                a = oidc.register_oidc(db_session=db, metadata=data, agency_class=agency_class, name=name,
+                                       replace=replace)
+            else:
+                a = agencies.register(db_session=db, metadata=data, agency_class=agency_class, name=name,
+                                      replace=replace)
             entity_id = a.entity_id
             record(db, "agency.replace" if replace else "agency.add", entity_id,
-                   after={"class": a.agency_class, "name": a.name})
+                   after={"class": a.agency_class, "name": a.name, "protocol": "oidc" if oidc_file else "saml"})
+    except oidc.ClientMetadataError as exc:
+        raise RenkeiError(f"{source}: {exc}") from None
     except agencies.MetadataError as exc:
-        raise RenkeiError(f"{metadata_file}: {exc}") from None
+        raise RenkeiError(f"{source}: {exc}") from None
     click.echo(f"registered {entity_id}")
 
 
@@ -643,13 +658,15 @@ def keys() -> None:
 
 
 @keys.command("rotate")
-@click.argument("role", type=click.Choice(["idp", "discovery"]))
+@click.argument("role", type=click.Choice(["idp", "discovery", "oidc-es256"]))
 @click.option("--key-type", type=click.Choice(KEY_TYPE_CHOICES), default=None,
-              help="Type of the new key (default: the type of the current one).")
+              help="Type of the new key (default: the type of the current one; oidc-es256 is always ec-p256).")
 def keys_rotate(role: str, key_type: str | None) -> None:
     """Add a new signing key version: running servers sign with it from their next message, and
-    metadata publishes it beside the previous one (docs/operations.md)."""
-    from kernel.keys import KeyProblem, keystore
+    metadata (and the OIDC JWKS) publishes it beside the previous one (docs/operations.md).
+    `idp` also signs RS256 ID tokens; `oidc-es256` is the OP's ES256 key (docs/oidc.md)."""
+    from idp.oidc import keys as oidc_keys
+    from kernel.keys import EC_P256, KeyProblem, keystore
 
     settings = get_settings()
     if not keystore().signing_versions(role):
@@ -658,6 +675,10 @@ def keys_rotate(role: str, key_type: str | None) -> None:
         previous = keystore().current_signing_key(role)
     except KeyProblem as exc:
         raise RenkeiError(str(exc)) from None
+    if role == oidc_keys.EC_ROLE:
+        if key_type not in (None, EC_P256):
+            raise RenkeiError(f"{role} is an ECDSA P-256 key; it cannot become {key_type}")
+        key_type = EC_P256
     key = keystore().create_signing_key(role, key_type=key_type or previous.key_type)
     from kernel.db import session_scope
 

@@ -22,12 +22,14 @@ import httpx
 import uvicorn
 import yaml
 from agency_demo import AgencyConfig, create_agency_app, sp_metadata
+from agency_demo.oidc_rp import client_metadata_json, create_oidc_agency_app
 
 from consent import service as consent
 from consent.models import PolicyRuleIn
 from consent.receipts import COLLECTED_AT_DEMO_SETUP
 from consent.whitelist_io import parse_yaml
 from discovery import service as location
+from federation import oidc as oidc_agencies
 from federation import service as agencies
 from idp import accounts
 from idp.accounts import totp
@@ -48,6 +50,7 @@ class DemoAgency:
     agency_class: str
     port: int
     host: str
+    protocol: str = "saml"  # or "oidc": an OpenID Connect relying party (agency_demo.oidc_rp)
 
     @property
     def base_url(self) -> str:
@@ -104,11 +107,17 @@ def setup(config: dict, config_dir: Path = DEFAULT_CONFIG.parent) -> tuple[list[
     keys = keystore()
     host = config["hub"].get("host", "127.0.0.1")
     demo_agencies = [
-        DemoAgency(a["key"], a["name"], a.get("class", ""), int(a["port"]), host) for a in config["agencies"]
+        DemoAgency(a["key"], a["name"], a.get("class", ""), int(a["port"]), host, a.get("protocol", "saml"))
+        for a in config["agencies"]
     ]
     passwords = _passwords(settings.home, [p["username"] for p in config["people"]])
     with session_scope() as db:
         for a in demo_agencies:
+            if a.protocol == "oidc":
+                oidc_agencies.register_oidc(
+                    db_session=db, metadata=client_metadata_json(agency_config(a, settings.base_url, settings.home)),
+                    agency_class=a.agency_class, name=a.name, replace=True)
+                continue
             metadata = sp_metadata(agency_config(a, settings.base_url, settings.home, config))
             agencies.register(db_session=db, metadata=metadata.encode(), agency_class=a.agency_class,
                               name=a.name, replace=True)
@@ -230,7 +239,8 @@ def run(*, config_file: Path | None, serve: bool, run_scenarios: bool = False) -
         click.echo(f"request log in {settings.request_log}")
     servers = [(uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning")), sockets["hub"])]
     for a in demo_agencies:
-        app = create_agency_app(agency_config(a, settings.base_url, settings.home, config))
+        make_app = create_oidc_agency_app if a.protocol == "oidc" else create_agency_app
+        app = make_app(agency_config(a, settings.base_url, settings.home, config))
         servers.append((uvicorn.Server(uvicorn.Config(app, log_level="warning")), sockets[a.key]))
 
     async def serve_all() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from access_history.service import NOTE_SECRET
 from idp.accounts import TOTP_SECRET
+from idp.oidc import keys as oidc_keys
 from kernel.keys import DEFAULT_KEY_TYPE, KeyProblem, KeyStore, keystore, private_directory
 from kernel.settings import get_settings
 from pseudonym.bootstrap import BOOTSTRAP_SECRET
@@ -60,6 +61,7 @@ def ensure_hub_keys(*, create_missing_secrets: bool = False, key_type: str = DEF
     try:
         for role in HUB_ROLES:
             keys.ensure_signing_key(role, key_type=key_type if role in KEY_TYPE_ROLES else DEFAULT_KEY_TYPE)
+        oidc_keys.ensure_es256_key(keys)  # the OP's ES256 ID-token key
     except KeyProblem as exc:
         raise HubNotReady(str(exc)) from None
     for name in HUB_SECRETS:
@@ -75,7 +77,8 @@ def check_hub_ready() -> None:
         raise HubNotReady(f"RENKEI_HOME {settings.home} does not exist; run `renkei init` to create it "
                           "(or point RENKEI_HOME at the hub's home)")
     # a fresh store reads every file from disk: the process-wide one may hold keys in memory
-    problems = KeyStore(settings.keys_dir).problems(roles=HUB_ROLES, secret_names=HUB_SECRETS)
+    store = KeyStore(settings.keys_dir)
+    problems = store.problems(roles=HUB_ROLES, secret_names=HUB_SECRETS) + oidc_keys.problems(store)
     try:
         if bootstrap_enabled():
             operator_token()

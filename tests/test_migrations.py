@@ -23,7 +23,7 @@ from kernel.db import Base, alembic_config, make_engine
 from tests.conftest import fresh_database_url
 
 # every module that declares tables on the shared metadata
-MODEL_MODULES = ("kernel.replay", "federation.models", "idp.models", "pseudonym.models",
+MODEL_MODULES = ("kernel.replay", "federation.models", "idp.models", "idp.oidc.models", "pseudonym.models",
                  "consent.models", "discovery.models", "access_history.models", "portal.models",
                  "relay.models", "process.models", "renkei.operators")
 
