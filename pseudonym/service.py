@@ -91,6 +91,11 @@ def _live(person_key: str, agency: str):
     )
 
 
+def find(*, db_session: Session, person_key: str, agency: str) -> str | None:
+    """The live pseudonym of a person for an agency, or None when none was created yet."""
+    return db_session.scalar(_live(person_key, agency))
+
+
 def get_or_create(*, db_session: Session, keys: KeyStore, person_key: str, agency: str, scope: str) -> str:
     """The live pseudonym of a person for an agency, created (and stored) on first use."""
     value = db_session.scalar(_live(person_key, agency))

@@ -257,31 +257,101 @@ def agency() -> None:
 
 
 @agency.command("add")
-@click.option("--metadata", "metadata_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--metadata", "metadata_file", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="The agency's SAML metadata file (md:EntityDescriptor with an SPSSODescriptor).")
+@click.option("--metadata-url", default=None,
+              help="Fetch the agency's metadata from this URL instead (signed; see --metadata-signing-cert);"
+                   " `renkei agency refresh` fetches it again.")
+@click.option("--metadata-signing-cert", "signing_cert_file", default=None,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="PEM certificate that must have signed the metadata at --metadata-url (pinned).")
 @click.option("--class", "agency_class", default="", help="Agency class, e.g. municipality.")
 @click.option("--name", default=None, help="Display name (default: from the metadata).")
 @click.option("--replace", is_flag=True,
               help="Update an agency that is already registered (a retired one cannot be).")
-def agency_add(metadata_file: Path, agency_class: str, name: str | None, replace: bool) -> None:
+def agency_add(metadata_file: Path | None, metadata_url: str | None, signing_cert_file: Path | None,
+               agency_class: str, name: str | None, replace: bool) -> None:
     """Register an agency from its metadata; its ACS URLs and keys are pinned from it."""
+    from federation import refresh
+    from federation import service as agencies
+    from kernel.db import session_scope
+
+    if (metadata_file is None) == (metadata_url is None):
+        raise RenkeiError("give either --metadata FILE or --metadata-url URL")
+    if metadata_url is not None and (signing_cert_file is None or replace):
+        raise RenkeiError("--metadata-url needs --metadata-signing-cert FILE (and cannot be used with --replace;"
+                          " use `renkei agency refresh`)")
+    url = _ready_db()
+    source = str(metadata_file or metadata_url)
+    try:
+        data = (metadata_file or signing_cert_file).read_bytes()
+    except OSError as exc:
+        raise RenkeiError(f"cannot read {metadata_file or signing_cert_file}: {exc.strerror}") from None
+    try:
+        with session_scope(url) as db:
+            if metadata_url is not None:
+                a = refresh.add_from_url(db_session=db, url=metadata_url, signing_cert_pem=refresh.load_signing_cert(data),
+                                         agency_class=agency_class, name=name)
+            else:
+                a = agencies.register(db_session=db, metadata=data, agency_class=agency_class, name=name,
+                                      replace=replace)
+            entity_id = a.entity_id
+            record(db, "agency.replace" if replace else "agency.add", entity_id,
+                   after={"class": a.agency_class, "name": a.name, **({"url": metadata_url} if metadata_url else {})})
+    except agencies.MetadataError as exc:
+        raise RenkeiError(f"{source}: {exc}") from None
+    click.echo(f"registered {entity_id}")
+
+
+@agency.command("refresh")
+@click.argument("entity_id", required=False)
+def agency_refresh(entity_id: str | None) -> None:
+    """Fetch again the metadata of one agency (or of every agency registered with
+    --metadata-url), accepting it only when signed by the pinned certificate, not expired and
+    naming the same entityID; a refused document changes nothing."""
+    from federation import refresh
     from federation import service as agencies
     from kernel.db import session_scope
 
     url = _ready_db()
+    with session_scope(url) as db:
+        targets = [entity_id] if entity_id else refresh.refreshable(db_session=db)
+    if not targets:
+        click.echo("no agency was registered from a metadata URL", err=True)
+    failed = 0
+    for target in targets:
+        try:
+            with session_scope(url) as db:
+                refresh.refresh(db_session=db, entity_id=target)
+                record(db, "agency.refresh", target)
+        except agencies.MetadataError as exc:
+            failed += 1
+            click.echo(f"{target}: refused, nothing changed: {exc}", err=True)
+            continue
+        click.echo(f"refreshed {target}")
+    if failed:
+        raise RenkeiError(f"{failed} of {len(targets)} agencies could not be refreshed")
+
+
+@agency.command("set")
+@click.argument("entity_id")
+@click.option("--allow-unsolicited/--no-allow-unsolicited", default=None,
+              help="Allow IdP-initiated (unsolicited) SSO to this agency's registered ACS"
+                   " (GET /idp/sso/unsolicited?sp=ENTITY_ID); off by default.")
+def agency_set(entity_id: str, allow_unsolicited: bool | None) -> None:
+    """Change an agency's settings in the registry."""
+    from federation import service as agencies
+    from kernel.db import session_scope
+
+    if allow_unsolicited is None:
+        raise RenkeiError("nothing to set: give --allow-unsolicited or --no-allow-unsolicited")
     try:
-        data = metadata_file.read_bytes()
-    except OSError as exc:
-        raise RenkeiError(f"cannot read {metadata_file}: {exc.strerror}") from None
-    try:
-        with session_scope(url) as db:
-            a = agencies.register(db_session=db, metadata=data, agency_class=agency_class, name=name, replace=replace)
-            entity_id = a.entity_id
-            record(db, "agency.replace" if replace else "agency.add", entity_id,
-                   after={"class": a.agency_class, "name": a.name})
+        with session_scope(_ready_db()) as db:
+            agencies.set_allow_unsolicited(db_session=db, entity_id=entity_id, allow=allow_unsolicited)
+            record(db, "agency.set", entity_id, after={"allow_unsolicited": allow_unsolicited})
     except agencies.MetadataError as exc:
-        raise RenkeiError(f"{metadata_file}: {exc}") from None
-    click.echo(f"registered {entity_id}")
+        raise RenkeiError(str(exc)) from None
+    click.echo(f"{entity_id}: unsolicited SSO {'allowed' if allow_unsolicited else 'refused'}")
 
 
 @agency.command("list")
