@@ -310,7 +310,7 @@ def answer_success(
     if not request.allow_create and pseudonyms.find(
             db_session=db_session, person_key=session.person_key, agency=agency.entity_id) is None:
         # core §3.4.1.1: AllowCreate="false" forbids establishing a new identifier for a first visit
-        error = saml.SamlStatusError(saml.RESPONDER, "no identifier exists for this person at this service"
+        error = saml.SamlStatusError(RESPONDER, "no identifier exists for this person at this service"
                                      " and the request does not allow creating one", INVALID_NAMEID_POLICY)
         return answer_error(settings=settings, keys=keys, request=request, error=error)
     pseudonym = pseudonyms.get_or_create(
