@@ -18,6 +18,7 @@ from kernel.web import DB
 router = APIRouter(prefix="/federation", tags=["federation"])
 
 MEDIA_TYPE = "application/samlmetadata+xml"
+# the discovery service's key role (discovery/tokens.py); rooms do not import each other
 DISCOVERY_ROLE = "discovery"
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cryptography.hazmat.primitives.serialization import Encoding
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
@@ -12,7 +11,7 @@ from sqlalchemy.orm import Session
 from access_history import service as history
 from access_history.models import OperationIn
 from federation import service as agencies
-from idp import accounts, saml, service, slo, unsolicited
+from idp import accounts, federation_views, saml, service, slo, unsolicited
 from kernel.keys import keystore
 from kernel.settings import get_settings
 from kernel.web import DB, Pages, raw_query
@@ -24,8 +23,6 @@ page, error_page = _pages.page, _pages.error_page
 
 router = APIRouter(prefix="/idp", tags=["idp"])
 
-# the discovery service's key role (discovery/tokens.py); rooms do not import each other
-DISCOVERY_ROLE = "discovery"
 SESSION_COOKIE = "renkei_idp"
 PENDING_COOKIE = "renkei_pending"
 
@@ -34,17 +31,7 @@ PENDING_COOKIE = "renkei_pending"
 def metadata() -> Response:
     """The hub's SAML metadata: the IdP's and the discovery service's two newest signing keys
     each, so rotation needs no downtime."""
-    settings = get_settings()
-    keys = keystore()
-    body = saml.idp_metadata(
-        entity_id=settings.idp_entity_id,
-        sso_url=service.sso_url(settings),
-        slo_url=service.slo_url(settings),
-        signing_certs_der=[c.public_bytes(Encoding.DER) for c in keys.published_certificates(service.IDP_ROLE)],
-        want_signed=settings.require_signed_requests,
-        discovery_certs_der=[c.public_bytes(Encoding.DER) for c in keys.published_certificates(DISCOVERY_ROLE)],
-    )
-    return Response(body, media_type="application/samlmetadata+xml")
+    return Response(federation_views.own_entity(), media_type="application/samlmetadata+xml")
 
 
 @router.get("/sso")
