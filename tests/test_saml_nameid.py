@@ -167,3 +167,11 @@ def test_python3_saml_requesting_transient_accepts_the_answer(hub, person, tmp_p
     assert auth.get_nameid_format() == TRANSIENT
     pairwise = auth.get_attribute(PAIRWISE)
     assert pairwise and pairwise[0] != auth.get_nameid()
+
+
+def test_metadata_offers_both_formats(hub):
+    import httpx
+
+    root = etree.fromstring(httpx.get(f"{hub.base_url}/idp/metadata").content)
+    formats = [e.text for e in root.iter("{urn:oasis:names:tc:SAML:2.0:metadata}NameIDFormat")]
+    assert formats == [PERSISTENT, TRANSIENT]

@@ -223,3 +223,25 @@ def hub_cert(hub):
     from kernel.keys import keystore
 
     return keystore().ensure_signing_key("idp").certificate
+
+
+def test_end_saml_sessions_tells_back_channel_agencies_and_names_the_rest(hub, person, make_sp):
+    """The function the OIDC side calls to end the SAML side of the same login session."""
+    import hashlib
+
+    from idp.slo import end_saml_sessions
+    from kernel.db import session_scope
+
+    soap = make_sp("api-soap", soap=True, front=False)
+    front = make_sp("api-front")
+    browser = Browser(hub.base_url)
+    soap_id = log_in(hub, browser, soap.sp, person)
+    log_in(hub, browser, front.sp, person)
+    login_session_id = hashlib.sha256(browser.client.cookies["renkei_idp"].encode()).hexdigest()
+    with session_scope() as db:
+        outcome = end_saml_sessions(db_session=db, settings=hub.settings, login_session_id=login_session_id)
+    assert outcome.reached == [soap.sp.entity_id] and outcome.failed == [front.sp.entity_id]
+    assert [r.find("saml:NameID", NS).text for r in soap.received] == [soap_id]
+    with session_scope() as db:
+        again = end_saml_sessions(db_session=db, settings=hub.settings, login_session_id=login_session_id)
+    assert again.reached == [] and again.failed == [], "its participants were forgotten"
