@@ -208,7 +208,7 @@ def _sessions_named(*, db_session: Session, agency: RegisteredAgency, request: s
 
 def _logout(*, db_session: Session, settings: Settings, session_ids: list[str], walk: _Walk) -> str:
     found = participants.of_sessions(db_session=db_session, session_ids=session_ids)
-    _end_oidc_sessions(db_session=db_session, session_ids=session_ids)
+    walk.failed.extend(_end_oidc_sessions(db_session=db_session, session_ids=session_ids))
     participants.forget(db_session=db_session, session_ids=session_ids)
     if session_ids:
         db_session.execute(delete(IdpSession).where(IdpSession.id.in_(session_ids)))
@@ -230,14 +230,19 @@ def _logout(*, db_session: Session, settings: Settings, session_ids: list[str], 
     return _next_hop(db_session=db_session, settings=settings, walk=walk, token=None)
 
 
-def _end_oidc_sessions(*, db_session: Session, session_ids: list[str]) -> None:
-    """The same login sessions' OIDC side (the OIDC provider's function, when installed)."""
+def _end_oidc_sessions(*, db_session: Session, session_ids: list[str]) -> list[str]:
+    """End the same login sessions' OIDC side (the OIDC provider's back-channel logout, when
+    that module is installed); returns the relying parties that could not be logged out."""
     try:
         oidc_logout = importlib.import_module("idp.oidc.logout")
     except ImportError:
-        return
-    for session_id in session_ids:
-        oidc_logout.end_sessions(db_session=db_session, login_session_id=session_id)
+        return []
+    failed = []
+    for session_id in session_ids:  # before the idp_sessions rows go (its contract)
+        for result in oidc_logout.end_sessions(db_session=db_session, login_session_id=session_id) or ():
+            if not getattr(result, "ok", True):
+                failed.append(f"oidc:{getattr(result, 'client_id', '?')}")
+    return failed
 
 
 def _next_hop(*, db_session: Session, settings: Settings, walk: _Walk, token: str | None) -> str:
