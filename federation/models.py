@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy import Boolean, DateTime, ForeignKey, Integer, String, Text, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from kernel.db import Base, utcnow
@@ -25,6 +25,13 @@ class Agency(Base):
     # set once the agency is retired: the row, metadata and keys stay so history naming it
     # stays readable and verifiable, but it takes part in nothing new
     retired_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # IdP-initiated (unsolicited) SSO to this agency's registered ACS: off unless the operator allows it
+    allow_unsolicited: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # metadata refreshed from a URL, accepted only when signed by this pinned certificate
+    metadata_url: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    metadata_signing_cert: Mapped[str | None] = mapped_column(Text, nullable=True)
+    metadata_valid_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    metadata_refreshed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
     endpoints: Mapped[list[AgencyEndpoint]] = relationship(
         back_populates="agency", cascade="all, delete-orphan", lazy="selectin"

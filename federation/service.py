@@ -25,6 +25,7 @@ DS_NS = "http://www.w3.org/2000/09/xmldsig#"
 MDUI_NS = "urn:oasis:names:tc:SAML:metadata:ui"
 BINDING_REDIRECT = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect"
 BINDING_POST = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST"
+BINDING_SOAP = "urn:oasis:names:tc:SAML:2.0:bindings:SOAP"
 _NS = {"md": MD_NS, "ds": DS_NS, "mdui": MDUI_NS}
 
 
@@ -56,6 +57,7 @@ class RegisteredAgency:
     encryption_certs: tuple[x509.Certificate, ...] = field(default=())
     # the agency's OpenID Connect client registration, if it connects over OIDC (federation.oidc)
     oidc: OidcClient | None = None
+    allow_unsolicited: bool = False
 
     def acs_for(self, url: str | None, index: int | None) -> Endpoint | None:
         """The ACS a request names (by URL or index), or the default one when it names none."""
@@ -68,6 +70,10 @@ class RegisteredAgency:
 
     def slo_redirect(self) -> Endpoint | None:
         return next((e for e in self.slo if e.binding == BINDING_REDIRECT), None)
+
+    def slo_soap(self) -> Endpoint | None:
+        """The back-channel SingleLogoutService (SOAP binding, bindings §3.2), if offered."""
+        return next((e for e in self.slo if e.binding == BINDING_SOAP), None)
 
 
 @dataclass
@@ -278,4 +284,18 @@ def _view(agency: Agency) -> RegisteredAgency:
         signing_keys=tuple(c.public_key() for use, c in certs if use == "signing") + (oidc.public_keys if oidc else ()),
         encryption_certs=tuple(c for use, c in certs if use == "encryption"),
         oidc=oidc,
+        allow_unsolicited=bool(agency.allow_unsolicited),
     )
+
+
+def set_allow_unsolicited(*, db_session: Session, entity_id: str, allow: bool) -> Agency:
+    """Allow or forbid IdP-initiated (unsolicited) SSO to a live agency's registered ACS."""
+    agency = db_session.scalar(select(Agency).where(Agency.entity_id == entity_id))
+    if agency is None:
+        raise MetadataError(f"no agency {entity_id} is registered")
+    if agency.retired_at is not None:
+        raise MetadataError(f"agency {entity_id} was retired on {agency.retired_at:%Y-%m-%d}")
+    agency.allow_unsolicited = allow
+    db_session.flush()
+    _cache.clear()
+    return agency

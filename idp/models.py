@@ -75,3 +75,28 @@ class PersonRole(Base):
     person_key: Mapped[str] = mapped_column(String(64), index=True)
     role: Mapped[str] = mapped_column(String(32))
     granted_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class SessionParticipant(Base):
+    """An agency that got an assertion in a login session, with the NameID it got: whom Single
+    Logout must reach, and how a transient NameID maps back to its session (profiles §4.4)."""
+
+    __tablename__ = "idp_session_participants"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[str] = mapped_column(String(64), index=True)  # IdpSession.id
+    sp: Mapped[str] = mapped_column(String(1024))
+    name_id: Mapped[str] = mapped_column(String(256), index=True)
+    name_id_format: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+
+
+class LogoutInProgress(Base):
+    """A front-channel Single Logout walking the browser through the other agencies' SLO
+    endpoints; the RelayState of each LogoutRequest names it."""
+
+    __tablename__ = "idp_logouts"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state_json: Mapped[str] = mapped_column(Text)
+    expires_at: Mapped[datetime] = mapped_column(DateTime, index=True)

@@ -47,6 +47,10 @@ from kernel.xml.saml import (  # the vocabulary the IdP speaks, re-exported for 
 
 _NS = {"saml": SAML_NS, "samlp": SAMLP_NS}
 
+NAMEID_TRANSIENT = "urn:oasis:names:tc:SAML:2.0:nameid-format:transient"  # core §8.3.8
+# core §3.7.3.2: a second-level status under Success when not every session participant logged out
+PARTIAL_LOGOUT = "urn:oasis:names:tc:SAML:2.0:status:PartialLogout"
+
 LEVELS = {AC_UNSPECIFIED: 0, AC_PASSWORD: 1, AC_PPT: 1, AC_TIMESYNC: 2, AC_REFEDS_MFA: 2}
 CLASS_FOR_LEVEL = {1: AC_PPT, 2: AC_TIMESYNC}
 
@@ -147,6 +151,8 @@ class AuthnRequest:
     requested_context: RequestedContext | None
     relay_state: str | None = None
     signed: bool = False
+    # NameIDPolicy AllowCreate (core §3.4.1.1): only an explicit "false" forbids a first pseudonym
+    allow_create: bool = True
     # resolved by the IdP after checks
     acs_location: str = ""
 
@@ -217,6 +223,7 @@ def read_authn_request(root: etree._Element) -> AuthnRequest:
         is_passive=(root.get("IsPassive") or "").lower() in ("true", "1"),
         name_id_format=_uri(policy, "Format") if policy is not None else None,
         requested_context=requested,
+        allow_create=policy is None or (policy.get("AllowCreate") or "").strip() not in ("false", "0"),
     )
 
 
@@ -337,10 +344,14 @@ class AssertionFacts:
     now: datetime
     lifetime: timedelta = timedelta(minutes=5)
     skew: timedelta = timedelta(seconds=60)
+    # the NameID, when it is not the persistent pseudonym (a transient one, core §8.3.8)
+    name_id: str | None = None
+    name_id_format: str = NAMEID_PERSISTENT
 
 
 def assertion(facts: AssertionFacts) -> etree._Element:
-    """A saml:Assertion with a persistent pairwise NameID and the pairwise-id attribute."""
+    """A saml:Assertion with a pairwise (or transient) NameID and the pairwise-id attribute,
+    which carries the persistent pseudonym either way (Subject Identifier Attributes §3.3)."""
     f = facts
     a = etree.Element(
         f"{{{SAML_NS}}}Assertion",
@@ -353,8 +364,8 @@ def assertion(facts: AssertionFacts) -> etree._Element:
         subject,
         SAML_NS,
         "NameID",
-        {"Format": NAMEID_PERSISTENT, "NameQualifier": f.idp_entity_id, "SPNameQualifier": f.sp_entity_id},
-        f.pseudonym,
+        {"Format": f.name_id_format, "NameQualifier": f.idp_entity_id, "SPNameQualifier": f.sp_entity_id},
+        f.name_id or f.pseudonym,
     )
     sc = _el(subject, SAML_NS, "SubjectConfirmation", {"Method": BEARER})
     scd = {"NotOnOrAfter": saml_time(f.now + f.lifetime), "Recipient": f.acs_url}
@@ -428,6 +439,7 @@ def idp_metadata(
         _el(x509data, DS_NS, "X509Certificate", text=base64.b64encode(der).decode())
     _el(idp, MD_NS, "SingleLogoutService", {"Binding": BINDING_REDIRECT, "Location": slo_url})
     _el(idp, MD_NS, "NameIDFormat", text=NAMEID_PERSISTENT)
+    _el(idp, MD_NS, "NameIDFormat", text=NAMEID_TRANSIENT)
     for binding in (BINDING_REDIRECT, BINDING_POST):
         _el(idp, MD_NS, "SingleSignOnService", {"Binding": binding, "Location": sso_url})
     # the attribute this IdP releases (metadata §2.4.3), advertised without a value

@@ -23,8 +23,8 @@ from access_history import service as history
 from access_history.models import Channel, EntryIn, EntryKind
 from federation import service as agencies
 from federation.service import RegisteredAgency
-from idp import saml
-from idp.models import IdpSession, LoginThrottle, PendingAuthn
+from idp import participants, saml
+from idp.models import IdpSession, LoginThrottle, LogoutInProgress, PendingAuthn, SessionParticipant
 from kernel import replay
 from kernel.db import utcnow
 from kernel.keys import KeyStore, SigningKey, current_signing_key
@@ -32,10 +32,8 @@ from kernel.settings import Settings, get_settings
 from kernel.xml import (
     XMLSecurityError,
     deflate_redirect,
-    inflate_redirect,
     parse_xml,
     sign_enveloped,
-    sign_redirect_query,
     verify_redirect_query,
     verify_signed,
 )
@@ -166,9 +164,9 @@ def _check_bounds(*, db_session: Session, settings: Settings, request: saml.Auth
     now = utcnow()
     if not (now - timedelta(minutes=5) - skew <= request.issue_instant <= now + skew):
         raise saml.SamlStatusError(saml.REQUESTER, "IssueInstant is outside the accepted window")
-    if request.name_id_format not in (None, saml.NAMEID_PERSISTENT, NAMEID_UNSPECIFIED):
+    if request.name_id_format not in (None, saml.NAMEID_PERSISTENT, saml.NAMEID_TRANSIENT, NAMEID_UNSPECIFIED):
         raise saml.SamlStatusError(
-            saml.REQUESTER, "only persistent NameIDs are issued", INVALID_NAMEID_POLICY
+            saml.REQUESTER, "only persistent and transient NameIDs are issued", INVALID_NAMEID_POLICY
         )
     if saml.required_level(request.requested_context) is None:
         raise saml.SamlStatusError(
@@ -247,9 +245,11 @@ _SEEN_GRANULARITY = timedelta(minutes=1)
 
 
 def end_session(*, db_session: Session, token: str | None) -> None:
-    """End the session a cookie token names, if any (its OIDC RPs are told too)."""
+    """End the session a cookie token names, if any (its OIDC RPs are told too; idp/slo.py
+    tells the SAML agencies)."""
     if token:
         _end_oidc_sessions(db_session, [_hash(token)])
+        participants.forget(db_session=db_session, session_ids=[_hash(token)])
         db_session.execute(delete(IdpSession).where(IdpSession.id == _hash(token)))
 
 
@@ -317,6 +317,12 @@ def answer_success(
 ) -> Answer:
     """A signed Response with the person's pseudonym for this agency (profiles §4.1.4.2)."""
     now = utcnow()
+    if not request.allow_create and pseudonyms.find(
+            db_session=db_session, person_key=session.person_key, agency=agency.entity_id) is None:
+        # core §3.4.1.1: AllowCreate="false" forbids establishing a new identifier for a first visit
+        error = saml.SamlStatusError(RESPONDER, "no identifier exists for this person at this service"
+                                     " and the request does not allow creating one", INVALID_NAMEID_POLICY)
+        return answer_error(settings=settings, keys=keys, request=request, error=error)
     pseudonym = pseudonyms.get_or_create(
         db_session=db_session,
         keys=keys,
@@ -328,19 +334,26 @@ def answer_success(
     # disclose): the session's own writes commit, then the entry is durable (group commit)
     record_release(db_session=db_session, settings=settings, agency=agency.entity_id,
                    person_key=session.person_key, authn_context=authn_context)
+    name_id, name_id_format = pseudonym, saml.NAMEID_PERSISTENT
+    if request.name_id_format == saml.NAMEID_TRANSIENT:
+        name_id, name_id_format = participants.new_transient(), saml.NAMEID_TRANSIENT
+    participants.record(db_session=db_session, session=session, sp=agency.entity_id, name_id=name_id,
+                        name_id_format=name_id_format)
     key = signing_key()
     assertion = saml.assertion(
         saml.AssertionFacts(
             idp_entity_id=settings.idp_entity_id,
             sp_entity_id=agency.entity_id,
             acs_url=request.acs_location,
-            in_response_to=request.id,
+            in_response_to=request.id or None,
             pseudonym=pseudonym,
             authn_context=authn_context,
             authn_instant=session.authn_instant,
             session_index=session.session_index,
             now=now,
             skew=timedelta(seconds=settings.clock_skew_seconds),
+            name_id=name_id,
+            name_id_format=name_id_format,
         )
     )
     assertion.find(f"{{{saml.SAML_NS}}}AttributeStatement").append(
@@ -350,7 +363,7 @@ def answer_success(
     response = saml.response_root(
         issuer=settings.idp_entity_id,
         destination=request.acs_location,
-        in_response_to=request.id,
+        in_response_to=request.id or None,  # none for IdP-initiated SSO (profiles §4.1.5)
         now=now,
     )
     status = etree.SubElement(response, f"{{{saml.SAMLP_NS}}}Status")
@@ -416,92 +429,7 @@ def answer_error(
     return Answer(request.acs_location, "SAMLResponse", _serialize(response), request.relay_state)
 
 
-# --- single logout (profiles §4.4, HTTP-Redirect) --------------------------------------------
-
-def handle_logout_request(
-    *, db_session: Session, settings: Settings, keys: KeyStore, raw_query: str, cookie_token: str | None
-) -> str:
-    """Verify an SP's LogoutRequest, end the session, return the redirect URL of the answer."""
-    params = _query_params(raw_query)
-    if "SAMLRequest" not in params:
-        raise BadRequest("no SAMLRequest in the query")
-    try:
-        root = parse_xml(
-            inflate_redirect(params["SAMLRequest"], max_bytes=settings.max_message_bytes),
-            max_bytes=settings.max_message_bytes,
-        )
-    except XMLSecurityError as exc:
-        raise BadRequest(f"the LogoutRequest was refused: {exc}") from None
-    issuer = saml.issuer_of(root)
-    agency = agencies.lookup(db_session=db_session, entity_id=issuer) if issuer else None
-    if agency is None:
-        _refuse_retired(db_session, issuer)
-        raise BadRequest(f"the service provider {issuer!r} is not registered with this IdP")
-    endpoint = agency.slo_redirect()
-    if endpoint is None:
-        raise BadRequest("the agency registered no SingleLogoutService with the HTTP-Redirect binding")
-    try:
-        # profiles §4.4.4.1: the LogoutRequest MUST be signed
-        verify_redirect_query(raw_query, agency.signing_keys)
-        request = saml.read_logout_request(root)
-    except XMLSecurityError as exc:
-        raise BadRequest(f"the LogoutRequest signature was refused: {exc}") from None
-    except saml.SamlStatusError as exc:
-        raise BadRequest(f"the LogoutRequest is malformed: {exc.message}") from None
-    now = utcnow()
-    status, message = saml.SUCCESS, None
-    if request.destination is not None and request.destination != slo_url(settings):
-        status, message = saml.REQUESTER, "Destination is not this IdP's SLO endpoint"
-    elif request.not_on_or_after is not None and request.not_on_or_after <= now:
-        status, message = saml.REQUESTER, "the LogoutRequest has expired"
-    else:
-        try:
-            replay.remember(
-                db_session=db_session,
-                issuer=agency.entity_id,
-                message_id=request.id,
-                expires_at=request.issue_instant + timedelta(minutes=10),
-            )
-        except replay.ReplayDetected:
-            status, message = saml.REQUESTER, "this LogoutRequest ID was already used"
-    if status == saml.SUCCESS:
-        _end_sessions_for(db_session=db_session, agency=agency, request=request, cookie_token=cookie_token)
-    destination = endpoint.response_location or endpoint.location
-    answer = saml.logout_response(
-        issuer=settings.idp_entity_id,
-        destination=destination,
-        in_response_to=request.id,
-        now=now,
-        status=status,
-        message=message,
-    )
-    encoded = _deflate(answer)
-    out = [("SAMLResponse", encoded)]
-    if "RelayState" in params:
-        out.append(("RelayState", params["RelayState"]))
-    key = signing_key()
-    sep = "&" if "?" in destination else "?"
-    return destination + sep + sign_redirect_query(out, key.private_key, algorithm=key.xml_algorithm)
-
-
-def _end_sessions_for(
-    *, db_session: Session, agency: RegisteredAgency, request: saml.LogoutRequest, cookie_token: str | None
-) -> None:
-    """End the browser's session, and any session the NameID and SessionIndex name."""
-    end_session(db_session=db_session, token=cookie_token)
-    if request.name_id:
-        try:
-            person = pseudonyms.resolve(db_session=db_session, agency=agency.entity_id, value=request.name_id)
-        except pseudonyms.PseudonymError:
-            return
-        query = delete(IdpSession).where(IdpSession.person_key == person.person_key)
-        ids = select(IdpSession.id).where(IdpSession.person_key == person.person_key)
-        if request.session_indexes:
-            query = query.where(IdpSession.session_index.in_(request.session_indexes))
-            ids = ids.where(IdpSession.session_index.in_(request.session_indexes))
-        _end_oidc_sessions(db_session, list(db_session.scalars(ids)))
-        db_session.execute(query)
-
+# --- single logout: idp/slo.py ------------------------------------------------------------
 
 def _deflate(root: etree._Element) -> str:
     return deflate_redirect(etree.tostring(root, encoding="UTF-8"))
@@ -529,6 +457,8 @@ def expire_housekeeping(*, db_session: Session, now: datetime | None = None) -> 
         delete(IdpSession).where(func.coalesce(IdpSession.last_seen_at, IdpSession.authn_instant) <= idle_since)
     )
     db_session.execute(delete(PendingAuthn).where(PendingAuthn.expires_at <= now))
+    db_session.execute(delete(SessionParticipant).where(SessionParticipant.expires_at <= now))
+    db_session.execute(delete(LogoutInProgress).where(LogoutInProgress.expires_at <= now))
     from idp.oidc.logout import expire as expire_oidc  # the OIDC provider builds on this module
 
     expire_oidc(db_session=db_session, now=now)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cryptography.hazmat.primitives.serialization import Encoding
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
@@ -12,7 +11,7 @@ from sqlalchemy.orm import Session
 from access_history import service as history
 from access_history.models import OperationIn
 from federation import service as agencies
-from idp import accounts, saml, service
+from idp import accounts, federation_views, saml, service, slo, unsolicited
 from idp.oidc.views import finish_login as finish_oidc_login
 from kernel.keys import keystore
 from kernel.settings import get_settings
@@ -25,8 +24,6 @@ page, error_page = _pages.page, _pages.error_page
 
 router = APIRouter(prefix="/idp", tags=["idp"])
 
-# the discovery service's key role (discovery/tokens.py); rooms do not import each other
-DISCOVERY_ROLE = "discovery"
 SESSION_COOKIE = "renkei_idp"
 PENDING_COOKIE = "renkei_pending"
 
@@ -35,17 +32,7 @@ PENDING_COOKIE = "renkei_pending"
 def metadata() -> Response:
     """The hub's SAML metadata: the IdP's and the discovery service's two newest signing keys
     each, so rotation needs no downtime."""
-    settings = get_settings()
-    keys = keystore()
-    body = saml.idp_metadata(
-        entity_id=settings.idp_entity_id,
-        sso_url=service.sso_url(settings),
-        slo_url=service.slo_url(settings),
-        signing_certs_der=[c.public_bytes(Encoding.DER) for c in keys.published_certificates(service.IDP_ROLE)],
-        want_signed=settings.require_signed_requests,
-        discovery_certs_der=[c.public_bytes(Encoding.DER) for c in keys.published_certificates(DISCOVERY_ROLE)],
-    )
-    return Response(body, media_type="application/samlmetadata+xml")
+    return Response(federation_views.own_entity(), media_type="application/samlmetadata+xml")
 
 
 @router.get("/sso")
@@ -89,6 +76,25 @@ def _start(request: Request, db: Session, xml: bytes, relay_state: str | None, q
         return error_page(400, str(exc))
     except saml.SamlStatusError as exc:
         return _post_answer(service.answer_error(settings=settings, keys=keystore(), request=exc.request, error=exc))
+    return _answer_or_login(request, db, agency, authn)
+
+
+@router.get("/sso/unsolicited")
+def sso_unsolicited(request: Request, sp: str | None = None, providerId: str | None = None,
+                    RelayState: str | None = None, db: Session = DB) -> Response:
+    """IdP-initiated SSO (profiles §4.1.5) to an agency that allows it (idp/unsolicited.py)."""
+    try:
+        agency, authn = unsolicited.unsolicited_request(db_session=db, sp=sp or providerId, relay_state=RelayState)
+    except unsolicited.UnsolicitedRefused as exc:
+        return error_page(403, str(exc))
+    except service.BadRequest as exc:
+        return error_page(400, str(exc))
+    return _answer_or_login(request, db, agency, authn)
+
+
+def _answer_or_login(request: Request, db: Session, agency, authn: saml.AuthnRequest) -> Response:
+    """Answer at once from a live session that is strong enough, or park the request and log in."""
+    settings = get_settings()
     session = service.current_session(db_session=db, token=request.cookies.get(SESSION_COOKIE), settings=settings)
     if session is not None and not authn.force_authn:
         context = saml.context_for_level(authn.requested_context, service.session_level(session))
@@ -278,16 +284,18 @@ def _finish(request: Request, db: Session, authn: saml.AuthnRequest, row, person
 
 @router.get("/slo")
 def slo_redirect(request: Request, db: Session = DB) -> Response:
-    """SP-initiated Single Logout over HTTP-Redirect (profiles §4.4.3)."""
+    """Single Logout over HTTP-Redirect (profiles §4.4): an agency's LogoutRequest, or another
+    agency's LogoutResponse while the browser walks through every participant (idp/slo.py)."""
     try:
-        url = service.handle_logout_request(
-            db_session=db, settings=get_settings(), keys=keystore(),
+        url = slo.handle_slo(
+            db_session=db, settings=get_settings(),
             raw_query=raw_query(request), cookie_token=request.cookies.get(SESSION_COOKIE),
         )
     except service.BadRequest as exc:
         return error_page(400, str(exc))
     response = RedirectResponse(url, status_code=303)
-    response.delete_cookie(SESSION_COOKIE, path="/idp")
+    if "SAMLRequest" in request.query_params:
+        response.delete_cookie(SESSION_COOKIE, path="/idp")
     return response
 
 
@@ -302,13 +310,32 @@ def logout_form(request: Request, db: Session = DB) -> Response:
 
 
 @router.post("/logout")
-def local_logout(request: Request, csrf: str = Form(""), db: Session = DB) -> Response:
-    """End the IdP session in this browser (without telling agencies); needs the form's CSRF token."""
+def local_logout(request: Request, csrf: str = Form(""), scope: str = Form("local"), db: Session = DB) -> Response:
+    """End the IdP session in this browser; with scope=all (the page's first button) tell every
+    agency of the session too (Single Logout). Needs the form's CSRF token."""
     token = request.cookies.get(SESSION_COOKIE)
     if token and not service.check_logout_csrf(token=token, csrf=csrf):
         return error_page(403, "ログアウトの確認が無効です。もう一度お試しください。"
                                " The logout confirmation is not valid; please try again from the logout page.")
+    if token and scope == "all":
+        url = slo.logout_everywhere(db_session=db, settings=get_settings(), cookie_token=token)
+        response = RedirectResponse(url, status_code=303)
+        response.delete_cookie(SESSION_COOKIE, path="/idp")
+        return response
     service.end_session(db_session=db, token=token)
+    return _logged_out()
+
+
+@router.get("/logout/done")
+def logout_done(partial: str | None = None) -> Response:
+    """Where the IdP's own Single Logout ends: whether every service could be told."""
+    if partial:
+        response = page("error.html", title="一部のサービスからログアウトできませんでした / Partly logged out",
+                        reason="Renkei からログアウトしましたが、一部のサービスからはログアウトできませんでした。"
+                               "ブラウザを閉じてください。 You are logged out of Renkei, but some services"
+                               " could not be logged out: close your browser to end their sessions.")
+        response.delete_cookie(SESSION_COOKIE, path="/idp")
+        return response
     return _logged_out()
 
 

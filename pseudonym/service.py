@@ -120,6 +120,11 @@ def _live_value(db_session: Session, person_key: str, agency: str) -> str | None
     return db_session.connection().execute(_LIVE, {"person_key": person_key, "agency": agency}).scalar()
 
 
+def find(*, db_session: Session, person_key: str, agency: str) -> str | None:
+    """The live pseudonym of a person for an agency, or None when none was created yet."""
+    return db_session.scalar(_live(person_key, agency))
+
+
 def get_or_create(*, db_session: Session, keys: KeyStore, person_key: str, agency: str, scope: str) -> str:
     """The live pseudonym of a person for an agency, created (and stored) on first use."""
     value = _live_value(db_session, person_key, agency)

@@ -271,6 +271,12 @@ def agency() -> None:
 @agency.command("add")
 @click.option("--metadata", "metadata_file", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="The agency's SAML metadata file (md:EntityDescriptor with an SPSSODescriptor).")
+@click.option("--metadata-url", default=None,
+              help="Fetch the agency's SAML metadata from this URL instead (signed; see --metadata-signing-cert);"
+                   " `renkei agency refresh` fetches it again.")
+@click.option("--metadata-signing-cert", "signing_cert_file", default=None,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="PEM certificate that must have signed the metadata at --metadata-url (pinned).")
 @click.option("--oidc-metadata", "oidc_file", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="The agency's OpenID Connect client metadata (RFC 7591 JSON with client_id and jwks); "
                    "for an agency already registered from SAML metadata, adds OIDC to it.")
@@ -278,24 +284,34 @@ def agency() -> None:
 @click.option("--name", default=None, help="Display name (default: from the metadata).")
 @click.option("--replace", is_flag=True,
               help="Update an agency that is already registered (a retired one cannot be).")
-def agency_add(metadata_file: Path | None, oidc_file: Path | None, agency_class: str, name: str | None,
-               replace: bool) -> None:
-    """Register an agency from its metadata; its ACS URLs (or redirect URIs) and keys are pinned from it."""
-    from federation import oidc
+def agency_add(metadata_file: Path | None, metadata_url: str | None, signing_cert_file: Path | None,
+               oidc_file: Path | None, agency_class: str, name: str | None, replace: bool) -> None:
+    """Register an agency from its metadata (SAML metadata from a file or a signed URL, or OpenID
+    Connect client metadata); its ACS URLs (or redirect URIs) and keys are pinned from it."""
+    from federation import oidc, refresh
     from federation import service as agencies
     from kernel.db import session_scope
 
-    if (metadata_file is None) == (oidc_file is None):
-        raise RenkeiError("give exactly one of --metadata (SAML) or --oidc-metadata (OpenID Connect)")
-    source = metadata_file or oidc_file
+    if sum(x is not None for x in (metadata_file, metadata_url, oidc_file)) != 1:
+        raise RenkeiError("give exactly one of --metadata FILE, --metadata-url URL (SAML) or "
+                          "--oidc-metadata FILE (OpenID Connect)")
+    if metadata_url is not None and (signing_cert_file is None or replace):
+        raise RenkeiError("--metadata-url needs --metadata-signing-cert FILE (and cannot be used with --replace;"
+                          " use `renkei agency refresh`)")
     url = _ready_db()
+    source = str(metadata_file or metadata_url or oidc_file)
+    readable = metadata_file or signing_cert_file or oidc_file
     try:
-        data = source.read_bytes()
+        data = readable.read_bytes()
     except OSError as exc:
-        raise RenkeiError(f"cannot read {source}: {exc.strerror}") from None
+        raise RenkeiError(f"cannot read {readable}: {exc.strerror}") from None
     try:
         with session_scope(url) as db:
-            if oidc_file is not None:
+            if metadata_url is not None:
+                a = refresh.add_from_url(db_session=db, url=metadata_url,
+                                         signing_cert_pem=refresh.load_signing_cert(data),
+                                         agency_class=agency_class, name=name)
+            elif oidc_file is not None:
                 a = oidc.register_oidc(db_session=db, metadata=data, agency_class=agency_class, name=name,
                                        replace=replace)
             else:
@@ -303,12 +319,64 @@ def agency_add(metadata_file: Path | None, oidc_file: Path | None, agency_class:
                                       replace=replace)
             entity_id = a.entity_id
             record(db, "agency.replace" if replace else "agency.add", entity_id,
-                   after={"class": a.agency_class, "name": a.name, "protocol": "oidc" if oidc_file else "saml"})
+                   after={"class": a.agency_class, "name": a.name, "protocol": "oidc" if oidc_file else "saml",
+                          **({"url": metadata_url} if metadata_url else {})})
     except oidc.ClientMetadataError as exc:
         raise RenkeiError(f"{source}: {exc}") from None
     except agencies.MetadataError as exc:
         raise RenkeiError(f"{source}: {exc}") from None
     click.echo(f"registered {entity_id}")
+
+
+@agency.command("refresh")
+@click.argument("entity_id", required=False)
+def agency_refresh(entity_id: str | None) -> None:
+    """Fetch again the metadata of one agency (or of every agency registered with
+    --metadata-url), accepting it only when signed by the pinned certificate, not expired and
+    naming the same entityID; a refused document changes nothing."""
+    from federation import refresh
+    from federation import service as agencies
+    from kernel.db import session_scope
+
+    url = _ready_db()
+    with session_scope(url) as db:
+        targets = [entity_id] if entity_id else refresh.refreshable(db_session=db)
+    if not targets:
+        click.echo("no agency was registered from a metadata URL", err=True)
+    failed = 0
+    for target in targets:
+        try:
+            with session_scope(url) as db:
+                refresh.refresh(db_session=db, entity_id=target)
+                record(db, "agency.refresh", target)
+        except agencies.MetadataError as exc:
+            failed += 1
+            click.echo(f"{target}: refused, nothing changed: {exc}", err=True)
+            continue
+        click.echo(f"refreshed {target}")
+    if failed:
+        raise RenkeiError(f"{failed} of {len(targets)} agencies could not be refreshed")
+
+
+@agency.command("set")
+@click.argument("entity_id")
+@click.option("--allow-unsolicited/--no-allow-unsolicited", default=None,
+              help="Allow IdP-initiated (unsolicited) SSO to this agency's registered ACS"
+                   " (GET /idp/sso/unsolicited?sp=ENTITY_ID); off by default.")
+def agency_set(entity_id: str, allow_unsolicited: bool | None) -> None:
+    """Change an agency's settings in the registry."""
+    from federation import service as agencies
+    from kernel.db import session_scope
+
+    if allow_unsolicited is None:
+        raise RenkeiError("nothing to set: give --allow-unsolicited or --no-allow-unsolicited")
+    try:
+        with session_scope(_ready_db()) as db:
+            agencies.set_allow_unsolicited(db_session=db, entity_id=entity_id, allow=allow_unsolicited)
+            record(db, "agency.set", entity_id, after={"allow_unsolicited": allow_unsolicited})
+    except agencies.MetadataError as exc:
+        raise RenkeiError(str(exc)) from None
+    click.echo(f"{entity_id}: unsolicited SSO {'allowed' if allow_unsolicited else 'refused'}")
 
 
 @agency.command("list")

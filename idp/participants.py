@@ -1,0 +1,73 @@
+"""Who took part in a login session: every agency that got an assertion, with the NameID it
+got. Single Logout reaches exactly these (profiles §4.4.3.3), and a transient NameID, which
+nothing else can map back to a person, resolves through them for the session's lifetime.
+"""
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from idp.models import IdpSession, SessionParticipant
+from idp.saml import NAMEID_PERSISTENT, NAMEID_TRANSIENT
+
+
+@dataclass(frozen=True)
+class Participant:
+    session_id: str
+    sp: str
+    name_id: str
+    name_id_format: str
+    session_index: str
+
+
+def new_transient() -> str:
+    """A transient NameID (core §8.3.8): random, used once, opaque; 160 bits."""
+    return "_" + secrets.token_hex(20)
+
+
+def record(*, db_session: Session, session: IdpSession, sp: str, name_id: str, name_id_format: str) -> None:
+    """Note that `sp` got an assertion in `session` naming the person `name_id`."""
+    known = db_session.scalar(select(SessionParticipant.id).where(
+        SessionParticipant.session_id == session.id, SessionParticipant.sp == sp,
+        SessionParticipant.name_id == name_id))
+    if known is None:
+        db_session.add(SessionParticipant(session_id=session.id, sp=sp, name_id=name_id,
+                                          name_id_format=name_id_format, expires_at=session.expires_at))
+        db_session.flush()
+
+
+def sessions_of_transient(*, db_session: Session, sp: str, name_id: str) -> list[str]:
+    """The sessions in which `sp` was given this transient NameID (one, unless it is reused)."""
+    return list(db_session.scalars(select(SessionParticipant.session_id).where(
+        SessionParticipant.sp == sp, SessionParticipant.name_id == name_id,
+        SessionParticipant.name_id_format == NAMEID_TRANSIENT)))
+
+
+def of_sessions(*, db_session: Session, session_ids: list[str]) -> list[Participant]:
+    """Every participant of these sessions, once per (agency, NameID)."""
+    if not session_ids:
+        return []
+    rows = db_session.execute(
+        select(SessionParticipant, IdpSession.session_index)
+        .join(IdpSession, IdpSession.id == SessionParticipant.session_id)
+        .where(SessionParticipant.session_id.in_(session_ids))
+        .order_by(SessionParticipant.id)
+    ).all()
+    seen: dict[tuple[str, str], Participant] = {}
+    for row, index in rows:
+        seen.setdefault((row.sp, row.name_id),
+                        Participant(row.session_id, row.sp, row.name_id, row.name_id_format, index))
+    return list(seen.values())
+
+
+def forget(*, db_session: Session, session_ids: list[str]) -> None:
+    """Drop the participants of ended sessions."""
+    if session_ids:
+        db_session.execute(delete(SessionParticipant).where(SessionParticipant.session_id.in_(session_ids)))
+
+
+__all__ = ["NAMEID_PERSISTENT", "NAMEID_TRANSIENT", "Participant", "forget", "new_transient", "of_sessions",
+           "record", "sessions_of_transient"]
