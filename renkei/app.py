@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from access_history.api import router as history_api
     from discovery.api import router as discovery_api
     from discovery.soap import router as discovery_soap
+    from idp.passkey_views import router as passkey_router
     from idp.views import router as idp_router
     from portal.routes import router as portal_router
     from portal.views import LoginRequired, login_redirect_handler, portal_static
@@ -85,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         mount_api_docs(app)
     app.include_router(idp_router)
+    app.include_router(passkey_router)
     app.include_router(discovery_api)
     app.include_router(operator_api)
     app.include_router(discovery_soap)
