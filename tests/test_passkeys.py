@@ -467,3 +467,23 @@ def test_the_passkey_script_is_served_for_the_pages_csp(hub):
     script = httpx.get(f"{hub.base_url}/idp/static/passkeys.js")
     assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
     assert "navigator.credentials" in script.text
+
+
+def test_operator_lists_and_removes_a_lost_passkey(hub, sp, address, enrolled):
+    from click.testing import CliRunner
+
+    from renkei.cli import main
+
+    name, authenticator = enrolled
+    [passkey] = stored(name)
+    listed = CliRunner().invoke(main, ["person", "passkey", "list", "--username", name])
+    assert listed.exit_code == 0, listed.output
+    assert listed.output.split("\t")[:2] == [str(passkey.id), "laptop"]
+    assert listed.output.rstrip().endswith(passkey.aaguid)
+    unknown = CliRunner().invoke(main, ["person", "passkey", "remove", "--username", new_person(), str(passkey.id)])
+    assert unknown.exit_code != 0 and "no such passkey" in unknown.output and len(stored(name)) == 1
+    removed = CliRunner().invoke(main, ["person", "passkey", "remove", "--username", name, str(passkey.id)])
+    assert removed.exit_code == 0, removed.output
+    assert stored(name) == [] and operations("person.passkey.remove") >= 1
+    answer, _, _ = passwordless(browser_at(hub, address), sp, authenticator, hub)
+    _refused(answer, "not registered")
