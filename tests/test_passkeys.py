@@ -487,3 +487,38 @@ def test_operator_lists_and_removes_a_lost_passkey(hub, sp, address, enrolled):
     assert stored(name) == [] and operations("person.passkey.remove") >= 1
     answer, _, _ = passwordless(browser_at(hub, address), sp, authenticator, hub)
     _refused(answer, "not registered")
+
+
+def test_challenge_issued_by_one_app_process_is_spent_by_another_once(hub, sp, idp_cert, address, enrolled):
+    """Two app processes on one database (as `renkei serve --workers 2` runs): the login page
+    from one, the answer to the other; the same answer sent at once, four times, logs in once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from renkei.app import create_app
+    from tests.conftest import listening_socket, port_of, serve_in_thread
+
+    _, authenticator = enrolled
+    sock = listening_socket()
+    server, thread = serve_in_thread(create_app(get_settings()), sock)
+    try:
+        browser = browser_at(hub, address)
+        page = start_login(browser, sp)
+        assertion = json.dumps(authenticator.get(options_of(page.text, "/idp/login/passkey"), origin(hub)))
+        second = f"http://127.0.0.1:{port_of(sock)}"
+        cookies = dict(browser.client.cookies)
+
+        def post(_):
+            with httpx.Client(base_url=second, cookies=cookies, timeout=60) as client:
+                return client.post("/idp/login/passkey", data={"pending": field(page.text, "pending"),
+                                                               "credential": assertion})
+
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(post, range(4)))
+        winners = [a for a in answers if a.status_code == 200 and "SAMLResponse" in a.text]
+        assert len(winners) == 1, [(a.status_code, a.text[-300:]) for a in answers]
+        assert saml_answer(winners[0], idp_cert)[1] == AC_PASSKEY
+        assert all(400 <= a.status_code < 500 for a in answers if a is not winners[0])
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
