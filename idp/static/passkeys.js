@@ -6,6 +6,8 @@
 "use strict";
 (() => {
   if (!window.PublicKeyCredential || !navigator.credentials) return;
+  // browsers refuse WebAuthn on an IP address (an RP ID is a domain): offer nothing there
+  if (/^[\d.]+$/.test(location.hostname) || location.hostname.startsWith("[")) return;
 
   const toBytes = (b64url) => {
     const b64 = b64url.replace(/-/g, "+").replace(/_/g, "/");
