@@ -229,6 +229,10 @@ def authenticate(*, db_session: Session, settings: Settings, pending: str, answe
         credential = parse_authentication_credential_json(answer)
     except (WebAuthnException, ValueError, TypeError, KeyError):
         raise fail("the answer is not a WebAuthn assertion") from None
+    # the id is looked up before the library compares it with rawId: compare it here, so a NUL
+    # or an over-long id never reaches the database
+    if len(credential.raw_id) > CREDENTIAL_ID_MAX or bytes_to_base64url(credential.raw_id) != credential.id:
+        raise fail("the answer's credential id is malformed")
     spent = _spend_challenge(db_session=db_session, client_data_json=credential.response.client_data_json)
     if spent is None or spent[1].pending != pending or spent[1].purpose not in (LOGIN, SECOND):
         raise fail("the passkey answer is for no open login request (expired, or used before)")

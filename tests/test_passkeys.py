@@ -363,6 +363,15 @@ def test_unknown_passkey_and_garbage_get_4xx_never_500(hub, sp, address):
     answer = browser.client.post("/idp/login/passkey", data={"pending": field(page.text, "pending"),
                                                              "credential": "x" * 70_000})
     assert 400 <= answer.status_code < 500
+    # a real assertion whose id is not its rawId: refused before any lookup (PostgreSQL would
+    # refuse the NUL itself)
+    for bad_id in (lambda i: i + "\x00", lambda i: "A" * 1400, lambda i: i[::-1]):
+        page = start_login(browser, sp)
+        assertion = stranger.get(options_of(page.text, "/idp/login/passkey"), origin(hub))
+        assertion["id"] = bad_id(assertion["id"])
+        answer = browser.client.post("/idp/login/passkey", data={"pending": field(page.text, "pending"),
+                                                                 "credential": json.dumps(assertion)})
+        _refused(answer, "credential id is malformed")
 
 
 def test_failed_assertions_are_throttled_like_passwords(hub, sp, address, enrolled, monkeypatch):
