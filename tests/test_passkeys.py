@@ -531,3 +531,34 @@ def test_challenge_issued_by_one_app_process_is_spent_by_another_once(hub, sp, i
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+# --- the class and the settings, without a hub ----------------------------------------------------
+
+@pytest.mark.nodb
+def test_passkey_class_orders_above_totp_in_every_comparison():
+    from idp.saml import AC_REFEDS_MFA, RequestedContext, context_for_level, required_level
+
+    assert context_for_level(None, 3) == AC_PASSKEY
+    assert required_level(RequestedContext("exact", [AC_PASSKEY])) == 3
+    assert context_for_level(RequestedContext("exact", [AC_PASSKEY]), 2) is None
+    assert context_for_level(RequestedContext("exact", [AC_PASSKEY]), 3) == AC_PASSKEY
+    assert context_for_level(RequestedContext("minimum", [AC_TIMESYNC]), 3) == AC_PASSKEY
+    assert context_for_level(RequestedContext("better", [AC_TIMESYNC]), 2) is None
+    assert context_for_level(RequestedContext("better", [AC_TIMESYNC]), 3) == AC_PASSKEY
+    assert context_for_level(RequestedContext("exact", [AC_REFEDS_MFA]), 3) == AC_REFEDS_MFA
+    assert context_for_level(RequestedContext("maximum", [AC_TIMESYNC]), 3) == AC_TIMESYNC
+
+
+@pytest.mark.nodb
+def test_rp_id_and_origins_follow_the_base_url_unless_set():
+    from kernel.settings import Settings
+
+    plain = Settings(base_url="https://Login.Example.JP/hub")
+    assert plain.webauthn_rp_id == "login.example.jp" and plain.webauthn_origins == ["https://login.example.jp"]
+    local = Settings(base_url="http://localhost:8000")
+    assert (local.webauthn_rp_id, local.webauthn_origins) == ("localhost", ["http://localhost:8000"])
+    wider = Settings(base_url="https://login.example.jp", passkey_rp_id="example.jp",
+                     passkey_origins="https://id.example.jp/, https://login.example.jp")
+    assert wider.webauthn_rp_id == "example.jp"
+    assert wider.webauthn_origins == ["https://login.example.jp", "https://id.example.jp"]
