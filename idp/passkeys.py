@@ -217,11 +217,14 @@ def authenticate(*, db_session: Session, settings: Settings, pending: str, answe
     accounts.refuse_if_throttled(db_session=db_session, client_address=client_address, username=None,
                                  limits=limits)
     username: str | None = None
+    owner: str | None = None
 
     def fail(reason: str, error: type[accounts.LoginFailed] = accounts.LoginFailed):
         accounts.count_failure(db_session=db_session, client_address=client_address, username=username,
                                limits=limits)
-        return error(reason)
+        refused = error(reason)
+        refused.person_key = owner  # whose passkey it was, once known: the operations log names them
+        return refused
 
     if len(answer) > ANSWER_MAX:
         raise fail("the passkey answer is too large")
@@ -240,6 +243,7 @@ def authenticate(*, db_session: Session, settings: Settings, pending: str, answe
     passkey = db_session.scalar(select(Passkey).where(Passkey.credential_id == credential.id))
     if passkey is None:
         raise fail("this passkey is not registered here")
+    owner = passkey.person_key
     username = accounts.username_of(db_session=db_session, person_key=passkey.person_key)
     if username is None:
         raise fail("this passkey's account no longer exists")

@@ -275,8 +275,8 @@ def passkey_submit(
         throttled = isinstance(exc, accounts.LoginThrottled)
         action = ("passkey.throttled" if throttled else
                   "passkey.clone_suspected" if isinstance(exc, passkeys.CloneSuspected) else "passkey.failed")
-        who = (accounts.login_name_ref_of(db_session=db, person_key=row.password_ok_person)
-               if row.password_ok_person else "passkey:unknown")
+        whose = getattr(exc, "person_key", None) or row.password_ok_person
+        who = accounts.login_name_ref_of(db_session=db, person_key=whose) if whose else "passkey:unknown"
         _record_login(db, request, action, who, "refused", authn.issuer)
         text = (_throttled_text(exc.retry_after) if throttled else
                 f"パスキーで確認できませんでした。 The passkey was not accepted: {exc}")

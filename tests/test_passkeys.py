@@ -326,6 +326,9 @@ def test_counter_going_back_is_refused_as_a_possible_clone(hub, sp, address, enr
     answer, _, _ = passwordless(browser_at(hub, address), sp, authenticator, hub, sign_count=3)
     _refused(answer, "counter went back")
     assert operations("passkey.clone_suspected") == before + 2
+    with session_scope() as db:  # named by the account's login-name reference, as a wrong password is
+        actors = set(db.scalars(select(OperationEntry.actor).where(OperationEntry.action == "passkey.clone_suspected")))
+    assert accounts.login_name_ref(username=name) in actors
     assert stored(name)[0].sign_count == 7
     answer, _, _ = passwordless(browser_at(hub, address), sp, authenticator, hub, sign_count=8)
     assert answer.status_code == 200
