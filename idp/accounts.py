@@ -185,6 +185,26 @@ def failures(*, db_session: Session, username: str | None = None, client_address
     return row.failures if row else 0
 
 
+def refuse_if_throttled(
+    *, db_session: Session, client_address: str, username: str | None, limits: LoginLimits,
+) -> None:
+    """The throttle's check for another factor (a passkey): raises LoginThrottled while the
+    address, or the account when known, must wait."""
+    counters = [_address_key(client_address)] + ([_account_key(username)] if username is not None else [])
+    _refuse_if_throttled(db_session=db_session, counters=counters, limits=limits, now=utcnow())
+
+
+def count_failure(*, db_session: Session, client_address: str, username: str | None, limits: LoginLimits) -> None:
+    """A failed attempt of another factor counts like a wrong password."""
+    counters = [_address_key(client_address)] + ([_account_key(username)] if username is not None else [])
+    _count_failure(db_session=db_session, counters=counters, limits=limits, now=utcnow())
+
+
+def forget_failures(*, db_session: Session, username: str) -> None:
+    """A completed login clears the account's counter (never the address's)."""
+    _forget_failures(db_session=db_session, username=username)
+
+
 def _verify(hash_: str, password: str) -> bool:
     try:
         return _hasher.verify(hash_, password)
@@ -328,6 +348,11 @@ def login_name_ref_of(*, db_session: Session, person_key: str, keys: KeyStore | 
     """The login-name reference of an existing account (for second-factor events)."""
     person = db_session.scalar(select(Person).where(Person.person_key == person_key))
     return login_name_ref(username=person.username if person else "", keys=keys)
+
+
+def has_totp(*, db_session: Session, person_key: str) -> bool:
+    """Whether the person has a TOTP second factor."""
+    return bool(db_session.scalar(select(Person.totp_secret).where(Person.person_key == person_key)))
 
 
 def find(*, db_session: Session, username: str) -> Person | None:

@@ -1,9 +1,9 @@
-"""Tables of the IdP room: people's accounts, their sessions and the login throttle."""
+"""Tables of the IdP room: people's accounts, their sessions, passkeys and the login throttle."""
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, DateTime, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from kernel.db import Base, utcnow
@@ -99,4 +99,37 @@ class LogoutInProgress(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     state_json: Mapped[str] = mapped_column(Text)
+
+
+class Passkey(Base):
+    """A person's WebAuthn credential (idp.passkeys): several per person, each named by them."""
+
+    __tablename__ = "passkeys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    person_key: Mapped[str] = mapped_column(String(64), index=True)
+    # base64url of the credential ID, at most 1023 bytes (WebAuthn L3 §5.1 rawId)
+    credential_id: Mapped[str] = mapped_column(String(1400), unique=True)
+    # base64url of the random user.id the authenticator keeps (never the person key: it would
+    # leave the hub inside every authenticator); the same for all of a person's passkeys
+    user_handle: Mapped[str] = mapped_column(String(96), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    public_key: Mapped[bytes] = mapped_column(LargeBinary)  # COSE_Key, as the authenticator sent it
+    sign_count: Mapped[int] = mapped_column(BigInteger)
+    transports: Mapped[str] = mapped_column(String(200), default="")  # comma-separated
+    aaguid: Mapped[str] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class PasskeyChallenge(Base):
+    """A WebAuthn challenge waiting for its answer: short-lived, spent on first use, in the
+    database so any app process can check it."""
+
+    __tablename__ = "passkey_challenges"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # SHA-256 of the challenge
+    purpose: Mapped[str] = mapped_column(String(16))  # "register", "login" or "second"
+    person_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    pending: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the PendingAuthn it serves
     expires_at: Mapped[datetime] = mapped_column(DateTime, index=True)

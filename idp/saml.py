@@ -51,8 +51,15 @@ NAMEID_TRANSIENT = "urn:oasis:names:tc:SAML:2.0:nameid-format:transient"  # core
 # core §3.7.3.2: a second-level status under Success when not every session participant logged out
 PARTIAL_LOGOUT = "urn:oasis:names:tc:SAML:2.0:status:PartialLogout"
 
-LEVELS = {AC_UNSPECIFIED: 0, AC_PASSWORD: 1, AC_PPT: 1, AC_TIMESYNC: 2, AC_REFEDS_MFA: 2}
-CLASS_FOR_LEVEL = {1: AC_PPT, 2: AC_TIMESYNC}
+# A passkey login (WebAuthn, idp.passkeys): phishing-resistant multi-factor authentication, named
+# by the class that NIST SP 800-63 relying parties ask for (login.gov's AAL2 with a
+# phishing-resistant authenticator). A synced passkey is not AAL3 (no hardware-bound key), so
+# the AAL3 URI would claim too much; docs/passkeys.md explains the choice.
+AC_PASSKEY = "http://idmanagement.gov/ns/assurance/aal/2?phishing_resistant=true"
+
+# 1 password, 2 password + TOTP, 3 passkey (alone with user verification, or after the password)
+LEVELS = {AC_UNSPECIFIED: 0, AC_PASSWORD: 1, AC_PPT: 1, AC_TIMESYNC: 2, AC_REFEDS_MFA: 2, AC_PASSKEY: 3}
+CLASS_FOR_LEVEL = {1: AC_PPT, 2: AC_TIMESYNC, 3: AC_PASSKEY}
 
 
 class SamlStatusError(Exception):
@@ -263,8 +270,9 @@ def read_logout_request(root: etree._Element) -> LogoutRequest:
 # --- authentication context (core §3.3.2.2.1 comparison semantics) ------------------------
 
 def required_level(requested: RequestedContext | None) -> int | None:
-    """The weakest login that satisfies the request (1 password, 2 password+TOTP), or None."""
-    for level in (1, 2):
+    """The weakest login that satisfies the request (1 password, 2 password+TOTP, 3 passkey),
+    or None."""
+    for level in (1, 2, 3):
         if context_for_level(requested, level) is not None:
             return level
     return None

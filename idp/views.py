@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from access_history import service as history
 from access_history.models import OperationIn
 from federation import service as agencies
-from idp import accounts, federation_views, saml, service, slo, unsolicited
+from idp import accounts, federation_views, passkeys, saml, service, slo, unsolicited
 from idp.oidc.views import finish_login as finish_oidc_login
 from kernel.keys import keystore
 from kernel.settings import get_settings
@@ -153,7 +153,19 @@ def _login_page(db: Session, authn: saml.AuthnRequest, pending: str, error: str 
                 username: str | None = None, status: int = 200) -> HTMLResponse:
     agency = agencies.lookup(db_session=db, entity_id=authn.issuer)
     return page("login.html", status_code=status, title="ログイン / Log in", pending=pending,
-                agency_name=agency.name if agency else authn.issuer, error=error, username=username)
+                agency_name=agency.name if agency else authn.issuer, error=error, username=username,
+                passkey_options=passkeys.login_options(db_session=db, settings=get_settings(), pending=pending))
+
+
+def _second_factor_page(db: Session, authn: saml.AuthnRequest, pending: str, person_key: str,
+                        error: str | None = None, status: int = 200) -> HTMLResponse:
+    """After the password, for a person with passkeys: a passkey, or their TOTP code where the
+    agency asks for no more than that."""
+    totp = accounts.has_totp(db_session=db, person_key=person_key) and (
+        saml.required_level(authn.requested_context) or 1) <= 2
+    return page("passkey_step.html", status_code=status, title="本人確認 / Confirm it is you", pending=pending,
+                error=error, totp=totp, passkey_options=passkeys.login_options(
+                    db_session=db, settings=get_settings(), pending=pending, person_key=person_key))
 
 
 _WRONG_PASSWORD = "ユーザー名またはパスワードが違います。 Unknown username or wrong password."
@@ -205,8 +217,12 @@ def login_submit(
         _record_login(db, request, "login.failed", accounts.login_name_ref(username=username), "refused",
                       authn.issuer)
         return _login_page(db, authn, pending, _WRONG_PASSWORD, username, status=401)
-    _record_login(db, request, "login.password_ok" if result.needs_totp else "login.ok",
+    second_passkey = passkeys.has_passkeys(db_session=db, person_key=result.person_key)
+    _record_login(db, request, "login.password_ok" if result.needs_totp or second_passkey else "login.ok",
                   accounts.login_name_ref(username=username), "ok", authn.issuer)
+    if second_passkey:
+        row.password_ok_person = result.person_key
+        return _second_factor_page(db, authn, pending, result.person_key)
     if result.needs_totp:
         row.password_ok_person = result.person_key
         return page("totp.html", title="確認コード / One-time code", pending=pending)
@@ -244,6 +260,50 @@ def totp_submit(
     _record_login(db, request, "login.ok", accounts.login_name_ref_of(
         db_session=db, person_key=row.password_ok_person), "ok", authn.issuer)
     return _finish(request, db, authn, row, row.password_ok_person, level=2)
+
+
+@router.post("/login/passkey")
+def passkey_submit(
+    request: Request, pending: str = Form(""), credential: str = Form("", max_length=passkeys.ANSWER_MAX),
+    db: Session = DB,
+) -> Response:
+    """A passkey's assertion: the whole login (passwordless), or the second factor after the
+    password; either way a phishing-resistant multi-factor login (level 3)."""
+    settings = get_settings()
+    loaded, error = _pending_or_error(request, db, pending)
+    if error:
+        return error
+    row, authn = loaded
+    try:
+        verified = passkeys.authenticate(
+            db_session=db, settings=settings, pending=pending, answer=credential,
+            client_address=_client_address(request), limits=accounts.LoginLimits.from_settings(settings))
+    except accounts.LoginFailed as exc:
+        throttled = isinstance(exc, accounts.LoginThrottled)
+        action = ("passkey.throttled" if throttled else
+                  "passkey.clone_suspected" if isinstance(exc, passkeys.CloneSuspected) else "passkey.failed")
+        whose = getattr(exc, "person_key", None) or row.password_ok_person
+        who = accounts.login_name_ref_of(db_session=db, person_key=whose) if whose else "passkey:unknown"
+        _record_login(db, request, action, who, "refused", authn.issuer)
+        text = (_throttled_text(exc.retry_after) if throttled else
+                f"パスキーで確認できませんでした。 The passkey was not accepted: {exc}")
+        status = 429 if throttled else 401
+        if row.password_ok_person:
+            response = _second_factor_page(db, authn, pending, row.password_ok_person, text, status)
+        else:
+            response = _login_page(db, authn, pending, text, status=status)
+        if throttled:
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+    if row.password_ok_person and row.password_ok_person != verified.person_key:
+        # the password named one person and the passkey another: neither logs in
+        _record_login(db, request, "passkey.failed", accounts.login_name_ref_of(
+            db_session=db, person_key=row.password_ok_person), "refused", authn.issuer)
+        return _second_factor_page(db, authn, pending, row.password_ok_person,
+                                   "このパスキーは別のアカウントのものです。 This passkey belongs to another account.", 401)
+    _record_login(db, request, "login.ok", accounts.login_name_ref_of(
+        db_session=db, person_key=verified.person_key), "ok", authn.issuer)
+    return _finish(request, db, authn, row, verified.person_key, level=3)
 
 
 def _finish(request: Request, db: Session, authn: saml.AuthnRequest, row, person_key: str,

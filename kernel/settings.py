@@ -72,6 +72,14 @@ class Settings(BaseSettings):
     relay_worker_seconds: float = 0.2
     relay_lease_seconds: float = Field(default=30.0, gt=0)
     relay_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Passkeys (WebAuthn): the relying party ID is the base URL's host unless set (it may be a
+    # registrable suffix of it, e.g. "example.jp" for "login.example.jp"); browsers refuse IP
+    # addresses, so the demo and local tests use http://localhost. Origins other than the base
+    # URL's own that may carry a ceremony (e.g. the hub behind a second name), comma-separated.
+    passkey_rp_id: str | None = None
+    passkey_origins: str = ""
+    # how long a WebAuthn challenge waits for its answer
+    passkey_challenge_seconds: int = Field(default=300, ge=10, le=3600)
 
     @property
     def db_url(self) -> str:
@@ -84,6 +92,18 @@ class Settings(BaseSettings):
     @property
     def idp_entity_id(self) -> str:
         return f"{self.base_url.rstrip('/')}/idp/metadata"
+
+    @property
+    def webauthn_rp_id(self) -> str:
+        return (self.passkey_rp_id or urlsplit(self.base_url).hostname or "localhost").lower()
+
+    @property
+    def webauthn_origins(self) -> list[str]:
+        """The origins a WebAuthn ceremony may come from: the base URL's, then any others set."""
+        parts = urlsplit(self.base_url)
+        own = f"{parts.scheme}://{parts.netloc}".lower()
+        extra = [o.strip().rstrip("/") for o in self.passkey_origins.split(",") if o.strip()]
+        return [own, *(o for o in extra if o != own)]
 
     @property
     def scope(self) -> str:

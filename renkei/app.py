@@ -84,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from discovery.soap import router as discovery_soap
     from idp.oidc.views import router as oidc_router
     from idp.federation_views import router as federation_router
+    from idp.passkey_views import router as passkey_router
     from idp.views import router as idp_router
     from portal.routes import router as portal_router
     from portal.views import LoginRequired, login_redirect_handler, portal_static
@@ -104,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(idp_router)
     app.include_router(oidc_router)
     app.include_router(federation_router)
+    app.include_router(passkey_router)
     app.include_router(discovery_api)
     app.include_router(operator_api)
     app.include_router(discovery_soap)

@@ -261,6 +261,51 @@ def person_role_list(role: str | None) -> None:
             click.echo(f"{username}\t{held}")
 
 
+@person.group("passkey")
+def person_passkey() -> None:
+    """A person's passkeys (WebAuthn): list them, remove a lost one."""
+
+
+def _passkey_owner(db, username: str):
+    from idp import accounts
+
+    found = accounts.find(db_session=db, username=username) if accounts.valid_username(username.strip()) else None
+    if found is None:
+        raise click.ClickException(f"no person {username.strip()!r}")
+    return found
+
+
+@person_passkey.command("list")
+@click.option("--username", required=True, help="Login name.")
+def person_passkey_list(username: str) -> None:
+    """One `id<TAB>name<TAB>created<TAB>last used<TAB>AAGUID` a line, oldest first."""
+    from idp import passkeys
+    from kernel.db import session_scope
+
+    with session_scope(_ready_db()) as db:
+        for p in passkeys.list_passkeys(db_session=db, person_key=_passkey_owner(db, username).person_key):
+            used = p.last_used_at.isoformat(timespec="seconds") if p.last_used_at else "-"
+            click.echo(f"{p.id}\t{p.name}\t{p.created_at.isoformat(timespec='seconds')}\t{used}\t{p.aaguid}")
+
+
+@person_passkey.command("remove")
+@click.option("--username", required=True, help="Login name.")
+@click.argument("passkey_id", type=click.IntRange(1, 2**31 - 1))
+def person_passkey_remove(username: str, passkey_id: int) -> None:
+    """Remove one of a person's passkeys (a lost device); it logs in no more at once."""
+    from access_history import service as history
+    from access_history.models import OperationIn
+    from idp import passkeys
+    from kernel.db import session_scope
+
+    with session_scope(_ready_db()) as db:
+        passkeys.remove(db_session=db, person_key=_passkey_owner(db, username).person_key, passkey_id=passkey_id)
+        history.record_operation(db_session=db, operation=OperationIn(
+            actor=f"cli:{getpass.getuser()}", channel="cli", action="person.passkey.remove",
+            target=username.strip(), detail={"passkey": passkey_id}))
+    click.echo(f"removed passkey {passkey_id} of {username.strip()}")
+
+
 # --- agencies -----------------------------------------------------------------------------
 
 @main.group()

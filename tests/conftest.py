@@ -152,10 +152,11 @@ def hub(hub_env, hub_socket):
     running.stop()
 
 
-def demo_on_free_ports(tmp: Path) -> tuple[Path, dict, dict[str, str]]:
+def demo_on_free_ports(tmp: Path, host: str | None = None) -> tuple[Path, dict, dict[str, str]]:
     """A copy of config/demo.yaml (and its whitelist) with every port 0, so `renkei demo` binds
     ports the kernel picks and prints their URLs (read them with `demo_urls`), with the
-    environment of a fresh demo home and database: (config path, config, env)."""
+    environment of a fresh demo home and database: (config path, config, env). `host` names
+    the servers otherwise (passkeys need a name such as localhost: browsers refuse IP addresses)."""
     import shutil
 
     import yaml
@@ -163,6 +164,8 @@ def demo_on_free_ports(tmp: Path) -> tuple[Path, dict, dict[str, str]]:
     config_dir = Path(__file__).resolve().parent.parent / "config"
     config = yaml.safe_load((config_dir / "demo.yaml").read_text(encoding="utf-8"))
     config["hub"]["port"] = 0
+    if host is not None:
+        config["hub"]["host"] = host
     for agency in config["agencies"]:
         agency["port"] = 0
     path = tmp / "demo.yaml"

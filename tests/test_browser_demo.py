@@ -8,6 +8,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -23,11 +25,10 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """`renkei demo` as a subprocess on free ports, with its printed passwords."""
-    tmp = tmp_path_factory.mktemp("demo")
-    config_path, config, demo_env = demo_on_free_ports(tmp)
+@contextmanager
+def running_demo(tmp: Path, host: str | None = None) -> Iterator[dict]:
+    """`renkei demo` as a subprocess on free ports, with its printed URLs and passwords."""
+    config_path, config, demo_env = demo_on_free_ports(tmp, host)
     env = {**os.environ, **demo_env}
     log = tmp / "demo.log"
     # the child writes through its own file description and this test reads through another:
@@ -57,10 +58,18 @@ def demo(tmp_path_factory):
     printed = out.read()
     passwords = dict(re.findall(r"^  (\w+) / (\S+)", printed, re.MULTILINE))
     secrets = dict(re.findall(r"^  (\w+) / \S+\s+TOTP secret (\w+)", printed, re.MULTILINE))
-    yield {"hub": hub, "agencies": agencies, "passwords": passwords, "totp": secrets, "printed": printed,
-           "tmp": tmp, "env": env}
-    proc.terminate()
-    proc.wait(timeout=15)
+    try:
+        yield {"hub": hub, "agencies": agencies, "passwords": passwords, "totp": secrets, "printed": printed,
+               "tmp": tmp, "env": env}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    with running_demo(tmp_path_factory.mktemp("demo")) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
