@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0017_process_flows"
-down_revision = "0016_relay"  # the lead re-chains at merge
+down_revision = "0016_relay"
 branch_labels = None
 depends_on = None
 

@@ -2,7 +2,7 @@
 authorization requests, one-time codes, access tokens and the RPs of each login session (idp).
 
 Revision ID: 0018_oidc
-Revises: 0012_wide_ids
+Revises: 0017_process_flows
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0018_oidc"
-down_revision = "0012_wide_ids"
+down_revision = "0017_process_flows"
 branch_labels = None
 depends_on = None
 

@@ -2,7 +2,7 @@
 progress, unsolicited SSO per agency, and metadata refreshed from a URL under a pinned key
 
 Revision ID: 0019_saml_complete
-Revises: 0012_wide_ids
+Revises: 0018_oidc
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0019_saml_complete"
-down_revision = "0012_wide_ids"
+down_revision = "0018_oidc"
 branch_labels = None
 depends_on = None
 

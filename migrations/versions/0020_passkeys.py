@@ -1,7 +1,7 @@
 """passkeys: people's WebAuthn credentials and the challenges waiting for an answer (idp room)
 
 Revision ID: 0020_passkeys
-Revises: 0012_wide_ids
+Revises: 0019_saml_complete
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0020_passkeys"
-down_revision = "0012_wide_ids"
+down_revision = "0019_saml_complete"
 branch_labels = None
 depends_on = None
 
