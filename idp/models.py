@@ -99,6 +99,7 @@ class LogoutInProgress(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     state_json: Mapped[str] = mapped_column(Text)
+    expires_at: Mapped[datetime] = mapped_column(DateTime, index=True)
 
 
 class Passkey(Base):
