@@ -48,7 +48,8 @@ def test_csv_and_pdf_downloads_carry_the_rows_in_japanese(hub, fed, bootstrap, t
     assert {row[5] for row in rows[1:]} == {"あなたの拒否のルールにより提供されませんでした"}
     assert {row[6] for row in rows[1:]} == {"DENIED_BY_PERSON"}
 
-    pdf = client.get("/portal/history/download.pdf", params={"outcome": "DENIED_BY_PERSON"})
+    # laying out a PDF with an embedded CJK font takes seconds on a loaded machine: a longer read
+    pdf = client.get("/portal/history/download.pdf", params={"outcome": "DENIED_BY_PERSON"}, timeout=120)
     assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
     (tmp_path / "h.pdf").write_bytes(pdf.content)
     text = subprocess.run(["pdftotext", "-layout", str(tmp_path / "h.pdf"), "-"], capture_output=True,
@@ -176,7 +177,7 @@ def test_entries_show_when_asked_when_provided_and_the_staff_member(hub, fed, tm
     assert row[10] == asked_at.strftime("%Y-%m-%d %H:%M:%S") and row[11] == provided_at.strftime("%Y-%m-%d %H:%M:%S")
     assert row[8] == staff_id and row[1] != "" and row[6] == "DISCLOSED"
 
-    pdf = client.get("/portal/history/download.pdf", params={"start": provided.date().isoformat()})
+    pdf = client.get("/portal/history/download.pdf", params={"start": provided.date().isoformat()}, timeout=120)
     assert pdf.status_code == 200
     (tmp_path / "h.pdf").write_bytes(pdf.content)
     text = subprocess.run(["pdftotext", "-raw", str(tmp_path / "h.pdf"), "-"], capture_output=True, text=True,
