@@ -144,7 +144,7 @@ def init(create_missing_secrets: bool, key_type: str) -> None:
     for role in ("idp", "discovery"):
         current = keystore().current_signing_key(role).key_type
         note = "" if current == key_type else f" (kept; `renkei keys rotate {role} --key-type {key_type}` changes it)"
-        click.echo(f"{role} signs with a {current} key v{keystore().current_signing_key(role).version}{note}")
+        click.echo(f"{role} signs with {current} key v{keystore().current_signing_key(role).version}{note}")
     click.echo(f"operator API token in {settings.keys_dir / 'operator-token'} (or set RENKEI_OPERATOR_TOKEN)")
 
 

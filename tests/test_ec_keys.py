@@ -151,7 +151,7 @@ def test_init_makes_ec_idp_and_discovery_keys_and_metadata_publishes_them(fed):
         assert key.key_type == EC_P256 and isinstance(key.private_key.curve, ec.SECP256R1)
         assert key.xml_algorithm == ECDSA_SHA256 and key.jws_algorithm == "ES256"
         assert published(fed.hub, role) == [der(certificate(home, role, 1))]
-        assert f"{role} signs with a ec-p256 key v1" in fed.init_output
+        assert f"{role} signs with ec-p256 key v1" in fed.init_output
     # consent receipts (RS256) and the portal's SP key (it decrypts too) stay RSA
     for role in ("consent", "portal"):
         assert store.current_signing_key(role).key_type == RSA_2048
