@@ -281,11 +281,14 @@ def _postgres_lines(db_session: Session, log: str, filters: ExportFilter, start:
         template = re.sub(f":{name}\\b", f"{{{name}}}", template)
     statement = pgsql.SQL("COPY (" + template + ") TO STDOUT")
     chunks = [(lo, min(lo + EXPORT_CHUNK, end)) for lo in range(start, end, EXPORT_CHUNK)]
-    bounds_stmt = select(func.min(LogLeaf.entry_time), func.max(LogLeaf.entry_time), func.min(LogLeaf.entry_ref),
-                         func.max(LogLeaf.entry_ref)).where(LogLeaf.log == log)
-
     def produce(conn, lo: int, hi: int) -> list[bytes]:
-        bounds = conn.execute(bounds_stmt.where(LogLeaf.leaf_index >= lo, LogLeaf.leaf_index < hi)).one()
+        # the chunk's leaves by their key, below a fence (OFFSET 0): a bare min()/max() would be
+        # planned as a walk of the entry_time index from one end, through millions of leaves
+        rows = (select(LogLeaf.entry_time, LogLeaf.entry_ref)
+                .where(LogLeaf.log == log, LogLeaf.leaf_index >= lo, LogLeaf.leaf_index < hi)
+                .offset(0).subquery())
+        bounds = conn.execute(select(func.min(rows.c.entry_time), func.max(rows.c.entry_time),
+                                     func.min(rows.c.entry_ref), func.max(rows.c.entry_ref))).one()
         values = {**params, "start": lo, "end": hi, "first": bounds[0], "last": bounds[1],
                   "id_lo": bounds[2], "id_hi": bounds[3]}
         out, pending = [], b""
