@@ -129,8 +129,8 @@ class PasskeyChallenge(Base):
 
     __tablename__ = "passkey_challenges"
 
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # SHA-256 of the challenge
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the challenge, base64url
     purpose: Mapped[str] = mapped_column(String(16))  # "register", "login" or "second"
-    person_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    pending: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the PendingAuthn it serves
+    person_key: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    pending: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)  # the PendingAuthn it serves
     expires_at: Mapped[datetime] = mapped_column(DateTime, index=True)

@@ -4,7 +4,7 @@ the password as the second factor. Either way the login is phishing-resistant mu
 `idp.saml.AC_PASSKEY`.
 
 Challenges live in the database (`passkey_challenges`): short-lived, spent by the first answer
-that names them, good on any app process. The origin and RP ID are checked by the library
+that names them, good on any app process; a page shown again reuses its waiting challenge. The origin and RP ID are checked by the library
 against the settings; the sign counter here, after the signature, so only a genuine
 authenticator's counter can raise the clone alarm."""
 from __future__ import annotations
@@ -81,18 +81,28 @@ class Verified:
 # --- challenges -------------------------------------------------------------------------------
 
 def _challenge_id(challenge: bytes) -> str:
-    return hashlib.sha256(challenge).hexdigest()
+    return bytes_to_base64url(challenge)
 
 
 def _new_challenge(*, db_session: Session, settings: Settings, purpose: str, person_key: str | None = None,
                    pending: str | None = None) -> bytes:
+    """A challenge for this purpose, login request and person: the one already waiting while it
+    has most of its life left (a page shown again, after a wrong password, costs no write),
+    else a new one."""
     now = utcnow()
-    if random.random() < 0.02:  # sweep the expired now and then (every login page makes one)
+    lifetime = timedelta(seconds=settings.passkey_challenge_seconds)
+    waiting = db_session.scalar(select(PasskeyChallenge.id).where(
+        PasskeyChallenge.purpose == purpose, PasskeyChallenge.person_key.is_(None) if person_key is None
+        else PasskeyChallenge.person_key == person_key,
+        PasskeyChallenge.pending.is_(None) if pending is None else PasskeyChallenge.pending == pending,
+        PasskeyChallenge.expires_at > now + lifetime / 2).limit(1))
+    if waiting is not None:
+        return base64url_to_bytes(waiting)
+    if random.random() < 0.02:  # sweep the expired now and then
         db_session.execute(delete(PasskeyChallenge).where(PasskeyChallenge.expires_at <= now))
     challenge = secrets.token_bytes(32)
-    db_session.add(PasskeyChallenge(
-        id=_challenge_id(challenge), purpose=purpose, person_key=person_key, pending=pending,
-        expires_at=now + timedelta(seconds=settings.passkey_challenge_seconds)))
+    db_session.add(PasskeyChallenge(id=_challenge_id(challenge), purpose=purpose, person_key=person_key,
+                                    pending=pending, expires_at=now + lifetime))
     db_session.flush()
     return challenge
 

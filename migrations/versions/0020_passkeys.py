@@ -43,6 +43,8 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_passkey_challenges")),
     )
     op.create_index(op.f("ix_passkey_challenges_expires_at"), "passkey_challenges", ["expires_at"])
+    op.create_index(op.f("ix_passkey_challenges_person_key"), "passkey_challenges", ["person_key"])
+    op.create_index(op.f("ix_passkey_challenges_pending"), "passkey_challenges", ["pending"])
 
 
 def downgrade() -> None:
