@@ -667,3 +667,16 @@ def test_resuming_without_logging_in_is_login_required_and_a_pending_request_is_
     # and another browser cannot resume it
     stranger = Person(hub.base_url)
     assert stranger.client.get("/idp/oidc/authorize/resume", params={"pending": pending}).status_code == 400
+
+
+def test_keys_rotate_oidc_es256_adds_an_ec_key_that_signs_next(hub, people, rp_es):
+    from joserfc.jwk import ECKey
+
+    before = {k["kid"] for k in httpx.get(f"{hub.base_url}/idp/oidc/jwks", timeout=10).json()["keys"]}
+    assert "oidc-es256 now signs with key v" in cli("keys", "rotate", "oidc-es256")
+    published = httpx.get(f"{hub.base_url}/idp/oidc/jwks", timeout=10).json()["keys"]
+    newest = next(k for k in published if k["alg"] == "ES256")
+    assert newest["kid"] not in before and newest["crv"] == "P-256"
+    assert isinstance(ECKey.import_key(newest), ECKey)
+    _, _, tokens, _ = full_flow(hub, rp_es, "oidc-dana", people["oidc-dana"])
+    assert jws.extract_compact(tokens["id_token"].encode()).headers()["kid"] == newest["kid"]
