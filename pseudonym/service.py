@@ -122,7 +122,8 @@ def _live_value(db_session: Session, person_key: str, agency: str) -> str | None
 
 def find(*, db_session: Session, person_key: str, agency: str) -> str | None:
     """The live pseudonym of a person for an agency, or None when none was created yet."""
-    return db_session.scalar(_live(person_key, agency))
+    db_session.flush()  # one created earlier in this session counts (the ORM would autoflush)
+    return _live_value(db_session, person_key, agency)
 
 
 def get_or_create(*, db_session: Session, keys: KeyStore, person_key: str, agency: str, scope: str) -> str:

@@ -85,7 +85,7 @@ def add_passkey(page, hub: str, label: str) -> None:
 
 def log_out(page, hub: str) -> None:
     page.goto(hub + "/idp/logout")
-    page.get_by_role("button", name=re.compile("Log out")).click()
+    page.get_by_role("button", name=re.compile("Log out of Renkei only")).click()
     page.wait_for_load_state()
     assert "You are logged out" in page.content()
 

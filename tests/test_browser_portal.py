@@ -236,7 +236,7 @@ def test_no_page_scrolls_sideways_at_200_percent_zoom(portal_demo, browser):  # 
 def test_the_demo_prints_the_portal_with_its_logins_and_its_history_holds_the_scenarios(portal_demo):
     printed = portal_demo["printed"]
     assert f"{portal_demo['hub']}/portal/" in printed
-    assert set(portal_demo["passwords"]) == {"taro", "hanako"}  # who logs in there, with what
+    assert set(portal_demo["passwords"]) == {"taro", "hanako", "jiro"}  # who logs in there, with what
 
 
 def test_a_downloaded_inclusion_proof_checks_offline(portal_demo, browser, tmp_path):  # noqa: F811

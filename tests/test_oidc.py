@@ -673,7 +673,7 @@ def test_keys_rotate_oidc_es256_adds_an_ec_key_that_signs_next(hub, people, rp_e
     from joserfc.jwk import ECKey
 
     before = {k["kid"] for k in httpx.get(f"{hub.base_url}/idp/oidc/jwks", timeout=10).json()["keys"]}
-    assert "oidc-es256 now signs with key v" in cli("keys", "rotate", "oidc-es256")
+    assert "oidc-es256 now signs with ec-p256 key v" in cli("keys", "rotate", "oidc-es256")
     published = httpx.get(f"{hub.base_url}/idp/oidc/jwks", timeout=10).json()["keys"]
     newest = next(k for k in published if k["alg"] == "ES256")
     assert newest["kid"] not in before and newest["crv"] == "P-256"
