@@ -28,9 +28,11 @@ FEDERATION_NAME = "urn:renkei:federation"
 
 
 def _entities(*, db_session: Session, own: Sequence[bytes]) -> list[etree._Element]:
-    """The hub's own entities, then every live agency's, without their own signatures or IDs
-    (the aggregate's one signature covers them; a stray ID could collide with another)."""
-    rows = db_session.scalars(select(Agency.metadata_xml).where(Agency.retired_at.is_(None))
+    """The hub's own entities, then every live agency's that has SAML metadata (one registered
+    from OIDC client metadata alone has none), without their own signatures or IDs (the
+    aggregate's one signature covers them; a stray ID could collide with another)."""
+    rows = db_session.scalars(select(Agency.metadata_xml)
+                              .where(Agency.retired_at.is_(None), Agency.metadata_xml != "")
                               .order_by(Agency.entity_id))
     out = []
     for xml in [*own, *(r.encode() for r in rows)]:

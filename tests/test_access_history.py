@@ -8,7 +8,7 @@ import json
 import secrets
 import threading
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -333,6 +333,33 @@ def test_timeline_pages_stay_stable_while_entries_arrive(log):
             cursor = page.next_cursor
     assert len(seen) == len(set(seen)) == 7  # the old entries, each once; newer ones start a new read
     assert seen == sorted(seen, reverse=True)
+
+
+def test_a_page_is_the_same_whether_the_recent_window_fills_it_or_not(log):
+    """On PostgreSQL a page is first asked for within the last months before its upper bound
+    (fewer month partitions to plan); whether that window fills the page or the query falls back
+    to the whole history, the pages are the same."""
+    log.append([decision("erin") for _ in range(12)])
+
+    def pages(db, now, **filters) -> list[list[int]]:
+        seen, cursor = [], None
+        while True:
+            page = service.timeline(db_session=db, person_key="erin", limit=5, cursor=cursor, now=now,
+                                    filters=service.TimelineFilter(**filters))
+            seen.append([e.entry.id for e in page.entries])
+            cursor = page.next_cursor
+            if cursor is None:
+                return seen
+
+    with log.session() as db:
+        recent = pages(db, utcnow())  # the window holds all twelve: it fills each page
+        later = pages(db, utcnow() + 2 * service.TIMELINE_WINDOW)  # the window is empty: fallback
+        # an end given with a zone is compared with the naive UTC times without failing
+        zoned = pages(db, utcnow(), end=datetime.now(UTC) + timedelta(days=1))
+    assert recent == later == zoned
+    assert [len(p) for p in recent] == [5, 5, 2]
+    flat = [i for p in recent for i in p]
+    assert flat == sorted(flat, reverse=True) and len(set(flat)) == 12
 
 
 def test_timeline_filters(log):

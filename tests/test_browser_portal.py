@@ -30,7 +30,7 @@ pytestmark = [
 # one receipt from the consent record)
 MENU = {"overview": "/portal/", "data": "/portal/data", "history": "/portal/history",
         "policy": "/portal/policy", "consent": "/portal/consent", "notices": "/portal/notices",
-        "representatives": "/portal/representatives"}
+        "representatives": "/portal/representatives", "procedures": "/portal/procedures"}
 
 
 @pytest.fixture(scope="module")

@@ -55,6 +55,16 @@ def member(hub, tmp_path_factory):
     return sp
 
 
+@pytest.fixture(scope="module")
+def oidc_only(hub, tmp_path_factory):
+    """An agency registered from OIDC client metadata alone: it has no SAML metadata to aggregate."""
+    from tests.oidc_client import RP
+
+    rp = RP(f"https://oidc-only-{uuid.uuid4().hex[:6]}.example.jp", "https://oidc-only.example.jp/cb")
+    cli("agency", "add", "--oidc-metadata", str(rp.write_metadata(tmp_path_factory.mktemp("oidc-only"))))
+    return rp
+
+
 def xmlsec1_verifies(document: bytes, cert_file, node: str, tmp_path) -> bool:
     path = tmp_path / f"doc-{uuid.uuid4().hex}.xml"
     path.write_bytes(document)
@@ -65,7 +75,7 @@ def xmlsec1_verifies(document: bytes, cert_file, node: str, tmp_path) -> bool:
     return done.returncode == 0
 
 
-def test_the_aggregate_is_signed_bounded_and_lists_everyone(hub, member, idp_cert_file, tmp_path):
+def test_the_aggregate_is_signed_bounded_and_lists_everyone(hub, member, oidc_only, idp_cert_file, tmp_path):
     r = httpx.get(f"{hub.base_url}/federation/metadata")
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/samlmetadata+xml")
     assert xmlsec1_verifies(r.content, idp_cert_file, MD_ENTITIES, tmp_path)
@@ -75,6 +85,7 @@ def test_the_aggregate_is_signed_bounded_and_lists_everyone(hub, member, idp_cer
     assert datetime.now(UTC) < valid_until < datetime.now(UTC) + timedelta(days=31)
     ids = [e.get("entityID") for e in root.findall(f"{{{MD}}}EntityDescriptor")]
     assert hub.settings.idp_entity_id in ids and member.entity_id in ids
+    assert oidc_only.client_id not in ids  # an OIDC-only agency has no SAML metadata to list
     # the check can fail: one changed endpoint breaks the signature
     tampered = r.content.replace(member.acs_url.encode(), attacks.EVIL_URL.encode())
     assert tampered != r.content and not xmlsec1_verifies(tampered, idp_cert_file, MD_ENTITIES, tmp_path)
@@ -96,7 +107,7 @@ def test_python3_saml_and_pysaml2_read_the_aggregate(hub, member):
     assert [a["location"] for a in acs] == [member.acs_url]
 
 
-def test_mdq_answers_one_signed_entity_by_id_or_sha1(hub, member, idp_cert_file, tmp_path):
+def test_mdq_answers_one_signed_entity_by_id_or_sha1(hub, member, oidc_only, idp_cert_file, tmp_path):
     import hashlib
 
     base = f"{hub.base_url}/federation/mdq/entities"
@@ -112,6 +123,7 @@ def test_mdq_answers_one_signed_entity_by_id_or_sha1(hub, member, idp_cert_file,
     hub_entity = httpx.get(f"{base}/{quote(hub.settings.idp_entity_id, safe='')}")
     assert hub_entity.status_code == 200 and xmlsec1_verifies(hub_entity.content, idp_cert_file, MD_ENTITY, tmp_path)
     assert httpx.get(f"{base}/{quote('https://nobody.example/sp', safe='')}").status_code == 404
+    assert httpx.get(f"{base}/{quote(oidc_only.client_id, safe='')}").status_code == 404
     everyone = httpx.get(base)
     assert everyone.status_code == 200 and etree.fromstring(everyone.content).tag == f"{{{MD}}}EntitiesDescriptor"
 
