@@ -77,9 +77,12 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
+        # the demo binds IPv4 only; `localhost` (the passkey tests' host) resolves to ::1 first,
+        # where another test's server may hold the same port number: ask 127.0.0.1 alone
         b = p.chromium.launch(executable_path=CHROMIUM, args=[
             "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--host-resolver-rules=MAP localhost 127.0.0.1"])
         yield b
         b.close()
 
