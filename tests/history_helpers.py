@@ -2,15 +2,26 @@
 from __future__ import annotations
 
 import json
+import time
 
-from access_history import audit, service
+from access_history import audit, ledger, service
 from kernel.db import session_scope
 from kernel.keys import keystore
 
 
-def integrate(hub) -> None:
-    """Integrate every queued entry now (the app's background integrator does it within ~0.2 s)."""
-    service.integrate_all(session_scope=session_scope, keys=keystore(), scope=hub.settings.scope)
+def integrate(hub, timeout: float = 30.0) -> None:
+    """Integrate every queued entry now. The app's background integrator may hold a log's lock
+    at that moment (on PostgreSQL a second integrator then skips the log), so repeat, with a
+    deadline, until no entry of any log is pending."""
+    deadline = time.monotonic() + timeout
+    while True:
+        service.integrate_all(session_scope=session_scope, keys=keystore(), scope=hub.settings.scope)
+        with session_scope() as db:
+            waiting = {log: ledger.pending(db_session=db, log=log) for log in ledger.LOG_NAMES}
+        if not any(waiting.values()):
+            return
+        assert time.monotonic() < deadline, f"entries still waiting to be integrated: {waiting}"
+        time.sleep(0.05)
 
 
 def export_lines(hub, log: str = "access", filters: audit.ExportFilter | None = None,
