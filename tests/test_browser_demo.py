@@ -72,6 +72,16 @@ def demo(tmp_path_factory):
         yield running
 
 
+def wait_until_seeded(running: dict, timeout: float = 90) -> None:
+    """Until the demo's first run has left its scenarios' exchanges in the history: before
+    that its seeding (scenarios, the moving process) competes with a test for the database."""
+    log = running["tmp"] / "demo.log"
+    deadline = time.monotonic() + timeout
+    while "stops everything" not in log.read_text(encoding="utf-8"):
+        assert time.monotonic() < deadline, "the demo never finished seeding:\n" + log.read_text(encoding="utf-8")
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from idp.saml import AC_PASSKEY, AC_PPT
-from tests.test_browser_demo import CHROMIUM, browser, running_demo  # noqa: F401  (module fixture)
+from tests.test_browser_demo import CHROMIUM, browser, running_demo, wait_until_seeded  # noqa: F401
 from tests.test_browser_portal import AXE, _axe, _focus, _tab_to
 
 pytestmark = [
@@ -31,6 +31,7 @@ LOGIN_LINK = re.compile("ログイン|log in", re.IGNORECASE)
 def demo(tmp_path_factory):
     with running_demo(tmp_path_factory.mktemp("passkey-demo"), host="localhost") as running:
         assert running["hub"].startswith("http://localhost:")
+        wait_until_seeded(running)
         yield running
 
 

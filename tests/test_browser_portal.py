@@ -12,12 +12,11 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.test_browser_demo import CHROMIUM, browser, demo  # noqa: F401  (module fixtures)
+from tests.test_browser_demo import CHROMIUM, browser, demo, wait_until_seeded  # noqa: F401  (module fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
 AXE = ROOT / "tests" / "assets" / "node_modules" / "axe-core" / "axe.min.js"
@@ -36,11 +35,7 @@ MENU = {"overview": "/portal/", "data": "/portal/data", "history": "/portal/hist
 @pytest.fixture(scope="module")
 def portal_demo(demo):  # noqa: F811
     """The demo once its first run has left its scenarios' exchanges in the history."""
-    log = demo["tmp"] / "demo.log"
-    deadline = time.monotonic() + 90
-    while "stops everything" not in log.read_text(encoding="utf-8"):
-        assert time.monotonic() < deadline, "the demo never finished seeding:\n" + log.read_text(encoding="utf-8")
-        time.sleep(0.2)
+    wait_until_seeded(demo)
     return demo
 
 
