@@ -279,15 +279,9 @@ def create_agency_app(config: AgencyConfig) -> FastAPI:
             return pages.render("error.html", status_code=status, title_ja="照会できませんでした",
                                 title_en="The lookup failed", reason=f"{code}: {message}", errors=[])
 
-        if _current_login(session) is None:
-            return fail(401, "NOT_SIGNED_IN", "sign in first")
-        if int(request.headers.get("content-length") or 0) > 4096:
-            return fail(413, "TOO_LARGE", "the form is too large")
-        form = await request.form()
-        given = form.get("csrf_token")
-        expected = session.get(CSRF)
-        if not isinstance(given, str) or not expected or not hmac.compare_digest(given, expected):
-            return fail(403, "CSRF", "the form did not come from this agency's page; reload it")
+        form = await _signed_in_form(request, session, fail)
+        if isinstance(form, Response):
+            return form
         index = form.get("scenario")
         if not isinstance(index, str) or not index.isdigit() or int(index) >= len(config.scenarios):
             return fail(400, "UNKNOWN_SCENARIO", "no such lookup")
@@ -328,15 +322,9 @@ def create_agency_app(config: AgencyConfig) -> FastAPI:
             return pages.render("error.html", status_code=status, title_ja="申請を受け付けられませんでした",
                                 title_en="The application was not accepted", reason=f"{code}: {message}", errors=[])
 
-        if _current_login(session) is None:
-            return fail(401, "NOT_SIGNED_IN", "sign in first")
-        if int(request.headers.get("content-length") or 0) > 4096:
-            return fail(413, "TOO_LARGE", "the form is too large")
-        form = await request.form()
-        given = form.get("csrf_token")
-        expected = session.get(CSRF)
-        if not isinstance(given, str) or not expected or not hmac.compare_digest(given, expected):
-            return fail(403, "CSRF", "the form did not come from this agency's page; reload it")
+        form = await _signed_in_form(request, session, fail)
+        if isinstance(form, Response):
+            return form
         index = form.get("process")
         if not isinstance(index, str) or not index.isdigit() or int(index) >= len(config.processes):
             return fail(400, "UNKNOWN_PROCESS", "no such application")
@@ -573,6 +561,21 @@ def _login_record(auth: OneLogin_Saml2_Auth) -> dict[str, Any]:
         "session_index": auth.get_session_index(),
         "session_not_on_or_after": auth.get_session_expiration(),
     }
+
+
+async def _signed_in_form(request: Request, session: dict[str, Any], fail) -> Any:
+    """The posted form of a signed-in person, from this agency's own page (CSRF token), or the
+    `fail` answer saying why not."""
+    if _current_login(session) is None:
+        return fail(401, "NOT_SIGNED_IN", "sign in first")
+    if int(request.headers.get("content-length") or 0) > 4096:
+        return fail(413, "TOO_LARGE", "the form is too large")
+    form = await request.form()
+    given = form.get("csrf_token")
+    expected = session.get(CSRF)
+    if not isinstance(given, str) or not expected or not hmac.compare_digest(given, expected):
+        return fail(403, "CSRF", "the form did not come from this agency's page; reload it")
+    return form
 
 
 def _current_login(session: dict[str, Any]) -> dict[str, Any] | None:
