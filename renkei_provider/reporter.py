@@ -115,22 +115,31 @@ class DisclosureReporter:
                                      self._key).encode()
 
     def flush(self) -> ReportResult:
-        """Send the batch in flight (or the next one); keep it for a resend unless acknowledged."""
-        batch = self._next_batch()
-        if batch is None:
-            return ReportResult(0, True, None, {})
-        batch_id, items = batch
+        """Send the batch in flight, then every batch waiting, until none is left or one is not
+        accepted (it is kept for a resend, same ID, unless refused for good); the last answer.
+
+        Two flushes may run at once (each answer schedules one): the second resends the batch
+        in flight (the hub records nothing twice) and both go on with what waits, so a
+        disclosure recorded while a send was under way is never left behind until the next one."""
+        result = ReportResult(0, True, None, {})
+        while (batch := self._next_batch()) is not None:
+            result = self._send(*batch)
+            if not result.accepted:
+                break
+        return result
+
+    def _send(self, batch_id: str, items: list[Disclosure]) -> ReportResult:
         try:
             status, body = self._post(self.report_url, self.signed_batch(batch_id, items),
                                       {"Content-Type": MEDIA_TYPE})
         except OSError as exc:  # the hub is unreachable: the batch stays, same ID, for a resend
             return ReportResult(len(items), False, None, {"error": type(exc).__name__})
-        if 200 <= status < 300:
+        # acknowledged, or refused for good (malformed, unknown key: resending cannot help); the
+        # batch in flight may already be a newer one that a concurrent flush took
+        if 200 <= status < 300 or (400 <= status < 500 and status not in (408, 429)):
             with self._lock:
-                self._in_flight = None
-        elif 400 <= status < 500 and status not in (408, 429):
-            with self._lock:  # refused for good (malformed, unknown key): resending cannot help
-                self._in_flight = None
+                if self._in_flight is not None and self._in_flight[0] == batch_id:
+                    self._in_flight = None
         return ReportResult(len(items), 200 <= status < 300, status, body)
 
 
