@@ -34,7 +34,10 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
+from kernel.background import nudge
+
 from access_history.errors import LogWriteFailed
+from access_history.ledger import QUEUED
 from access_history.models import ACCESS_LOG, ENTRY_SEQUENCES, HistoryEntry, LogQueue
 
 log = logging.getLogger(__name__)
@@ -152,6 +155,7 @@ class GroupAppender:
         else:
             self.batches += 1
             self.committed += len(rows)
+            nudge(QUEUED)
         for handed in batch:
             handed.error = error
             handed.done.set()

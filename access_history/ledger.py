@@ -21,10 +21,13 @@ from sqlalchemy.orm import Session
 
 from access_history import tlog
 from access_history.models import LOG_NAMES, LogCheckpoint, LogLeaf, LogNode, LogQueue, LogState
-from kernel.background import Periodic
+from kernel.background import Periodic, nudge, nudge_after_commit
 from kernel.db import insert_or_ignore, utcnow
 
 BATCH_MAX = 4096
+# what wakes the background loops of this process (kernel.background)
+QUEUED = "history-queued"  # entries wait in a log's queue: the integrator
+INTEGRATED = "history-integrated"  # the tree grew: whoever reads new leaves (the portal's notifier)
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ def enqueue(*, db_session: Session, log: str, entry_ref: int, entry_time: dateti
             leaf_data: bytes) -> None:
     """Queue an entry's commitment for its log's next integration; the caller commits."""
     db_session.add(LogQueue(log=log, entry_ref=entry_ref, entry_time=entry_time, leaf_data=leaf_data))
+    nudge_after_commit(db_session, QUEUED)
 
 
 def enqueue_many(*, db_session: Session, log: str, rows: list[tuple[int, datetime, bytes]]) -> None:
@@ -52,6 +56,7 @@ def enqueue_many(*, db_session: Session, log: str, rows: list[tuple[int, datetim
         db_session.execute(LogQueue.__table__.insert(), [
             {"log": log, "entry_ref": ref, "entry_time": when, "leaf_data": data}
             for ref, when, data in rows])
+        nudge_after_commit(db_session, QUEUED)
 
 
 def _frontier(blob: bytes) -> list[bytes]:
@@ -81,13 +86,18 @@ def integrate(*, db_session: Session, log: str, signer: LogSigner, batch: int = 
     Returns how many entries were integrated (0 if none waited, or another process is
     integrating this log right now). The caller commits; until then nothing is visible.
     """
+    return _integrate(db_session, log, signer, batch) or 0
+
+
+def _integrate(db_session: Session, log: str, signer: LogSigner, batch: int) -> int | None:
+    """`integrate`, telling a log another process holds (None) from one with nothing queued (0)."""
     # a plain read first: an idle poll must not open a write transaction (SQLite's one write
     # lock, a PostgreSQL row lock and a WAL flush, several times a second in every process)
     if db_session.scalar(select(LogQueue.id).where(LogQueue.log == log).limit(1)) is None:
         return 0
     state = _lock_state(db_session, log)
     if state is None:
-        return 0
+        return None
     queued = db_session.execute(
         select(LogQueue.id, LogQueue.entry_ref, LogQueue.entry_time, LogQueue.leaf_data)
         .where(LogQueue.log == log).order_by(LogQueue.id).limit(batch)
@@ -191,19 +201,23 @@ def integrated_size(*, db_session: Session, log: str) -> int:
 
 
 class Integrator(Periodic):
-    """Integrates every log now and then in a daemon thread of the app process.
+    """Integrates every log in a daemon thread of the app process: woken by the process's own
+    appends, every `interval` seconds while entries keep coming, every `idle_interval` seconds
+    otherwise (for entries another process queued).
 
     Each app process runs one; the state row's lock lets only one of them work on a log at a
-    time, the others skip. `run_once` is what the thread repeats (and what tests and the CLI
-    call to integrate everything queued before they read the tree).
+    time, the others skip (and look again after `interval`: the holder may have read the queue
+    before this process's entries were committed). `run_once` is what the thread repeats (and
+    what tests and the CLI call to integrate everything queued before they read the tree).
     """
 
     name = "history-integrator"
+    wakes_on = (QUEUED,)
     PARTITIONS_EVERY = 3600.0  # seconds between checks that next months' partitions exist
 
     def __init__(self, session_scope: Callable, signers: Callable[[str], LogSigner],
-                 interval: float = 0.2):
-        super().__init__(interval)
+                 interval: float = 0.2, idle_interval: float | None = None):
+        super().__init__(interval, idle_interval)
         self._session_scope = session_scope
         self._signers = signers
         self._partitions_checked: float | None = None
@@ -221,12 +235,16 @@ class Integrator(Periodic):
 
     def run_once(self) -> int:
         self.keep_partitions_ahead()
-        done = 0
+        done, held = 0, False
         for log in LOG_NAMES:
             while True:
                 with self._session_scope() as db:
-                    count = integrate(db_session=db, log=log, signer=self._signers(log))
-                done += count
-                if count < BATCH_MAX:
+                    count = _integrate(db, log, self._signers(log), BATCH_MAX)
+                held = held or count is None
+                done += count or 0
+                if not count or count < BATCH_MAX:
                     break
+        if done:
+            nudge(INTEGRATED)
+        self.busy = held  # another process is integrating: look again soon, not after idling
         return done

@@ -16,6 +16,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
+from kernel.background import nudge, take_session_nudges
 from kernel.errors import UserError
 
 NAMING = {
@@ -110,6 +111,18 @@ def _ping_if_idle(dbapi_connection, connection_record, _proxy) -> None:
     except Exception:  # noqa: BLE001 - any driver error: this connection is dead
         # the pool discards it and checks out (or connects) another (SQLAlchemy pool events)
         raise sa_exc.DisconnectionError() from None
+
+
+@event.listens_for(Session, "after_commit")
+def _nudge_committed(db_session: Session) -> None:
+    """What the session's work asked to wake (kernel.background.nudge_after_commit) is woken now
+    that it is durable."""
+    nudge(*take_session_nudges(db_session))
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_nudges(db_session: Session) -> None:
+    take_session_nudges(db_session)
 
 
 _ENGINES: dict[str, Engine] = {}

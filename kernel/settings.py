@@ -25,8 +25,13 @@ class Settings(BaseSettings):
     session_lifetime_seconds: int = 8 * 3600
     clock_skew_seconds: int = 60
     max_message_bytes: int = 256 * 1024
-    # how often each app process integrates queued history entries into the Merkle tree
+    # how often each app process integrates queued history entries into the Merkle tree while
+    # entries keep arriving (an append in the process wakes its integrator at once)
     history_integrate_seconds: float = 0.2
+    # the longest any background loop of an app process (the integrator, the notifier, the
+    # relay's delivery worker) sleeps when nothing woke it: the delay for work another process
+    # queued (a CLI command, another worker)
+    background_idle_seconds: float = Field(default=2.0, gt=0)
     # the interactive API docs page (/api/docs); /api/openapi.json is served either way
     api_docs: bool = False
     # after this long without a request the IdP session ends, whatever its absolute lifetime
@@ -52,7 +57,8 @@ class Settings(BaseSettings):
     smtp_host: str | None = None
     smtp_port: int = 25
     smtp_from: str = "renkei@localhost"
-    # how often each app process turns newly integrated history entries into notices
+    # how often each app process turns newly integrated history entries into notices while
+    # entries keep being integrated (an integration in the process wakes the notifier)
     notice_seconds: float = 0.5
     # a permitted discovery decision no provider reported within this long is listed to auditors
     disclosure_report_within_seconds: int = 24 * 3600
@@ -64,7 +70,8 @@ class Settings(BaseSettings):
     # JSON-lines request log: "stderr", "off" or a file path
     request_log: str = "stderr"
     # relay (電子封筒): how long a forwarded envelope is kept for resend (and retried while its
-    # receiver is down), the retry backoff, the delivery worker's tick, a claim's lease and the
+    # receiver is down), the retry backoff, the delivery worker's tick while there is work (an
+    # envelope queued in the process wakes it at once), a claim's lease and the
     # HTTP timeout of one delivery
     relay_retention_days: float = Field(default=30, gt=0)
     relay_retry_base_seconds: float = Field(default=1.0, gt=0)

@@ -21,6 +21,7 @@ from email.message import EmailMessage
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from access_history import ledger as history_ledger
 from access_history import person as history_person
 from kernel.background import Periodic
 from kernel.db import insert_or_ignore, utcnow
@@ -203,9 +204,11 @@ class Notifier(Periodic):
     """Makes notices from newly integrated entries, now and then, in a daemon thread."""
 
     name = "portal-notifier"
+    wakes_on = (history_ledger.INTEGRATED,)
 
-    def __init__(self, session_scope: Callable, settings: Callable[[], Settings], interval: float = 0.5):
-        super().__init__(interval)
+    def __init__(self, session_scope: Callable, settings: Callable[[], Settings], interval: float = 0.5,
+                 idle_interval: float | None = None):
+        super().__init__(interval, idle_interval)
         self._session_scope = session_scope
         self._settings = settings
 

@@ -35,13 +35,14 @@ def _background_work(settings: Settings):
         integrator = ledger.Integrator(
             lambda: session_scope(settings.db_url),
             lambda log: log_signer(keys=keys, scope=settings.scope, log=log),
-            interval=settings.history_integrate_seconds,
+            interval=settings.history_integrate_seconds, idle_interval=settings.background_idle_seconds,
         )
         integrator.start()
         # notices are made from integrated entries, never inside a discovery request
         from portal.notices import Notifier
 
-        notifier = Notifier(lambda: session_scope(settings.db_url), get_settings, interval=settings.notice_seconds)
+        notifier = Notifier(lambda: session_scope(settings.db_url), get_settings, interval=settings.notice_seconds,
+                            idle_interval=settings.background_idle_seconds)
         notifier.start()
         # the relay's durable outbox: envelopes committed with their decisions are delivered here
         from relay.service import DeliveryWorker

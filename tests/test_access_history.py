@@ -171,6 +171,37 @@ def test_parallel_appends_are_integrated_exactly_once(log):
     assert log.verify(log.export()).ok
 
 
+def test_the_integrator_is_woken_by_the_processs_appends(log):
+    """The app's integrator does not poll while idle (its idle interval here is an hour): an
+    entry committed in the process, alone or through the group-commit appender, wakes it, and
+    the entry is integrated at once; then the notifier's topic is nudged."""
+    integrated = threading.Event()
+
+    class Listener(ledger.Periodic):
+        wakes_on = (ledger.INTEGRATED,)
+
+        def wake(self) -> None:
+            integrated.set()
+
+    listener = Listener(3600.0)
+    listener.start()
+    integrator = ledger.Integrator(log.session, log.signer, interval=0.01, idle_interval=3600.0)
+    integrator.start()
+    try:
+        for size, append in ((1, lambda db: service.append(db_session=db, entry=decision())),
+                             (3, lambda db: service.append_durably(db_session=db, entries=[decision(), decision()]))):
+            integrated.clear()
+            with log.session() as db:
+                append(db)
+            assert integrated.wait(10), f"entry {size} was not integrated: the integrator slept"
+            with log.session() as db:
+                assert ledger.integrated_size(db_session=db, log="access") == size
+                assert ledger.pending(db_session=db, log="access") == 0
+    finally:
+        integrator.stop()
+        listener.stop()
+
+
 def test_entries_and_tree_are_append_only_in_the_database(log):
     log.append([decision()])
     log.integrate()
