@@ -34,11 +34,10 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
-from kernel.background import nudge
-
 from access_history.errors import LogWriteFailed
 from access_history.ledger import QUEUED
 from access_history.models import ACCESS_LOG, ENTRY_SEQUENCES, HistoryEntry, LogQueue
+from kernel.background import nudge
 
 log = logging.getLogger(__name__)
 

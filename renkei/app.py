@@ -83,8 +83,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from access_history.api import router as history_api
     from discovery.api import router as discovery_api
     from discovery.soap import router as discovery_soap
-    from idp.oidc.views import router as oidc_router
     from idp.federation_views import router as federation_router
+    from idp.oidc.views import router as oidc_router
     from idp.passkey_views import router as passkey_router
     from idp.views import router as idp_router
     from portal.routes import router as portal_router
