@@ -9,6 +9,7 @@ Nothing in the request path changes: a counter increment per event is all it add
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -23,6 +24,20 @@ from sqlalchemy.pool import Pool
 COUNTS = {"statements": 0, "commits": 0, "rollbacks": 0, "checkouts": 0, "pings": 0,
           "connections": 0, "peak_connections": 0}
 SQL_MIX: dict[str, int] = {}  # statement head (verb and table) -> times executed
+# the garbage collector's pauses in this worker (a request waits for one that happens under it)
+GC = {"collections": 0, "full_collections": 0, "pause_ms_total": 0.0, "pause_ms_max": 0.0}
+_gc_started: list[float] = []
+
+
+def _gc(phase: str, info: dict) -> None:
+    if phase == "start":
+        _gc_started.append(time.perf_counter())
+    elif _gc_started:
+        pause = 1000 * (time.perf_counter() - _gc_started.pop())
+        GC["collections"] += 1
+        GC["full_collections"] += info.get("generation") == 2
+        GC["pause_ms_total"] += pause
+        GC["pause_ms_max"] = max(GC["pause_ms_max"], pause)
 
 
 def _statement(_conn, _cursor, statement: str, *_args, **_kwargs) -> None:
@@ -75,7 +90,7 @@ def _writer(directory: Path) -> None:
     mix = directory / f"{os.getpid()}.sqlmix"
     tmp = directory / f".{os.getpid()}.tmp"
     while True:
-        tmp.write_text(json.dumps(COUNTS))
+        tmp.write_text(json.dumps({**COUNTS, "gc": GC}))
         os.replace(tmp, path)  # readers never see half a file
         tmp.write_text(json.dumps(dict(SQL_MIX)))
         os.replace(tmp, mix)
@@ -93,6 +108,7 @@ def create_app():
     event.listen(Pool, "connect", _connect)
     event.listen(Pool, "close", _close)
     event.listen(Pool, "detach", _close)
+    gc.callbacks.append(_gc)
     directory = os.environ.get("RENKEI_BENCH_COUNTS")
     if directory:
         Path(directory).mkdir(parents=True, exist_ok=True)

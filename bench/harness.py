@@ -482,6 +482,11 @@ def server_counts(counts_dir: Path) -> dict[str, int]:
             continue
         peaks.append(counts.pop("peak_connections", 0))
         counts.pop("connections", None)
+        gc_stats = counts.pop("gc", None)
+        if gc_stats:  # collections and pause time add up; the longest pause is the workers' longest
+            total["gc_pause_ms_max"] = max(total.get("gc_pause_ms_max", 0.0), gc_stats.pop("pause_ms_max"))
+            for name, value in gc_stats.items():
+                total[f"gc_{name}"] = total.get(f"gc_{name}", 0) + value
         for name, value in counts.items():
             total[name] = total.get(name, 0) + value
     total["per_worker_connections"] = sorted(peaks)  # type: ignore[assignment]
