@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
+import orjson
+from sqlalchemy import LargeBinary, text
 from sqlalchemy.engine import Connection, Engine
 
 from access_history.errors import LogWriteFailed
@@ -139,11 +140,11 @@ class GroupAppender:
         error: BaseException | None = None
         try:
             with self.engine.begin() as conn:
-                for row, ident in zip(rows, _new_ids(conn, len(rows)), strict=True):
-                    row["id"] = ident
                 if conn.dialect.name == "postgresql":
                     _insert_postgres(conn, rows)
                 else:
+                    for row, ident in zip(rows, _new_ids(conn, len(rows)), strict=True):
+                        row["id"] = ident
                     conn.execute(_ENTRIES.insert(), rows)
                     conn.execute(_QUEUE.insert(), [
                         {"log": ACCESS_LOG, "entry_ref": r["id"], "entry_time": r["recorded_at"],
@@ -160,29 +161,41 @@ class GroupAppender:
             handed.done.set()
 
 
-def _array_type(column) -> str:
-    from sqlalchemy import BigInteger, Boolean, DateTime, LargeBinary
+def _json_type(column) -> str:
+    """The column's type as json_to_recordset reads it (binary columns travel as hex text)."""
+    from sqlalchemy import BigInteger, Boolean, DateTime
 
-    for kind, name in ((BigInteger, "bigint"), (Boolean, "boolean"), (DateTime, "timestamp"),
-                       (LargeBinary, "bytea")):
+    for kind, name in ((BigInteger, "bigint"), (Boolean, "boolean"), (DateTime, "timestamp")):
         if isinstance(column.type, kind):
             return name
     return "text"
 
 
-_COLUMNS = [c.name for c in _ENTRIES.columns]
-# one statement per batch: every column as one array, unnested into rows; the queue rows are
-# made from what the INSERT returns, in id order (so the queue's order is the batch's)
+_COLUMNS = [c.name for c in _ENTRIES.columns if c.name != "id"]
+_BINARY = [c.name for c in _ENTRIES.columns if isinstance(c.type, LargeBinary)]
+# One statement (one round trip) and one parameter per batch: the rows as one JSON array,
+# read by json_to_recordset (adapting a parameter per column costs the client ~0.3 ms a batch,
+# a JSON text from orjson a few µs a row). Each row is given the sequence's next id; the queue
+# rows are made from what the INSERT returns, in id order; the ids go back to their callers by
+# entry ID (unique: made by the caller).
 _POSTGRES_BATCH = (
-    f"WITH e AS (INSERT INTO {_ENTRIES.name} ({', '.join(_COLUMNS)}) "
-    f"SELECT * FROM unnest({', '.join(f'%s::{_array_type(_ENTRIES.c[n])}[]' for n in _COLUMNS)}) "
-    "RETURNING id, recorded_at, leaf_data) "
-    f"INSERT INTO {_QUEUE.name} (log, entry_ref, entry_time, leaf_data) "
-    f"SELECT '{ACCESS_LOG}', id, recorded_at, leaf_data FROM e ORDER BY id")
+    f"WITH e AS (INSERT INTO {_ENTRIES.name} (id, {', '.join(_COLUMNS)}) "
+    f"SELECT nextval('{ENTRY_SEQUENCES[_ENTRIES.name]}'), "
+    + ", ".join(f"decode({n}, 'hex')" if n in _BINARY else n for n in _COLUMNS)
+    + " FROM json_to_recordset(%s::json) AS r("
+    + ", ".join(f"{n} {_json_type(_ENTRIES.c[n])}" for n in _COLUMNS)
+    + ") RETURNING id, entry_id, recorded_at, leaf_data), "
+    f"q AS (INSERT INTO {_QUEUE.name} (log, entry_ref, entry_time, leaf_data) "
+    f"SELECT '{ACCESS_LOG}', id, recorded_at, leaf_data FROM e ORDER BY id) "
+    "SELECT entry_id, id FROM e")
 
 
 def _insert_postgres(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    conn.exec_driver_sql(_POSTGRES_BATCH, tuple([row.get(name) for row in rows] for name in _COLUMNS))
+    batch = orjson.dumps([{name: row[name].hex() if name in _BINARY and row.get(name) is not None else row.get(name)
+                           for name in _COLUMNS} for row in rows])
+    ids = dict(conn.exec_driver_sql(_POSTGRES_BATCH, (batch.decode(),)).all())
+    for row in rows:
+        row["id"] = ids[row["entry_id"]]
 
 
 def _new_ids(conn: Connection, n: int) -> list[int]:
