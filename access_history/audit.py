@@ -256,8 +256,8 @@ def export_jsonl_chunks(*, db_session: Session, log: str, verifier_key: str,
 
 
 EXPORT_CHUNK = 12_500  # leaves per COPY on PostgreSQL: each chunk's join reads only its own rows
-EXPORT_STREAMS = 2  # COPYs running at once, each on its own connection (the server formats lines)
-EXPORT_AHEAD = 2  # chunks formatted ahead of the writer at most (~10 MB each): peak ~120 MB, not ~200
+EXPORT_STREAMS = 3  # COPYs running at once, each on its own connection (the server formats lines)
+EXPORT_AHEAD = 3  # chunks formatted ahead of the writer at most (~10 MB each): peak ~140 MB, not ~200
 
 
 def _postgres_lines(db_session: Session, log: str, filters: ExportFilter, start: int, end: int,

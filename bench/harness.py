@@ -426,10 +426,17 @@ def group_cpu_seconds(pgid: int) -> float:
     return sum(cpu for _pid, _cmd, cpu in group_members(pgid))
 
 
-def start_server(hub: HubBase, workers: int, log_path: Path, counts_dir: Path | None = None) -> subprocess.Popen:
+def start_server(hub: HubBase, workers: int, log_path: Path, counts_dir: Path | None = None, *,
+                 nagle: bool = False) -> subprocess.Popen:
     """The hub app under uvicorn with N workers (what `renkei serve` runs), in its own process
     group, once /healthz answers. Served through bench/counted_app.py, which writes each
-    worker's database counters into `counts_dir` (read them with `server_counts`)."""
+    worker's database counters into `counts_dir` (read them with `server_counts`).
+
+    Unless `nagle`, its connections send without delay (TCP_NODELAY), as `renkei serve --port`
+    does: uvicorn reads an inherited socket (--fd) as AF_UNIX, so asyncio never sets the option
+    on its connections, and a response written in two parts would then wait for the client's
+    delayed ACK (40 ms on Linux) on a keep-alive connection. Linux copies the option from the
+    listening socket to every accepted one."""
     import httpx
 
     env = dict(os.environ)
@@ -442,6 +449,8 @@ def start_server(hub: HubBase, workers: int, log_path: Path, counts_dir: Path | 
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", hub.port))
+    if not nagle:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     # uvicorn serves the socket bound in set_up_home (its file descriptor, inherited), so the
     # port cannot change hands between choosing it and serving on it
     proc = subprocess.Popen(

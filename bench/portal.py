@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -235,13 +234,7 @@ def body(bench: Bench, args) -> int:
             "served them would have made their notices as they came)")
     dispose_engines()
 
-    if not args.nagle:
-        # uvicorn reads an inherited socket (--fd) as AF_UNIX, so asyncio never sets TCP_NODELAY on
-        # its connections: a response written in two parts then waits for the client's delayed ACK
-        # (40 ms on Linux) on a keep-alive connection. Linux copies the option from the listening
-        # socket to every accepted one; `renkei serve --port` gets it from asyncio anyway.
-        harness.RESERVED[port].setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    server = harness.start_server(hub, args.workers, bench.tmp / "server.log")
+    server = harness.start_server(hub, args.workers, bench.tmp / "server.log", nagle=args.nagle)
     cookie = sso_login(hub.base_url)
     later = later_page(hub.base_url, cookie)
     say(f"[setup] logged in by SSO; the later page: {later[:60]}…")
