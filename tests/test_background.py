@@ -92,12 +92,23 @@ def test_without_nudges_the_loop_still_runs_every_idle_interval(loop):
     assert polled.wait_rounds(3), "work another process queued would never be found"
 
 
-def test_a_stopped_loop_is_no_longer_woken(loop):
-    stopped = loop()
+def test_a_stopped_loop_is_no_longer_woken():
+    class Counted(Loop):
+        woken = 0
+
+        def wake(self) -> None:
+            self.woken += 1
+            super().wake()
+
+    running, stopped = Counted(), Counted()
+    running.start()
+    stopped.start()
     stopped.stop()
-    rounds = stopped.rounds
-    nudge("test-topic")
-    assert stopped.rounds == rounds
+    try:
+        nudge("test-topic")
+        assert (running.woken, stopped.woken) == (1, 0)
+    finally:
+        running.stop()
 
 
 def test_a_session_nudges_when_it_commits_and_not_when_it_rolls_back(tmp_path, loop):
