@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 
 from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy.orm import Session
 
@@ -97,6 +98,12 @@ async def disclosures(request: Request, db_session: Session = DB):
     body = await request.body()
     if len(body) > reports.MAX_BATCH_BYTES:
         return _problem(413, "the batch is too large")
+    # the database work runs off the event loop: a report that waits for a concurrent one's row
+    # (a resend of the same batch) must not stop the loop that would let the other commit
+    return await run_in_threadpool(_receive, db_session, body)
+
+
+def _receive(db_session: Session, body: bytes):
     try:
         token = body.decode("ascii").strip()
         issuer = reports.unverified_issuer(token)

@@ -65,6 +65,21 @@ async def start(body: StartIn, authorization: str = Header("", description="Bear
     scheme, _, jwt = authorization.partition(" ")
     if scheme.lower() != "bearer" or not jwt:
         return _error(401, "invalid_client", "send Authorization: Bearer <client assertion JWT>")
+    # the database work runs off the event loop (as in the sync routes), and so does the run
+    admitted = await run_in_threadpool(_admit, db, settings, body, jwt)
+    if isinstance(admitted, JSONResponse):
+        return admitted
+    instance_id, requester = admitted
+    delivered: dict[str, Any] = {}
+    view = await run_in_threadpool(lambda: engine.run(session_scope=lambda: session_scope(settings.db_url),
+                                                      settings=settings, instance_id=instance_id,
+                                                      delivered=delivered))
+    return JSONResponse(run_json(view, delivered, requester.entity_id), headers={"Cache-Control": "no-store"})
+
+
+def _admit(db: Session, settings, body: StartIn, jwt: str):
+    """Authenticate the trigger, check the process and the person, and start the run: its id
+    and the requester, or the error answer."""
 
     def keys_for(entity_id: str):
         agency = agencies.lookup(db_session=db, entity_id=entity_id)
@@ -98,8 +113,4 @@ async def start(body: StartIn, authorization: str = Header("", description="Bear
                                    application=body.application)
     except service.ProcessError as exc:
         return _error(400, "BAD_TRIGGER", str(exc))
-    delivered: dict[str, Any] = {}
-    view = await run_in_threadpool(lambda: engine.run(session_scope=lambda: session_scope(settings.db_url),
-                                                      settings=settings, instance_id=instance_id,
-                                                      delivered=delivered))
-    return JSONResponse(run_json(view, delivered, requester.entity_id), headers={"Cache-Control": "no-store"})
+    return instance_id, requester

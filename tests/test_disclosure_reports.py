@@ -73,6 +73,40 @@ def test_a_reported_disclosure_is_matched_to_its_decision_once(hub, fed, bootstr
     assert verify_history(hub).ok
 
 
+def test_the_same_batch_sent_at_once_is_recorded_once_without_a_stall(hub, fed, bootstrap):
+    """Two flushes of an agency may send the same batch at the same moment (each answer
+    schedules one). The second waits for the first one's row; it must not wait on the event
+    loop, where the first one's commit would then never run (SQLite: a 10 s stall and a 503;
+    PostgreSQL: a hung hub)."""
+    import threading
+
+    offering = permitted_offering(hub, fed, bootstrap)
+    accepted = accepted_token(hub, fed, bootstrap, offering, fed["a"])
+    agency = reporter(hub, fed["a"])
+    for round_ in range(4):
+        batch = agency.signed_batch(f"concurrent-{round_}-{uuid.uuid4().hex}",
+                                    [Disclosure.of(accepted, info_types=(f"T{round_}",))])
+        barrier = threading.Barrier(4)
+        answers: list = []
+
+        def send(batch: bytes, barrier: threading.Barrier, answers: list) -> None:
+            barrier.wait(timeout=10)
+            try:
+                answers.append(httpx.post(report_url(hub), content=batch,
+                                          headers={"Content-Type": "application/jose"}, timeout=5))
+            except httpx.HTTPError as exc:
+                answers.append(exc)
+
+        senders = [threading.Thread(target=send, args=(batch, barrier, answers)) for _ in range(4)]
+        for t in senders:
+            t.start()
+        for t in senders:
+            t.join(30)
+        assert all(isinstance(a, httpx.Response) and a.status_code == 200 for a in answers), answers
+        assert sum(a.json()["recorded"] for a in answers) == 1
+        assert sum(a.json()["duplicates"] for a in answers) == 3
+
+
 def test_disclosures_the_hub_never_permitted_are_flagged(hub, fed, bootstrap):
     set_rules(fed, PolicyRuleIn(effect="deny", provider=fed["a"].entity_id, info_type_code="FUHYO"))
     refused = query(hub, fed, bootstrap, ANNEX, "JUKI")[fed["a"].entity_id]
