@@ -330,15 +330,19 @@ def answer_success(
         agency=agency.entity_id,
         scope=settings.scope,
     )
+    name_id, name_id_format = pseudonym, saml.NAMEID_PERSISTENT
+    if request.name_id_format == saml.NAMEID_TRANSIENT:
+        name_id, name_id_format = participants.new_transient(), saml.NAMEID_TRANSIENT
+    # the session's participant (whom Single Logout reaches) is written before the release is
+    # logged, so it commits with the request's other writes: nothing is left to commit after the
+    # log, one commit and round trip fewer per answer (a participant whose answer then failed
+    # only gets a logout it does not need)
+    participants.record(db_session=db_session, session=session, sp=agency.entity_id, name_id=name_id,
+                        name_id_format=name_id_format)
     # what leaves the hub in this answer lands in the person's history first (log before
     # disclose): the session's own writes commit, then the entry is durable (group commit)
     record_release(db_session=db_session, settings=settings, agency=agency.entity_id,
                    person_key=session.person_key, authn_context=authn_context)
-    name_id, name_id_format = pseudonym, saml.NAMEID_PERSISTENT
-    if request.name_id_format == saml.NAMEID_TRANSIENT:
-        name_id, name_id_format = participants.new_transient(), saml.NAMEID_TRANSIENT
-    participants.record(db_session=db_session, session=session, sp=agency.entity_id, name_id=name_id,
-                        name_id_format=name_id_format)
     key = signing_key()
     assertion = saml.assertion(
         saml.AssertionFacts(
