@@ -201,7 +201,9 @@ def send_mail(*, db_session: Session, settings: Settings, limit: int = MAIL_BATC
 
 
 class Notifier(Periodic):
-    """Makes notices from newly integrated entries, now and then, in a daemon thread."""
+    """Makes notices from newly integrated entries in a daemon thread: woken when its process's
+    integrator grew the tree, idle otherwise (every `idle_interval` seconds it looks for what
+    another process integrated)."""
 
     name = "portal-notifier"
     wakes_on = (history_ledger.INTEGRATED,)

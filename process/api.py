@@ -19,7 +19,7 @@ from federation import service as agencies
 from kernel.db import session_scope, utcnow
 from kernel.jose import ClientAuthFailed, verify_client_assertion
 from kernel.keys import keystore
-from kernel.settings import get_settings
+from kernel.settings import Settings, get_settings
 from kernel.validate import bounded_text
 from kernel.web import DB
 from process import engine, service
@@ -77,7 +77,7 @@ async def start(body: StartIn, authorization: str = Header("", description="Bear
     return JSONResponse(run_json(view, delivered, requester.entity_id), headers={"Cache-Control": "no-store"})
 
 
-def _admit(db: Session, settings, body: StartIn, jwt: str):
+def _admit(db: Session, settings: Settings, body: StartIn, jwt: str):
     """Authenticate the trigger, check the process and the person, and start the run: its id
     and the requester, or the error answer."""
 
