@@ -487,19 +487,34 @@ def run_deliveries(*, session_scope: Callable, settings: Settings, only: Sequenc
 
 def settle(*, session_scope: Callable, ids: Sequence[int], timeout: float) -> None:
     """Wait (up to `timeout` seconds) while any of `ids` is being delivered by a worker, so a
-    synchronous answer reports the receiver's ack even when the background worker took the row."""
+    synchronous answer reports the receiver's ack even when the background worker took the row.
+
+    A worker is delivering a row it has claimed (a lease in `claimed_until`), and on PostgreSQL
+    also one it is claiming right now: locked by its `FOR UPDATE SKIP LOCKED` read, its lease
+    not yet committed. That worker is woken by the very commit that queued the row, so the
+    caller's own claim often finds the row locked, skips it, and must then wait for the worker
+    rather than report the row as still queued."""
     import time
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        now = utcnow()
-        with session_scope() as db:
-            busy = db.scalar(select(RelayDelivery.id).where(
-                RelayDelivery.id.in_(list(ids)), RelayDelivery.state == QUEUED,
-                RelayDelivery.claimed_until.is_not(None), RelayDelivery.claimed_until >= now).limit(1))
-        if busy is None:
+        if not _in_delivery(session_scope, list(ids), utcnow()):
             return
         time.sleep(0.02)
+
+
+def _in_delivery(session_scope: Callable, ids: list[int], now: datetime) -> bool:
+    """Whether a worker holds (or is taking) any of the queued deliveries `ids`."""
+    with session_scope() as db:
+        queued = RelayDelivery.id.in_(ids), RelayDelivery.state == QUEUED
+        if db.scalar(select(RelayDelivery.id).where(
+                *queued, RelayDelivery.claimed_until.is_not(None), RelayDelivery.claimed_until >= now).limit(1)):
+            return True
+        if db.get_bind().dialect.name != "postgresql":
+            return False  # SQLite claims under its one write lock: no claim is half-made
+        waiting = set(db.scalars(select(RelayDelivery.id).where(*queued)))
+        free = set(db.scalars(select(RelayDelivery.id).where(*queued).with_for_update(skip_locked=True)))
+        return bool(waiting - free)
 
 
 def purge_expired_copies(*, db_session: Session, now: datetime | None = None) -> int:

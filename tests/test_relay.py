@@ -562,3 +562,43 @@ routes:
     ):
         with pytest.raises(route_table.RouteError, match=field):
             route_table.routes_from_config({"routes": [bad]})
+
+
+def test_a_synchronous_answer_waits_for_a_worker_that_is_claiming_the_row(hub, relay_fed):
+    """The delivery worker is woken by the commit that queues a row, so it may be reading the
+    row FOR UPDATE, its lease not yet committed, just when the request's own claim skips that
+    locked row. `settle` must then count the row as being delivered (and wait for the worker's
+    ack), not report it still queued."""
+    from sqlalchemy import text
+
+    from federation import service as agencies
+    from kernel.db import get_engine
+    from relay import service
+
+    fed = relay_fed
+    worker = hub.server.config.app.state.relay_worker
+    worker.paused = True
+    try:
+        with session_scope() as db:
+            sender = agencies.lookup(db_session=db, entity_id=fed["s"].entity_id)
+            result = service.submit(db_session=db, settings=hub.settings, sender=sender,
+                                    envelope=envelope_for(fed, receipt()))
+        ids = list(result.delivery_ids)
+        assert not service._in_delivery(session_scope, ids, service.utcnow())  # queued, nobody on it
+        if get_engine().dialect.name == "postgresql":  # SQLite claims under its one write lock
+            with get_engine().connect() as claiming:  # a worker between its read and its commit
+                claiming.execute(text("SELECT id FROM relay_deliveries WHERE id = :i FOR UPDATE"), {"i": ids[0]})
+                assert service._in_delivery(session_scope, ids, service.utcnow())
+                claiming.rollback()
+            assert not service._in_delivery(session_scope, ids, service.utcnow())
+    finally:
+        worker.paused = False
+    wait_for(lambda: not service._in_delivery(session_scope, ids, service.utcnow()) and all(
+        s != "queued" for s in _states(ids)), "the worker delivered it")
+
+
+def _states(ids: list[int]) -> list[str]:
+    from relay.models import RelayDelivery
+
+    with session_scope() as db:
+        return list(db.scalars(select(RelayDelivery.state).where(RelayDelivery.id.in_(ids))))
