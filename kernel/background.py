@@ -1,5 +1,6 @@
 """Background work in a daemon thread of an app process (the history integrator, the notifier,
-the relay's delivery worker), woken by the work itself instead of polling.
+the relay's delivery worker), woken by the work itself instead of polling where that is safe
+(the relay's worker has no topic: it would race a request delivering its own rows).
 
 A loop runs a round when something it waits for was *nudged* (a topic named by the room that
 makes the work, e.g. "history entries queued"), and otherwise only every `idle_interval`

@@ -70,8 +70,8 @@ class Settings(BaseSettings):
     # JSON-lines request log: "stderr", "off" or a file path
     request_log: str = "stderr"
     # relay (電子封筒): how long a forwarded envelope is kept for resend (and retried while its
-    # receiver is down), the retry backoff, the delivery worker's tick while there is work (an
-    # envelope queued in the process wakes it at once), a claim's lease and the
+    # receiver is down), the retry backoff, the delivery worker's tick while there is work (idle,
+    # it looks as often as the first retry or the background idle time), a claim's lease and the
     # HTTP timeout of one delivery
     relay_retention_days: float = Field(default=30, gt=0)
     relay_retry_base_seconds: float = Field(default=1.0, gt=0)

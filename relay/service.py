@@ -32,7 +32,7 @@ from discovery.errors import DiscoveryRefused, LogWriteFailed
 from discovery.tokens import DISCOVERY_ROLE
 from federation import service as agencies
 from federation.service import RegisteredAgency
-from kernel.background import Periodic, nudge_after_commit
+from kernel.background import Periodic
 from kernel.db import utcnow
 from kernel.keys import current_signing_key, keystore
 from kernel.settings import Settings
@@ -77,7 +77,6 @@ RELAY_ROLE = DISCOVERY_ROLE
 SCHEMA_DIR = Path(__file__).resolve().parent / "schema"
 SOAP_ACTION = "urn:renkei:envelope:1.0:Deliver"
 REMARK_MAX = 512
-OUTBOX = "relay-outbox"  # deliveries were queued: wakes the process's DeliveryWorker (kernel.background)
 
 
 @lru_cache(maxsize=1)
@@ -309,7 +308,6 @@ def submit(*, db_session: Session, settings: Settings, sender: RegisteredAgency,
             attempts=0, next_attempt_at=now, created_at=now, keep_until=keep_until,
         ))
     db_session.add_all(deliveries)
-    nudge_after_commit(db_session, OUTBOX)
     try:
         db_session.commit()  # log before disclose: the decisions and the outbox rows together
     except SQLAlchemyError as exc:
@@ -378,7 +376,6 @@ def resend(*, db_session: Session, receiver: str, sender: str, receipt_number: s
             body=r.body, attempts=0, next_attempt_at=now, created_at=now, keep_until=r.keep_until,
         ))
     db_session.flush()
-    nudge_after_commit(db_session, OUTBOX)
     return len(seen)
 
 
@@ -531,11 +528,13 @@ class DeliveryWorker(Periodic):
     several processes share the table safely through row claims."""
 
     name = "relay-delivery"
-    wakes_on = (OUTBOX,)
     PURGE_EVERY = 3600.0
 
     def __init__(self, session_scope: Callable, settings: Settings):
-        # idle, it looks at least as often as the first retry falls due
+        # Not woken by a queued row: an envelope submitted synchronously is delivered by its own
+        # request (`run_deliveries` + `settle`), and a worker woken by the same commit raced it
+        # for the row (a synchronous answer then read 'queued' under load). Idle, it looks at
+        # least as often as the first retry falls due; every 0.2 s while it finds work.
         super().__init__(settings.relay_worker_seconds,
                          min(settings.background_idle_seconds, settings.relay_retry_base_seconds))
         self._session_scope = session_scope
