@@ -488,9 +488,8 @@ def settle(*, session_scope: Callable, ids: Sequence[int], timeout: float) -> No
 
     A worker is delivering a row it has claimed (a lease in `claimed_until`), and on PostgreSQL
     also one it is claiming right now: locked by its `FOR UPDATE SKIP LOCKED` read, its lease
-    not yet committed. That worker is woken by the very commit that queued the row, so the
-    caller's own claim often finds the row locked, skips it, and must then wait for the worker
-    rather than report the row as still queued."""
+    not yet committed. A caller whose own claim skipped the row because a worker's round had it
+    locked must wait for that worker rather than report the row as still queued."""
     import time
 
     deadline = time.monotonic() + timeout
