@@ -21,7 +21,7 @@ from federation import service as agencies
 from kernel.jose import ClientAuthFailed, verify_client_assertion
 from kernel.settings import get_settings
 from kernel.validate import bounded_text
-from kernel.web import DB
+from kernel.web import in_unit_of_work
 from pseudonym.service import PSEUDONYM_MAX
 
 router = APIRouter(prefix="/api/discovery", tags=["discovery"])
@@ -104,17 +104,20 @@ def _record_client_auth_failure(db: Session, request: Request, issuer: str | Non
                404: {"model": ErrorOut}, 503: {"model": ErrorOut}},
     summary="Discovery query (ID-WSF DS Query, JSON face)",
 )
-def query(
+async def query(
     request: Request,
     body: DiscoveryQueryIn,
     authorization: str = Header("", description="Bearer <client assertion JWT signed with your registered key>"),
-    db: Session = DB,
 ):
     """Where does the person's data for this service type live, and may I fetch it for this task?
 
     Each provider holding data about the person is decided (whitelist, then the person's
     policy) and logged before anything is returned; permitted ones come with a one-time token.
     """
+    return await in_unit_of_work(_query, request, body, authorization)
+
+
+def _query(db: Session, request: Request, body: DiscoveryQueryIn, authorization: str) -> JSONResponse:
     settings = get_settings()
     scheme, _, jwt = authorization.partition(" ")
     if scheme.lower() != "bearer" or not jwt:

@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from lxml import etree
 from sqlalchemy.orm import Session
@@ -56,7 +55,7 @@ from kernel import replay
 from kernel.db import utcnow
 from kernel.keys import current_signing_key
 from kernel.settings import Settings, get_settings
-from kernel.web import DB
+from kernel.web import in_unit_of_work
 from kernel.xml import (
     ACTION,
     BODY,
@@ -153,7 +152,7 @@ MUST_UNDERSTAND_FAULT = (SOAP11_NS, "MustUnderstand")
 
 # -- routes ----------------------------------------------------------------------------------
 @router.post("/discovery/soap", include_in_schema=False)
-async def discovery_soap(request: Request, db: Session = DB) -> Response:
+async def discovery_soap(request: Request) -> Response:
     """ID-WSF 2.0 Discovery Service Query over the ID-WSF SOAP binding (module docstring)."""
     settings = get_settings()
 
@@ -164,18 +163,18 @@ async def discovery_soap(request: Request, db: Session = DB) -> Response:
         raw = await _read_body(request, settings.max_message_bytes)
     except SoapFault as fault:
         return refuse(fault)
-    return await run_in_threadpool(_guarded, _discovery, db, settings, raw, refuse)
+    return await in_unit_of_work(_guarded, _discovery, settings, raw, refuse)
 
 
 @router.post("/idp/nim", include_in_schema=False)
-async def name_id_mapping(request: Request, db: Session = DB) -> Response:
+async def name_id_mapping(request: Request) -> Response:
     """SAML 2.0 NameIDMappingRequest (core §3.8) over the SAML SOAP binding (bindings §3.2)."""
     settings = get_settings()
     try:
         raw = await _read_body(request, settings.max_message_bytes)
     except SoapFault as fault:
         return _saml_soap_fault(fault)
-    return await run_in_threadpool(_guarded, _name_id_mapping, db, settings, raw, _saml_soap_fault)
+    return await in_unit_of_work(_guarded, _name_id_mapping, settings, raw, _saml_soap_fault)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -191,7 +190,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(received)
 
 
-def _guarded(handler: Callable[[Session, Settings, bytes], Response], db: Session, settings: Settings,
+def _guarded(db: Session, handler: Callable[[Session, Settings, bytes], Response], settings: Settings,
              raw: bytes, refuse: Callable[[SoapFault], Response]) -> Response:
     """Any unexpected error becomes a soap:Server fault with nothing half-written, never a trace."""
     try:

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.orm import Session
 
 from idp.models import IdpSession, SessionParticipant
 from idp.saml import NAMEID_PERSISTENT, NAMEID_TRANSIENT
+
+if TYPE_CHECKING:
+    from idp.service import LiveSession
 
 
 @dataclass(frozen=True)
@@ -28,15 +32,19 @@ def new_transient() -> str:
     return "_" + secrets.token_hex(20)
 
 
-def record(*, db_session: Session, session: IdpSession, sp: str, name_id: str, name_id_format: str) -> None:
-    """Note that `sp` got an assertion in `session` naming the person `name_id`."""
-    known = db_session.scalar(select(SessionParticipant.id).where(
-        SessionParticipant.session_id == session.id, SessionParticipant.sp == sp,
-        SessionParticipant.name_id == name_id))
-    if known is None:
-        db_session.add(SessionParticipant(session_id=session.id, sp=sp, name_id=name_id,
-                                          name_id_format=name_id_format, expires_at=session.expires_at))
-        db_session.flush()
+_PARTICIPANTS = SessionParticipant.__table__
+_KNOWN = select(_PARTICIPANTS.c.id).where(
+    _PARTICIPANTS.c.session_id == bindparam("session_id"), _PARTICIPANTS.c.sp == bindparam("sp"),
+    _PARTICIPANTS.c.name_id == bindparam("name_id")).limit(1)
+_ADD = _PARTICIPANTS.insert()
+
+
+def record(*, db_session: Session, session: LiveSession, sp: str, name_id: str, name_id_format: str) -> None:
+    """Note that `sp` got an assertion in `session` naming the person `name_id`. Prebuilt Core statements: this runs on every SSO answer."""
+    connection = db_session.connection()
+    params = {"session_id": session.id, "sp": sp, "name_id": name_id}
+    if connection.execute(_KNOWN, params).first() is None:
+        connection.execute(_ADD, {**params, "name_id_format": name_id_format, "expires_at": session.expires_at})
 
 
 def sessions_of_transient(*, db_session: Session, sp: str, name_id: str) -> list[str]:

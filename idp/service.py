@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import unquote_plus
 
 from lxml import etree
-from sqlalchemy import delete, func, select
+from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.orm import Session
 
 from access_history import service as history
@@ -221,13 +221,36 @@ def start_session(
     return token
 
 
+@dataclass(frozen=True)
+class LiveSession:
+    """A live login session as the requests that use it read it (the row, not an ORM object:
+    the hot SSO path reads it with one prebuilt statement, bench/README.md)."""
+
+    id: str
+    person_key: str
+    session_index: str
+    authn_context: str
+    authn_instant: datetime
+    expires_at: datetime
+
+
+_SESSIONS = IdpSession.__table__
+_READ_SESSION = select(
+    _SESSIONS.c.id, _SESSIONS.c.person_key, _SESSIONS.c.session_index, _SESSIONS.c.authn_context,
+    _SESSIONS.c.authn_instant, _SESSIONS.c.expires_at, _SESSIONS.c.last_seen_at,
+).where(_SESSIONS.c.id == bindparam("id"))
+_TOUCH_SESSION = (_SESSIONS.update().where(_SESSIONS.c.id == bindparam("session_id"))
+                  .values(last_seen_at=bindparam("now")))
+
+
 def current_session(
     *, db_session: Session, token: str | None, settings: Settings | None = None
-) -> IdpSession | None:
+) -> LiveSession | None:
     """The live session a cookie token names, if any: within its lifetime and not idle too long."""
     if not token:
         return None
-    row = db_session.get(IdpSession, _hash(token))
+    connection = db_session.connection()
+    row = connection.execute(_READ_SESSION, {"id": _hash(token)}).first()
     now = utcnow()
     if row is None or row.expires_at <= now:
         return None
@@ -236,8 +259,9 @@ def current_session(
     if seen + idle <= now:
         return None
     if now - seen > _SEEN_GRANULARITY:  # not a write on every request
-        row.last_seen_at = now
-    return row
+        connection.execute(_TOUCH_SESSION, {"session_id": row.id, "now": now})
+    return LiveSession(row.id, row.person_key, row.session_index, row.authn_context, row.authn_instant,
+                       row.expires_at)
 
 
 # how stale `last_seen_at` may get before a use refreshes it
@@ -272,7 +296,7 @@ def check_logout_csrf(*, token: str, csrf: str) -> bool:
     return hmac.compare_digest(logout_csrf_token(token), csrf)
 
 
-def session_level(session: IdpSession) -> int:
+def session_level(session: LiveSession) -> int:
     return saml.LEVELS.get(session.authn_context, 1)
 
 
@@ -312,7 +336,7 @@ def answer_success(
     keys: KeyStore,
     agency: RegisteredAgency,
     request: saml.AuthnRequest,
-    session: IdpSession,
+    session: LiveSession,
     authn_context: str,
 ) -> Answer:
     """A signed Response with the person's pseudonym for this agency (profiles §4.1.4.2)."""
@@ -398,7 +422,7 @@ def record_release(*, db_session: Session, settings: Settings, agency: str, pers
 
 
 def _discovery_epr(
-    *, settings: Settings, keys: KeyStore, agency: RegisteredAgency, pseudonym: str, session: IdpSession
+    *, settings: Settings, keys: KeyStore, agency: RegisteredAgency, pseudonym: str, session: LiveSession
 ) -> etree._Element:
     """ID-WSF's DiscoveryEPR attribute: the bootstrap for cross-agency queries while the person
     is present, valid as long as the IdP session (docs/discovery.md)."""

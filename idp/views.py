@@ -15,7 +15,7 @@ from idp import accounts, federation_views, passkeys, saml, service, slo, unsoli
 from idp.oidc.views import finish_login as finish_oidc_login
 from kernel.keys import keystore
 from kernel.settings import get_settings
-from kernel.web import DB, Pages, raw_query
+from kernel.web import DB, Pages, in_unit_of_work, raw_query
 from kernel.xml import XMLSecurityError, inflate_redirect
 from kernel.xml.saml import NO_PASSIVE, RESPONDER
 
@@ -36,8 +36,12 @@ def metadata() -> Response:
 
 
 @router.get("/sso")
-def sso_redirect(request: Request, db: Session = DB) -> Response:
+async def sso_redirect(request: Request) -> Response:
     """HTTP-Redirect binding (bindings §3.4): DEFLATE + base64 in the query string."""
+    return await in_unit_of_work(_sso_redirect, request)
+
+
+def _sso_redirect(db: Session, request: Request) -> Response:
     settings = get_settings()
     encoded = request.query_params.get("SAMLRequest")
     if not encoded:
@@ -50,20 +54,23 @@ def sso_redirect(request: Request, db: Session = DB) -> Response:
 
 
 @router.post("/sso")
-def sso_post(
+async def sso_post(
     request: Request,
     SAMLRequest: str = Form(""),
     RelayState: str | None = Form(None),
-    db: Session = DB,
 ) -> Response:
     """HTTP-POST binding (bindings §3.5): base64 XML in a form field."""
-    if not SAMLRequest:
+    return await in_unit_of_work(_sso_post, request, SAMLRequest, RelayState)
+
+
+def _sso_post(db: Session, request: Request, saml_request: str, relay_state: str | None) -> Response:
+    if not saml_request:
         return error_page(400, "SAMLRequest がありません。The request carries no SAMLRequest.")
     try:
-        xml = service.decode_post_message(SAMLRequest, max_bytes=get_settings().max_message_bytes)
+        xml = service.decode_post_message(saml_request, max_bytes=get_settings().max_message_bytes)
     except service.BadRequest as exc:
         return error_page(400, str(exc))
-    return _start(request, db, xml, RelayState, None)
+    return _start(request, db, xml, relay_state, None)
 
 
 def _start(request: Request, db: Session, xml: bytes, relay_state: str | None, query: str | None) -> Response:

@@ -10,9 +10,11 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote, urlsplit
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, select_autoescape
 from sqlalchemy.orm import Session
@@ -181,6 +183,23 @@ def _db_session() -> Iterator[Session]:
 # The one DB-session dependency: one request, one transaction. scope="function" commits when
 # the route returns, before the response leaves, so a client never outruns the commit.
 DB = Depends(_db_session, scope="function")
+
+
+T = TypeVar("T")
+
+
+async def in_unit_of_work(work: Callable[..., T], /, *args, **kwargs) -> T:
+    """`work(db, *args, **kwargs)` in one unit of work, in one trip through the threadpool: the
+    same transaction `DB` gives a `def` route (committed before the answer leaves), without the
+    two more trips a generator dependency takes (its start and its end each run in the
+    threadpool). For the hot paths: each trip costs CPU and, under load, a contended interpreter
+    lock (bench/README.md, "Where the time goes")."""
+
+    def run() -> T:
+        with session_scope() as db:
+            return work(db, *args, **kwargs)
+
+    return await run_in_threadpool(run)
 
 
 def raw_query(request: Request) -> str:
