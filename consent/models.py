@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import (
     CheckConstraint,
@@ -161,9 +162,7 @@ class PolicyRule(Base):
 
     def in_force(self, at: datetime) -> bool:
         """True when `at` (naive UTC) lies in [valid_from, valid_until)."""
-        if self.valid_from is not None and at < self.valid_from:
-            return False
-        return self.valid_until is None or at < self.valid_until
+        return rule_in_force(self, at)
 
     def as_input(self) -> PolicyRuleIn:
         return PolicyRuleIn(
@@ -175,6 +174,14 @@ class PolicyRule(Base):
             valid_from=self.valid_from,
             valid_until=self.valid_until,
         )
+
+
+def rule_in_force(rule: PolicyRule | Any, at: datetime) -> bool:
+    """True when `at` (naive UTC) lies in the rule's [valid_from, valid_until): for a rule as a
+    row too (`consent.service.policy_in_force`)."""
+    if rule.valid_from is not None and at < rule.valid_from:
+        return False
+    return rule.valid_until is None or at < rule.valid_until
 
 
 class ConsentReceipt(Base):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import bindparam, delete, func, or_, select, update
 from sqlalchemy.orm import Session, joinedload
 
 from consent import receipts
@@ -35,6 +35,7 @@ from consent.models import (
     WhitelistEntry,
     WhitelistEntryIn,
     naive_utc,
+    rule_in_force,
 )
 from federation import service as agencies
 from kernel.db import utcnow
@@ -139,13 +140,27 @@ def find_whitelist_entry(
 ) -> WhitelistEntry | None:
     """The entry allowing this exchange; an entry naming the agency beats one naming its class."""
     question = _question(requester, provider, task_code, info_type_code, classes_of, None)
-    return _best_entry(
+    best = _best_entry(
         db_session,
         task_code=task_code,
         info_type_code=info_type_code,
         requesters=question.requester_refs,
         providers=question.provider_refs,
     )
+    return db_session.get(WhitelistEntry, best.id, populate_existing=True) if best else None
+
+
+_WHITELIST = WhitelistEntry.__table__
+_BEST_ENTRY = select(
+    _WHITELIST.c.id, _WHITELIST.c.requester, _WHITELIST.c.provider, _WHITELIST.c.consent,
+    _WHITELIST.c.legal_basis,
+).where(
+    _WHITELIST.c.task_code == bindparam("task_code"),
+    _WHITELIST.c.info_type_code == bindparam("info_type_code"),
+    _WHITELIST.c.requester.in_(bindparam("requesters", expanding=True)),
+    _WHITELIST.c.provider.in_(bindparam("providers", expanding=True)),
+    _WHITELIST.c.retired_at.is_(None),
+)
 
 
 def _best_entry(
@@ -155,18 +170,13 @@ def _best_entry(
     info_type_code: str,
     requesters: list[str],
     providers: list[str],
-) -> WhitelistEntry | None:
-    candidates = db_session.scalars(
-        select(WhitelistEntry)
-        .where(
-            WhitelistEntry.task_code == task_code,
-            WhitelistEntry.info_type_code == info_type_code,
-            WhitelistEntry.requester.in_(requesters),
-            WhitelistEntry.provider.in_(providers),
-            WhitelistEntry.retired_at.is_(None),
-        )
-        .execution_options(populate_existing=True)
-    ).all()
+):
+    """The most specific live entry, as a row (id, requester, provider, consent, legal_basis):
+    one prebuilt Core statement, read afresh on every decision (no ORM identity map that could
+    hold a retired entry)."""
+    candidates = db_session.connection().execute(_BEST_ENTRY, {
+        "task_code": task_code, "info_type_code": info_type_code, "requesters": requesters,
+        "providers": providers}).all()
     return min(candidates, key=_specificity, default=None)
 
 
@@ -252,7 +262,7 @@ def _refuse_duplicates(entries: Sequence[WhitelistEntryIn]) -> None:
         raise WhitelistImportError(problems)
 
 
-def _specificity(row: WhitelistEntry) -> tuple[bool, bool, int]:
+def _specificity(row) -> tuple[bool, bool, int]:
     return (row.requester.startswith(CLASS_PREFIX), row.provider.startswith(CLASS_PREFIX), row.id)
 
 
@@ -268,6 +278,38 @@ def class_resolver(classes_of: ClassResolver) -> Callable[[str], frozenset[str]]
 
 
 # --- the person's disclosure policy (利用許諾ポリシー) -------------------------------------
+
+
+@dataclass(frozen=True)
+class PolicyInForce:
+    """What a decision reads of the person's newest policy: its version number and its rules as
+    rows (id, effect, requester, provider, task_code, info_type_code, valid_from, valid_until),
+    in order."""
+
+    version: int
+    rules: tuple[Any, ...]
+
+
+_VERSIONS = PolicyVersion.__table__
+_RULES = PolicyRule.__table__
+_NEWEST_VERSION = (select(_VERSIONS.c.id).where(_VERSIONS.c.person_key == bindparam("person_key"))
+                   .order_by(_VERSIONS.c.version.desc()).limit(1).scalar_subquery())
+_POLICY_IN_FORCE = (
+    select(_VERSIONS.c.version, _RULES.c.id, _RULES.c.effect, _RULES.c.requester, _RULES.c.provider,
+           _RULES.c.task_code, _RULES.c.info_type_code, _RULES.c.valid_from, _RULES.c.valid_until)
+    .select_from(_VERSIONS.outerjoin(_RULES, _RULES.c.version_id == _VERSIONS.c.id))
+    .where(_VERSIONS.c.id == _NEWEST_VERSION)
+    .order_by(_RULES.c.position)
+)
+
+
+def policy_in_force(*, db_session: Session, person_key: str) -> PolicyInForce | None:
+    """The person's newest policy as decisions read it (None if they never set one): one
+    prebuilt Core statement, read afresh in the decision's transaction."""
+    rows = db_session.connection().execute(_POLICY_IN_FORCE, {"person_key": person_key}).all()
+    if not rows:
+        return None
+    return PolicyInForce(rows[0].version, tuple(row for row in rows if row.id is not None))
 
 
 def get_current_policy(*, db_session: Session, person_key: str) -> PolicyVersion | None:
@@ -497,7 +539,7 @@ def decide(
     info_type_code: str,
     classes_of: ClassResolver,
     at: datetime | None = None,
-    policy: PolicyVersion | None | object = READ_FRESH,
+    policy: PolicyInForce | None | object = READ_FRESH,
 ) -> Decision:
     """May `provider` disclose `info_type_code` about the person to `requester` for `task_code`?
 
@@ -518,7 +560,7 @@ def decide(
                         whitelist_entry_id=None, policy_version=None)
     # 2. the person (利用許諾ポリシー): read afresh for every query, so a change applies at once
     if policy is READ_FRESH:
-        policy = get_current_policy(db_session=db_session, person_key=person_key)
+        policy = policy_in_force(db_session=db_session, person_key=person_key)
     rules = [r for r in (policy.rules if policy else []) if _applies(r, question)]
     # 3. deny beats allow; the entry says whether the law overrides the person's no
     return _weigh(entry, policy.version if policy else None, rules)
@@ -546,9 +588,9 @@ def _question(
     )
 
 
-def _applies(rule: PolicyRule, question: _Question) -> bool:
+def _applies(rule, question: _Question) -> bool:
     return (
-        rule.in_force(question.at)
+        rule_in_force(rule, question.at)
         and _party_matches(rule.requester, question.requester, question.requester_classes)
         and _party_matches(rule.provider, question.provider, question.provider_classes)
         and rule.task_code in (None, question.task_code)
@@ -564,12 +606,12 @@ def _party_matches(pattern: str | None, agency: str, classes: frozenset[str]) ->
     return pattern == agency
 
 
-def _weigh(entry: WhitelistEntry, policy_version: int | None, rules: list[PolicyRule]) -> Decision:
+def _weigh(entry, policy_version: int | None, rules: list) -> Decision:
     deny = next((r for r in rules if r.effect == Effect.DENY), None)
     allow = next((r for r in rules if r.effect == Effect.ALLOW), None)
-    override = entry.consent_mode is ConsentMode.OVERRIDE
+    override = ConsentMode(entry.consent) is ConsentMode.OVERRIDE
 
-    def outcome(permitted: bool, reason: DecisionReason, rule: PolicyRule | None) -> Decision:
+    def outcome(permitted: bool, reason: DecisionReason, rule) -> Decision:
         return Decision(
             permitted=permitted,
             reason=reason,

@@ -165,7 +165,7 @@ def discover(
     all_offerings, info_types = _offerings_and_info_types(db_session, service_type, info_type)
     held = subject.holdings  # read with the person: one round trip for person, holdings, pseudonyms
     offerings = location.offerings_for_person(offerings=all_offerings, holdings=held)
-    policy = consent.get_current_policy(db_session=db_session, person_key=subject.person_key)
+    policy = consent.policy_in_force(db_session=db_session, person_key=subject.person_key)
     decisions = [
         _decide_offering(db_session, requester, subject, offering, task, info_types, now, policy)
         for offering in offerings
@@ -370,7 +370,7 @@ def decide_relay(
     except pseudonyms.PseudonymError:
         raise UnknownPerson("no person has that pseudonym at the sending agency") from None
     subject = Subject(person_key, sender_pseudonym, None)
-    policy = consent.get_current_policy(db_session=db_session, person_key=person_key)
+    policy = consent.policy_in_force(db_session=db_session, person_key=person_key)
     decisions = []
     entries: list[EntryIn] = []
     query_id = new_id()
