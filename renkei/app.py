@@ -117,13 +117,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         from renkei.api_docs import mount_api_docs
 
         mount_api_docs(app)
+    # the hot paths first: FastAPI matches a request against the routes in order, a few µs each
     app.include_router(idp_router)
+    app.include_router(discovery_api)
+    app.include_router(discovery_soap)
     app.include_router(oidc_router)
     app.include_router(federation_router)
     app.include_router(passkey_router)
-    app.include_router(discovery_api)
     app.include_router(operator_api)
-    app.include_router(discovery_soap)
     app.include_router(history_api)
     app.include_router(process_api)
     app.include_router(relay_router)
