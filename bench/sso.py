@@ -68,6 +68,7 @@ import os
 import re
 import secrets
 import sys
+import time
 import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -304,6 +305,75 @@ def bench_full_path(hub: Hub, seconds: float, profile: bool) -> dict:
     return result
 
 
+def bench_asgi(hub: Hub, seconds: float) -> dict:
+    """`GET /idp/sso` through the hub's whole ASGI app (`renkei.app.create_app`, its middleware,
+    routing, threadpool and background threads), called in-process one request after another:
+    no socket, no HTTP parsing. Against phase 2b it gives the app's web layer; against the HTTP
+    rows, what uvicorn and concurrency add."""
+    import asyncio
+
+    from idp import service
+    from kernel.settings import get_settings, reset_settings
+    from renkei.app import create_app
+
+    sso = service.sso_url(get_settings())
+    nonce, instant = secrets.token_hex(4), saml_now()
+    pool = [redirect_query(authn_request_xml(f"_asgi{nonce}{i:09d}", sso, instant)).encode()
+            for i in range(int(seconds * 4000) + 100)]
+    headers = [(b"host", b"127.0.0.1"), (b"cookie", f"renkei_idp={hub.token}".encode())]
+
+    async def call(query: bytes) -> bytes:
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+                 "scheme": "http", "path": "/idp/sso", "raw_path": b"/idp/sso", "query_string": query,
+                 "root_path": "", "headers": headers, "client": ("127.0.0.1", 50000),
+                 "server": ("127.0.0.1", 80), "state": {}}
+        status, body = 0, []
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                body.append(message.get("body", b""))
+
+        await app(scope, receive, send)
+        if status != 200:
+            raise SystemExit(f"ASGI phase: /idp/sso answered {status}")
+        return b"".join(body)
+
+    async def run() -> dict:
+        async with app.router.lifespan_context(app):  # the integrator and notifier run, as served
+            for i in range(20):
+                html = await call(pool[i])
+            check_response_xml(_saml_response_from_page(html.decode()), what="Renkei through the ASGI app")
+            progress = Progress("SSO through the ASGI app", seconds=seconds)
+            cpu_start, start = time.process_time(), time.perf_counter()
+            done = 0
+            while done < len(pool) - 21 and time.perf_counter() < start + seconds:
+                await call(pool[20 + done])
+                done += 1
+                progress.update(done)
+            elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+            progress.finish()
+            return {"ops": done, "seconds": elapsed, "rate": done / elapsed, "cpu_ms_per_op": cpu / done * 1000}
+
+    previous = os.environ.get("RENKEI_REQUEST_LOG")
+    os.environ["RENKEI_REQUEST_LOG"] = "off"  # as `renkei serve` with its request log sent nowhere
+    reset_settings()
+    try:
+        app = create_app()
+        return asyncio.run(run())
+    finally:
+        if previous is None:
+            os.environ.pop("RENKEI_REQUEST_LOG", None)
+        else:
+            os.environ["RENKEI_REQUEST_LOG"] = previous
+        reset_settings()
+
+
 def rsa_floor(count: int = 300) -> dict:
     """What the two RSA signatures alone cost with the IdP's own key: the ceiling of phase 2."""
     from kernel.xml._dsig import ECDSA_SHA256, _sign_octets
@@ -475,6 +545,32 @@ def bench_http(hub: Hub, args, tmp: Path, label: str, expected_rate: float, work
     }
 
 
+def connection_sweep(hub: Hub, args, tmp: Path) -> list[dict]:
+    """The PostgreSQL run again at each of `--sweep` wrk connection counts: how the server's CPU
+    per response grows with the requests in flight per worker (threads contending for one
+    interpreter lock, smaller or larger group-commit batches)."""
+    import copy
+
+    say(f"\n[3b'] CPU per response against wrk's connections ({args.workers} workers, PostgreSQL, "
+        f"{args.duration:g} s each)")
+    say(f"    {'connections':>11} {'responses/s':>12} {'CPU ms/resp':>12} {'commits':>8} {'round trips':>12} "
+        f"{'p50 ms':>8}")
+    rows = []
+    for connections in args.sweep:
+        run_args = copy.copy(args)
+        run_args.connections, run_args.threads = connections, min(args.threads, connections)
+        h = bench_http(hub, run_args, tmp, f"postgresql-c{connections}", expected_rate=2000,
+                       workers=args.workers)
+        cpu_ms = h["server_cpu_s"] / h["ops"] * 1000 if h["ops"] else float("nan")
+        row = {"connections": connections, "rate": h["rate"], "cpu_ms": cpu_ms,
+               "commits": h["db"]["commits"], "round_trips": h["db"]["round_trips"], "p50_ms": h["p50_ms"],
+               "checked": h["non2xx"] == 0 and h["bad"] == 0 and h["replay_rows"] >= h["ops"]}
+        rows.append(row)
+        say(f"    {connections:>11} {row['rate']:>12,.1f} {cpu_ms:>12.2f} {row['commits']:>8.2f} "
+            f"{row['round_trips']:>12.1f} {row['p50_ms']:>8.1f}" + ("" if row["checked"] else "  CHECKS FAILED"))
+    return rows
+
+
 # --- report --------------------------------------------------------------------------------
 
 def report(rows: list[tuple], baseline: float | None) -> None:
@@ -519,6 +615,11 @@ def run(args: argparse.Namespace, bench: harness.Bench) -> int:
     say(f"    full SSO path:  {full['ops']} responses in {full['seconds']:.2f} s "
         f"= {full['rate']:,.1f} responses/s = {full['rate'] / base['rate']:,.1f}x baseline "
         f"({full['cpu_ms_per_op']:.2f} ms CPU each)")
+    asgi = bench_asgi(hub, inproc_seconds)
+    results["asgi"] = asgi
+    say(f"    through the app: {asgi['ops']} responses in {asgi['seconds']:.2f} s "
+        f"= {asgi['rate']:,.1f} responses/s ({asgi['cpu_ms_per_op']:.2f} ms CPU each, the app's "
+        f"web layer {asgi['cpu_ms_per_op'] - full['cpu_ms_per_op']:.2f} ms of it)")
     floor = rsa_floor()
     results["rsa_floor"] = floor
     say(f"    crypto floor:   one RSA-2048 PKCS#1 v1.5 signature takes {floor['sign_ms']:.2f} ms "
@@ -578,6 +679,8 @@ def run(args: argparse.Namespace, bench: harness.Bench) -> int:
             run_http(pg_hub, "postgresql", args.workers, flame)
             if args.workers != 1:
                 run_http(pg_hub, "postgresql", 1)
+            if args.sweep:
+                results["sweep"] = connection_sweep(pg_hub, args, tmp)
             trip = harness.round_trip_costs(pg_url)
             results["round_trip"] = trip
             say(f"    a database round trip's client CPU: raw psycopg {trip['raw_ms']:.3f} ms, SQLAlchemy Core "
@@ -609,6 +712,8 @@ def run(args: argparse.Namespace, bench: harness.Bench) -> int:
          + f" (2 RSA signatures alone cap it at {floor['cap_rate'] / base['rate']:,.0f}x)"),
         ("Renkei in-process full SSO path (1 core)", full["rate"], full["cpu_ms_per_op"],
          "parse+check+replay+answer+page"),
+        ("Renkei through the ASGI app, no socket (1 core)", asgi["rate"], asgi["cpu_ms_per_op"],
+         f"the app's web layer: {asgi['cpu_ms_per_op'] - full['cpu_ms_per_op']:.2f} ms over the full path"),
     ]
     failed = False
     for h in http:
@@ -699,6 +804,10 @@ def main() -> int:
     parser.add_argument("--skip-oidc", action="store_true", help="skip the OIDC token phases (bench/oidc.py)")
     parser.add_argument("--flame", type=Path, default=None,
                         help="write a py-spy speedscope profile of one worker of the PostgreSQL run here (a dir)")
+    parser.add_argument("--sweep", type=lambda text: [int(c) for c in text.split(",")], default=None,
+                        metavar="C1,C2,...",
+                        help="with PostgreSQL: run again at these wrk connection counts (e.g. 2,4,8,16,50) and "
+                             "print CPU per response for each")
     harness.add_output_arguments(parser)
     args = parser.parse_args()
     args.duration = args.duration or (3 if args.quick else 10)

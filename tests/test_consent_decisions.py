@@ -321,6 +321,34 @@ def test_a_whitelist_change_applies_to_the_next_decision(db):
     assert decide(db, **RESIDENT_RECORD).reason is DecisionReason.NO_WHITELIST_ENTRY
 
 
+def test_the_policy_a_decision_reads_is_the_current_version_with_its_rules_in_order(db, issuer):
+    """`policy_in_force` (one Core statement, what decisions read) answers what the ORM's
+    `get_current_policy` does: the newest version, every rule in order, none of an old version."""
+    assert service.policy_in_force(db_session=db, person_key=PERSON) is None
+    set_rules(db, issuer, PolicyRuleIn(effect=Effect.ALLOW, requester=CITY_B))
+    set_rules(db, issuer, PolicyRuleIn(effect=Effect.DENY, requester=ELECTRIC, task_code="TENKYO-TSUCHI"),
+              PolicyRuleIn(effect=Effect.ALLOW, provider="class:municipality",
+                           valid_from=NOW - timedelta(days=1), valid_until=NOW + timedelta(days=1)))
+    current = service.get_current_policy(db_session=db, person_key=PERSON)
+    read = service.policy_in_force(db_session=db, person_key=PERSON)
+    assert read.version == current.version == 2
+    fields = ("id", "effect", "requester", "provider", "task_code", "info_type_code", "valid_from", "valid_until")
+    assert [tuple(getattr(r, f) for f in fields) for r in read.rules] == \
+        [tuple(getattr(r, f) for f in fields) for r in current.rules]
+    set_rules(db, issuer)  # a version without rules: the person withdrew every one
+    emptied = service.policy_in_force(db_session=db, person_key=PERSON)
+    assert emptied.version == 3 and emptied.rules == ()
+    assert decide(db, **RESIDENT_RECORD).reason is DecisionReason.CONSENT_NOT_GIVEN
+
+
+def test_a_retired_whitelist_entry_decides_nothing_in_the_same_transaction(db):
+    """The entry is read afresh by a Core statement: no object of an earlier read in the same
+    session can keep a retired entry deciding."""
+    assert decide(db, **RESIDENT_RECORD).whitelist_entry_id is not None
+    assert service.retire_agency(db_session=db, agency=CITY_A) > 0
+    assert decide(db, **RESIDENT_RECORD).reason is DecisionReason.NO_WHITELIST_ENTRY
+
+
 # --- versioned policy -------------------------------------------------------------------------
 
 

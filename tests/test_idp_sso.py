@@ -363,3 +363,17 @@ def test_expired_sessions_and_pending_requests_are_swept(hub):
     with session_scope() as db:
         assert db.query(IdpSession).filter_by(person_key="sweep-me").count() == 0
         assert db.get(PendingAuthn, "sweep-pending") is None
+
+
+def test_a_session_ended_in_this_transaction_is_not_live(hub):
+    """The session is read by a Core statement on the request's connection: a session ended
+    earlier in the same unit of work (a re-login, a logout) is not answered from."""
+    from idp import service
+    from kernel.db import session_scope
+
+    with session_scope() as db:
+        token = service.start_session(db_session=db, settings=hub.settings, person_key="ended-here", level=2)
+        live = service.current_session(db_session=db, token=token)
+        assert live is not None and live.person_key == "ended-here" and service.session_level(live) == 2
+        service.end_session(db_session=db, token=token)
+        assert service.current_session(db_session=db, token=token) is None
