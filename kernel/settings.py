@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     # the shared operator token (keys/operator-token, RENKEI_OPERATOR_TOKEN) is a bootstrap
     # credential: turn it off once named operators exist (`renkei operator add`)
     operator_bootstrap: bool = True
+    # database connections each app process keeps open at most (its pool; they stay open once
+    # made, so a busy process does not reconnect per request). Workers x this must fit under the
+    # server's max_connections (100 by default) or a PgBouncer in front (docs/scaling.md).
+    db_pool_size: int = Field(default=30, ge=1, le=1000)
     # JSON-lines request log: "stderr", "off" or a file path
     request_log: str = "stderr"
     # relay (電子封筒): how long a forwarded envelope is kept for resend (and retried while its
