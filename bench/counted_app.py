@@ -4,7 +4,7 @@
 only listens to SQLAlchemy's engine events in each worker process and writes the running
 totals to `$RENKEI_BENCH_COUNTS/<pid>.json` every 0.5 s, so a benchmark reads, per response,
 how many statements, commits, rollbacks, pool checkouts and liveness pings (each a round trip)
-the server did, and how many database connections each worker holds.
+the server did, how many database connections it opened and how many each worker holds.
 Nothing in the request path changes: a counter increment per event is all it adds.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import Pool
 
 COUNTS = {"statements": 0, "commits": 0, "rollbacks": 0, "checkouts": 0, "pings": 0,
-          "connections": 0, "peak_connections": 0}
+          "connects": 0, "connections": 0, "peak_connections": 0}
 SQL_MIX: dict[str, int] = {}  # statement head (verb and table) -> times executed
 # the garbage collector's pauses in this worker (a request waits for one that happens under it)
 GC = {"collections": 0, "full_collections": 0, "pause_ms_total": 0.0, "pause_ms_max": 0.0}
@@ -77,6 +77,7 @@ def _checkout(_dbapi_connection, connection_record, _proxy) -> None:
 
 
 def _connect(*_args) -> None:
+    COUNTS["connects"] += 1  # new database sessions opened (a pool that churns pays one per request)
     COUNTS["connections"] += 1
     COUNTS["peak_connections"] = max(COUNTS["peak_connections"], COUNTS["connections"])
 

@@ -916,7 +916,7 @@ def run_database(label: str, db_url: str, fed: Federation, args, tmp: Path, key_
                "ms/decision)" if peak["db_cpu_s"] is not None else ""))
         db = peak["db"]
         say(f"      database per decision: {db['statements']:.1f} statements, {db['commits']:.2f} commits, "
-            f"{db['rollbacks']:.2f} rollbacks, {db['checkouts']:.2f} pool checkouts, {db['pings']:.2f} pings = ~{db['round_trips']:.1f} "
+            f"{db['rollbacks']:.2f} rollbacks, {db['checkouts']:.2f} pool checkouts, {db['connects']:.3f} new connections, {db['pings']:.2f} pings = ~{db['round_trips']:.1f} "
             "round trips (the integrator's batches included)")
         say(f"      idle server (no requests): {peak['idle_cores']:.3f} cores busy = "
             f"{peak['idle_cores'] / max(peak['rate'], 1e-9) * 1000:.2f} ms of each decision's CPU at this rate "

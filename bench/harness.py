@@ -482,7 +482,7 @@ def server_counts(counts_dir: Path) -> dict[str, int]:
     `per_worker_connections`: each worker's peak of open connections). Waits 1.1 s first: each
     worker rewrites its file every 0.5 s."""
     time.sleep(1.1)
-    total = {"statements": 0, "commits": 0, "rollbacks": 0, "checkouts": 0, "pings": 0}
+    total = {"statements": 0, "commits": 0, "rollbacks": 0, "checkouts": 0, "pings": 0, "connects": 0}
     peaks = []
     for path in counts_dir.glob("*.json"):
         try:
@@ -540,6 +540,7 @@ def counts_per_op(before: dict[str, int], after: dict[str, int], ops: int, postg
         trips += d["commits"] + d["rollbacks"]  # BEGIN of each transaction
     return {"statements": d["statements"] / n, "commits": d["commits"] / n, "rollbacks": d["rollbacks"] / n,
             "checkouts": d["checkouts"] / n, "pings": d.get("pings", 0) / n, "round_trips": trips / n,
+            "connects": d.get("connects", 0) / n,
             "connections": after.get("per_worker_connections", [])}
 
 

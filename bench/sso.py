@@ -658,7 +658,7 @@ def run(args: argparse.Namespace, bench: harness.Bench) -> int:
                    f"ms/request), " if h["db_cpu_s"] is not None else "")
                 + f"wrk {h['wrk_cpu_s']:.1f} s, over {h['seconds']:.1f} s wall on {os.cpu_count()} CPUs")
             say(f"      database per response: {db['statements']:.1f} statements, {db['commits']:.2f} commits, "
-                f"{db['rollbacks']:.2f} rollbacks, {db['checkouts']:.2f} pool checkouts, {db['pings']:.2f} pings = "
+                f"{db['rollbacks']:.2f} rollbacks, {db['checkouts']:.2f} pool checkouts, {db['connects']:.3f} new connections, {db['pings']:.2f} pings = "
                 f"~{db['round_trips']:.1f} round trips")
             say(f"      database connections held per worker (peak): {db['connections']}")
             say(f"      idle server (no requests): {h['idle_cores']:.3f} cores busy = "
