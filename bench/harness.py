@@ -928,3 +928,31 @@ def run_checked(label: str, fn: Callable[[], T], failed: list[tuple[str, str]]) 
         say(f"    {label}: FAILED: {exc.code}")
         failed.append((label, exc.code))
         return None
+
+
+# --- the ASGI app called directly (no socket, no server) -------------------------------------
+
+def asgi_scope(path: str, query: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None) -> dict:
+    """An HTTP GET scope for `path`, as a server would pass it to the app."""
+    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+            "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": query,
+            "root_path": "", "headers": headers or [(b"host", b"127.0.0.1")],
+            "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 80), "state": {}}
+
+
+async def asgi_call(app, scope: dict) -> tuple[int, bytes]:
+    """Call the ASGI app once with an empty request body: its status and its whole body."""
+    status, body = 0, []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        elif message["type"] == "http.response.body":
+            body.append(message.get("body", b""))
+
+    await app(scope, receive, send)
+    return status, b"".join(body)

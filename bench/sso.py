@@ -323,26 +323,10 @@ def bench_asgi(hub: Hub, seconds: float) -> dict:
     headers = [(b"host", b"127.0.0.1"), (b"cookie", f"renkei_idp={hub.token}".encode())]
 
     async def call(query: bytes) -> bytes:
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-                 "scheme": "http", "path": "/idp/sso", "raw_path": b"/idp/sso", "query_string": query,
-                 "root_path": "", "headers": headers, "client": ("127.0.0.1", 50000),
-                 "server": ("127.0.0.1", 80), "state": {}}
-        status, body = 0, []
-
-        async def receive() -> dict:
-            return {"type": "http.request", "body": b"", "more_body": False}
-
-        async def send(message: dict) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            elif message["type"] == "http.response.body":
-                body.append(message.get("body", b""))
-
-        await app(scope, receive, send)
+        status, body = await harness.asgi_call(app, harness.asgi_scope("/idp/sso", query, headers))
         if status != 200:
             raise SystemExit(f"ASGI phase: /idp/sso answered {status}")
-        return b"".join(body)
+        return body
 
     async def run() -> dict:
         async with app.router.lifespan_context(app):  # the integrator and notifier run, as served

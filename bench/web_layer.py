@@ -28,33 +28,12 @@ import harness
 from harness import say
 
 
-def _scope(path: str) -> dict:
-    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-            "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-            "headers": [(b"host", b"127.0.0.1")], "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 80)}
-
-
-async def _call(app, scope: dict) -> int:
-    status = 0
-
-    async def receive() -> dict:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-
-    await app(scope, receive, send)
-    return status
-
-
 def cpu_ms_per_call(app, path: str, count: int) -> float:
-    scope = _scope(path)
+    scope = harness.asgi_scope(path)
 
     async def run(n: int) -> None:
         for _ in range(n):
-            if await _call(app, dict(scope)) != 200:
+            if (await harness.asgi_call(app, dict(scope)))[0] != 200:
                 raise SystemExit(f"{path} did not answer 200")
 
     asyncio.run(run(50))  # warm-up: imports, route caches, the threadpool
