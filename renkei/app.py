@@ -113,11 +113,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SecurityHeaders, hsts=hsts)
     if (sink := request_log_sink(settings.request_log)) is not None:
         app.add_middleware(RequestLog, sink=sink)  # outermost: it times and sees every answer
-    if settings.api_docs:
-        from renkei.api_docs import mount_api_docs
+    # the liveness probe, then the hot paths: FastAPI matches a request against the routes in
+    # order, a few µs each (last of all, /healthz took 0.2 ms to find past eleven routers)
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict:
+        return {"status": "ok"}
 
-        mount_api_docs(app)
-    # the hot paths first: FastAPI matches a request against the routes in order, a few µs each
     app.include_router(idp_router)
     app.include_router(discovery_api)
     app.include_router(discovery_soap)
@@ -130,15 +131,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(relay_router)
     app.include_router(portal_router)
     app.mount("/portal/static", portal_static(), name="portal-static")
+    if settings.api_docs:
+        from renkei.api_docs import mount_api_docs
+
+        mount_api_docs(app)
     app.add_exception_handler(LoginRequired, login_redirect_handler)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def home() -> HTMLResponse:
         return page("home.html", title="Renkei 連携", settings=settings)
-
-    @app.get("/healthz", include_in_schema=False)
-    def healthz() -> dict:
-        return {"status": "ok"}
 
     @app.exception_handler(RequestValidationError)
     async def bad_input(request: Request, exc: RequestValidationError) -> Response:
