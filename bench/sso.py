@@ -70,6 +70,7 @@ import secrets
 import sys
 import time
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import unescape
@@ -261,7 +262,8 @@ def bench_inprocess(hub: Hub, seconds: float) -> dict:
 
 
 def bench_full_path(hub: Hub, seconds: float, profile: bool) -> dict:
-    """The work of GET /idp/sso without uvicorn/FastAPI: parse, check, replay, answer, page."""
+    """The work of GET /idp/sso without uvicorn/FastAPI: parse, check, replay, answer, page,
+    with the app's background threads running as served."""
     from idp import saml, service
     from idp.views import page
     from kernel.db import session_scope
@@ -294,15 +296,36 @@ def bench_full_path(hub: Hub, seconds: float, profile: bool) -> dict:
                         value=answer.value, relay_state=answer.relay_state)
 
     counter = iter(range(len(pool)))
-    for _ in range(20):
-        html = one(next(counter))
-    check_response_xml(_saml_response_from_page(html.body.decode()), what="Renkei full path")
-    offset = next(counter)
-    result = harness.time_box("full SSO path", lambda i: one(offset + i), seconds, limit=len(pool) - offset - 1)
-    if profile:
-        result["profile"] = _profile(lambda i: one(offset + result["ops"] + 1 + i),
-                                     min(2000, len(pool) - offset - result["ops"] - 2))
+    with _background_work_as_served():  # its CPU is counted, as phase 2d and a served hub count it
+        for _ in range(20):
+            html = one(next(counter))
+        check_response_xml(_saml_response_from_page(html.body.decode()), what="Renkei full path")
+        offset = next(counter)
+        result = harness.time_box("full SSO path", lambda i: one(offset + i), seconds, limit=len(pool) - offset - 1)
+        if profile:
+            result["profile"] = _profile(lambda i: one(offset + result["ops"] + 1 + i),
+                                         min(2000, len(pool) - offset - result["ops"] - 2))
     return result
+
+
+@contextmanager
+def _background_work_as_served():
+    """The hub app's lifespan (the history integrator, the notifier, the relay worker: threads)
+    running while a phase calls the SSO path directly, so the path's CPU includes the work its
+    answers cause in the background, as phase 2d's and the served hub's do."""
+    import asyncio
+
+    from renkei.app import create_app
+
+    app = create_app()
+    loop = asyncio.new_event_loop()
+    lifespan = app.router.lifespan_context(app)
+    loop.run_until_complete(lifespan.__aenter__())
+    try:
+        yield
+    finally:
+        loop.run_until_complete(lifespan.__aexit__(None, None, None))
+        loop.close()
 
 
 def bench_asgi(hub: Hub, seconds: float) -> dict:
