@@ -40,7 +40,8 @@ _ADD = _PARTICIPANTS.insert()
 
 
 def record(*, db_session: Session, session: LiveSession, sp: str, name_id: str, name_id_format: str) -> None:
-    """Note that `sp` got an assertion in `session` naming the person `name_id`. Prebuilt Core statements: this runs on every SSO answer."""
+    """Note that `sp` got an assertion in `session` naming the person `name_id` (prebuilt Core
+    statements: this runs on every SSO answer)."""
     connection = db_session.connection()
     params = {"session_id": session.id, "sp": sp, "name_id": name_id}
     if connection.execute(_KNOWN, params).first() is None:
