@@ -62,19 +62,42 @@ def pytest_collection_modifyitems(config, items) -> None:
             raise pytest.UsageError(f"{item.nodeid} is marked nodb but uses {sorted(used)}")
 
 
+_CREATED_DATABASES: list[str] = []  # this process's PostgreSQL test databases, dropped at the end
+
+
+def _postgres_admin():
+    return create_engine(POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT")
+
+
 def fresh_database_url(tmp: Path, name: str = "renkei") -> str:
-    """An empty database: a new SQLite file, or a new PostgreSQL database on the test server."""
+    """An empty database: a new SQLite file, or a new PostgreSQL database on the test server
+    (dropped when the test session ends)."""
     if not POSTGRES_URL:
         return f"sqlite:///{tmp / (name + '.sqlite3')}"
     base, _, _db = POSTGRES_URL.rpartition("/")
     dbname = f"renkei_t_{name}_{os.getpid()}".replace("-", "_").lower()
-    admin = create_engine(POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://"),
-                          isolation_level="AUTOCOMMIT")
+    admin = _postgres_admin()
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
         conn.execute(text(f'CREATE DATABASE "{dbname}"'))
     admin.dispose()
+    _CREATED_DATABASES.append(dbname)
     return f"{base}/{dbname}"
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """Drop the PostgreSQL databases this process made (each xdist worker its own): a suite run
+    left ~170 behind on the shared server before."""
+    if not POSTGRES_URL or not _CREATED_DATABASES:
+        return
+    dispose_engines()
+    admin = _postgres_admin()
+    try:
+        with admin.connect() as conn:
+            for dbname in dict.fromkeys(_CREATED_DATABASES):
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
 
 
 @pytest.fixture(scope="session")
