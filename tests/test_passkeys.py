@@ -424,6 +424,44 @@ def test_registration_needs_a_session_and_the_forms_token(hub, sp, address):
     assert refused.status_code == 403 and stored(name) == []
 
 
+def test_a_passkey_is_added_only_after_a_recent_login(hub, sp, address):
+    """A browser left logged in, or a stolen session cookie, cannot plant a passkey: adding one
+    needs a login within the last 15 minutes; listing and removing do not."""
+    from datetime import timedelta
+
+    from idp.models import IdpSession
+    from idp.passkey_views import RECENT_LOGIN
+
+    name = new_person()
+    browser = browser_at(hub, address)
+    assert password_login(browser, sp, name).status_code == 200
+    page = browser.client.get("/idp/passkeys")
+    created = SoftAuthenticator().create(options_of(page.text, "/idp/passkeys"), origin(hub))
+    csrf = field(page.text, "csrf")
+    with session_scope() as db:  # the login was 15 minutes and a second ago
+        person = accounts.find(db_session=db, username=name)
+        db.query(IdpSession).filter(IdpSession.person_key == person.person_key).update(
+            {IdpSession.authn_instant: utcnow() - RECENT_LOGIN - timedelta(seconds=1),
+             IdpSession.last_seen_at: utcnow()})
+    stale = browser.client.get("/idp/passkeys")
+    assert stale.status_code == 200 and 'id="passkey-log-in-again"' in stale.text
+    assert 'action="/idp/passkeys" data-passkey="create"' not in stale.text  # no form, no challenge
+    added_before = operations("passkey.added")
+    refused = browser.client.post("/idp/passkeys", data={"csrf": csrf, "name": "planted",
+                                                         "credential": json.dumps(created)})
+    assert refused.status_code == 403, refused.text[-800:]
+    assert "within the last 15 minutes" in refused.text and stored(name) == []
+    assert operations("passkey.added") == added_before  # nothing recorded either
+
+    fresh = browser_at(hub, address)  # logging in again is what it asks for
+    assert password_login(fresh, sp, name).status_code == 200
+    page = fresh.client.get("/idp/passkeys")
+    created = SoftAuthenticator().create(options_of(page.text, "/idp/passkeys"), origin(hub))
+    saved = fresh.client.post("/idp/passkeys", data={"csrf": field(page.text, "csrf"), "name": "laptop",
+                                                     "credential": json.dumps(created)})
+    assert saved.status_code == 303 and [p.name for p in stored(name)] == ["laptop"]
+
+
 @pytest.mark.parametrize("case", ["origin", "rp_id", "no_uv", "bad_name", "long_name", "another_persons",
                                   "twice"])
 def test_bad_registrations_are_refused_and_nothing_is_written(hub, sp, address, case):
