@@ -14,6 +14,7 @@ from federation import service as agencies
 from kernel.cache import TTLCache
 from kernel.db import utcnow
 from kernel.errors import UserError, shown
+from kernel.invalidation import registry_changed
 from kernel.validate import identifier_problem
 
 # ID-WSF security mechanism: TLS to the provider, the hub's SAML assertion as bearer token
@@ -62,7 +63,7 @@ def add_service_type(*, db_session: Session, urn: str, name: str, info_types: li
     row = ServiceType(urn=urn, name=name or urn, info_types=" ".join(info_types))
     db_session.add(row)
     db_session.flush()
-    _location_cache.clear()
+    registry_changed(db_session)
     return row
 
 
@@ -83,7 +84,7 @@ def remove_service_type(*, db_session: Session, urn: str) -> None:
         raise LocationError(f"no service type {urn}")
     db_session.delete(row)
     db_session.flush()
-    _location_cache.clear()
+    registry_changed(db_session)
 
 
 def add_offering(
@@ -105,7 +106,7 @@ def add_offering(
                    security_mechanism=security_mechanism)
     db_session.add(row)
     db_session.flush()
-    _location_cache.clear()
+    registry_changed(db_session)
     return row
 
 
@@ -130,7 +131,7 @@ def remove_offering(*, db_session: Session, provider: str, service_type: str) ->
         raise LocationError(f"{provider} does not offer {service_type}")
     db_session.delete(row)
     db_session.flush()
-    _location_cache.clear()
+    registry_changed(db_session)
 
 
 def retire_provider(*, db_session: Session, provider: str, at: datetime | None = None) -> int:
@@ -143,7 +144,7 @@ def retire_provider(*, db_session: Session, provider: str, at: datetime | None =
         .execution_options(synchronize_session="fetch")
     )
     db_session.flush()
-    _location_cache.clear()
+    registry_changed(db_session)
     return result.rowcount or 0
 
 
@@ -202,4 +203,4 @@ def load_location_config(*, db_session: Session, config: dict, entity_ids: dict[
                          endpoint=endpoint)
         else:
             exists.endpoint = endpoint
-            _location_cache.clear()
+            registry_changed(db_session)

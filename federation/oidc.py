@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from federation.models import Agency, AgencyOidcClient
 from kernel.errors import shown
+from kernel.invalidation import registry_changed
 from kernel.validate import control_problem, identifier_problem
 
 MAX_METADATA_BYTES = 64 * 1024
@@ -210,8 +211,6 @@ def register_oidc(
 ) -> Agency:
     """Register an agency from its OIDC client metadata, or add OIDC to an agency registered
     from SAML metadata (same entity ID: same pseudonyms, same whitelist entries)."""
-    from federation import service  # the registry's cache and checks
-
     if agency_class and (problem := identifier_problem(agency_class, max_length=100)):
         raise ClientMetadataError(f"agency class {shown(agency_class)} {problem}")
     client = parse_client_metadata(metadata)
@@ -237,5 +236,5 @@ def register_oidc(
         agency.oidc_client.metadata_json = stored
     db_session.add(agency)
     db_session.flush()
-    service.clear_cache()
+    registry_changed(db_session)
     return agency

@@ -17,6 +17,7 @@ from federation.oidc import OidcClient, client_from_json
 from kernel.cache import TTLCache
 from kernel.db import utcnow
 from kernel.errors import UserError, shown
+from kernel.invalidation import registry_changed
 from kernel.validate import identifier_problem
 from kernel.xml import XMLSecurityError, parse_xml
 
@@ -208,7 +209,7 @@ def register(
     agency.certificates = [AgencyCertificate(use=use, cert_pem=pem) for use, pem in parsed.certificates]
     db_session.add(agency)
     db_session.flush()
-    _cache.clear()
+    registry_changed(db_session)
     return agency
 
 
@@ -225,7 +226,7 @@ def retire(*, db_session: Session, entity_id: str, at: datetime | None = None) -
         raise MetadataError(f"agency {entity_id} was already retired on {agency.retired_at:%Y-%m-%d}")
     agency.retired_at = at or utcnow()
     db_session.flush()
-    _cache.clear()
+    registry_changed(db_session)
     return agency
 
 
@@ -242,11 +243,6 @@ def list_all(*, db_session: Session) -> list[Agency]:
 
 # Registered agencies change rarely; a few seconds of caching keeps SSO off three queries.
 _cache: TTLCache[RegisteredAgency | None] = TTLCache(seconds=5.0)
-
-
-def clear_cache() -> None:
-    """Forget cached agencies (after a registration changed)."""
-    _cache.clear()
 
 
 def lookup(*, db_session: Session, entity_id: str) -> RegisteredAgency | None:
@@ -297,5 +293,5 @@ def set_allow_unsolicited(*, db_session: Session, entity_id: str, allow: bool) -
         raise MetadataError(f"agency {entity_id} was retired on {agency.retired_at:%Y-%m-%d}")
     agency.allow_unsolicited = allow
     db_session.flush()
-    _cache.clear()
+    registry_changed(db_session)
     return agency

@@ -1,7 +1,9 @@
 """A small per-process cache for registry data that changes rarely (agencies, service types).
 
-Entries live for a few seconds, so a change made by another process (the CLI, another worker)
-is seen within that time; a change made in this process clears the cache at once.
+Entries live for a few seconds. A change to what they hold clears every cache of every hub
+process through `kernel.invalidation` (at once in the process that made it, and again when it
+commits; on PostgreSQL in the others when the commit's NOTIFY arrives); the few seconds bound
+only what NOTIFY cannot reach (SQLite's other processes, a listener reconnecting).
 
 When an entry expires under load, one thread reloads it and the others keep answering from the
 value it replaces until the new one is in (otherwise every request in flight at that moment
@@ -12,10 +14,19 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
 V = TypeVar("V")
+
+_ALL: weakref.WeakSet[TTLCache] = weakref.WeakSet()  # every cache of this process
+
+
+def clear_all() -> None:
+    """Clear every cache of this process (kernel.invalidation: the registry changed)."""
+    for cache in list(_ALL):
+        cache.clear()
 
 
 class TTLCache(Generic[V]):
@@ -26,6 +37,7 @@ class TTLCache(Generic[V]):
         self._loading: set[Hashable] = set()  # keys a thread is reloading now
         self._generation = 0  # bumped by clear
         self._lock = threading.Lock()
+        _ALL.add(self)
 
     def get(self, key: Hashable, load: Callable[[], V]) -> V:
         """The cached value for `key`, loaded (and kept) if absent or older than the TTL; while

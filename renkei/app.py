@@ -21,7 +21,8 @@ page, error_page = _pages.page, _pages.error_page
 def _background_work(settings: Settings):
     """The app's lifespan: while the app serves, the history integrator sequences queued
     entries into the Merkle tree and signs checkpoints, and the notifier turns integrated
-    entries into people's notices, and the relay's worker delivers queued envelopes."""
+    entries into people's notices, and the relay's worker delivers queued envelopes; on
+    PostgreSQL a listener clears the registry caches when another process changes the registry."""
     import gc
     from contextlib import asynccontextmanager
 
@@ -56,11 +57,19 @@ def _background_work(settings: Settings):
 
         process_resumer = ProcessResumer(lambda: session_scope(settings.db_url), settings)
         process_resumer.start()
+        # on PostgreSQL, a registry change committed by any process clears this one's caches
+        from kernel.invalidation import RegistryListener
+
+        registry_listener = RegistryListener(settings.db_url) if settings.db_url.startswith("postgresql") else None
+        if registry_listener is not None:
+            registry_listener.start()
         _settle_garbage_collector()
         try:
             yield
         finally:
             gc.unfreeze()  # a test process goes on after the app: its objects may be collected again
+            if registry_listener is not None:
+                registry_listener.stop()
             process_resumer.stop()
             relay_worker.stop()
             notifier.stop()
