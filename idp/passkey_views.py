@@ -60,17 +60,17 @@ def _logged_in_recently(session: service.LiveSession) -> bool:
 def _page(db: Session, token: str, session: service.LiveSession, *, error: str | None = None,
           notice: str | None = None, status: int = 200) -> Response:
     person_key = session.person_key
-    items = passkeys.list_passkeys(db_session=db, person_key=person_key)
-    if not _logged_in_recently(session):  # no add form, and no challenge issued for one
-        return page("passkeys.html", status_code=status, title="パスキー / Passkeys", items=items,
-                    csrf=passkeys.form_token(token), error=error, notice=notice, log_in_again=_LOG_IN_AGAIN)
-    username = accounts.username_of(db_session=db, person_key=person_key) or ""
-    display = accounts.find(db_session=db, username=username)
-    return page("passkeys.html", status_code=status, title="パスキー / Passkeys", items=items,
-                csrf=passkeys.form_token(token), error=error, notice=notice,
-                options=passkeys.registration_options(
-                    db_session=db, settings=get_settings(), person_key=person_key, username=username,
-                    display_name=display.display_name if display else username))
+    if _logged_in_recently(session):
+        username = accounts.username_of(db_session=db, person_key=person_key) or ""
+        display = accounts.find(db_session=db, username=username)
+        adding = {"options": passkeys.registration_options(
+            db_session=db, settings=get_settings(), person_key=person_key, username=username,
+            display_name=display.display_name if display else username)}
+    else:  # no add form, and no challenge issued for one
+        adding = {"log_in_again": _LOG_IN_AGAIN}
+    return page("passkeys.html", status_code=status, title="パスキー / Passkeys",
+                items=passkeys.list_passkeys(db_session=db, person_key=person_key),
+                csrf=passkeys.form_token(token), error=error, notice=notice, **adding)
 
 
 @router.get("/passkeys")
