@@ -63,7 +63,6 @@ class RegistryListener:
         self.listening = threading.Event()  # set while LISTEN is in place (tests wait for it)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._connection = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="registry-listener", daemon=True)
