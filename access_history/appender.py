@@ -38,7 +38,9 @@ from sqlalchemy.engine import Connection, Engine
 from access_history.errors import LogWriteFailed
 from access_history.ledger import QUEUED
 from access_history.models import ACCESS_LOG, ENTRY_SEQUENCES, HistoryEntry, LogQueue
+from kernel import replay
 from kernel.background import nudge
+from kernel.replay import Once, ReplayDetected, SeenMessage
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,7 @@ class Appended:
 @dataclass
 class _Handed:
     rows: list[dict[str, Any]]
+    once: Once | None = None
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
 
@@ -84,17 +87,27 @@ class GroupAppender:
         self.batches = 0  # committed batches (for benchmarks and tests)
         self.committed = 0  # committed entries
 
-    def append(self, rows: Sequence[dict[str, Any]]) -> list[Appended]:
+    def append(self, rows: Sequence[dict[str, Any]], *, once: Once | None = None) -> list[Appended]:
         """Write the rows (entry column values, commitments computed) durably; block until the
-        batch holding them is committed. Raises LogWriteFailed if it was not."""
+        batch holding them is committed. Raises LogWriteFailed if it was not.
+
+        With `once` (a message ID not yet in the replay cache) the batch records the ID and
+        the rows together: the rows only if the ID was new, else ReplayDetected and nothing of
+        this caller's is written. Two callers with the same ID in one batch: the first wins."""
         if not rows:
             return []
-        handed = _Handed([dict(r) for r in rows])
+        if once is not None and once.remembered:
+            once = None
+        handed = _Handed([dict(r) for r in rows], once)
         self._hand_in(handed)
         if not handed.done.wait(WAIT_LIMIT):
             raise LogWriteFailed("the access history did not confirm the write in time")
+        if isinstance(handed.error, ReplayDetected):
+            raise handed.error
         if handed.error is not None:
             raise LogWriteFailed("the access history could not be written") from handed.error
+        if once is not None:
+            once.remembered = True
         return [Appended(r["id"], r["entry_id"], r["recorded_at"], r["leaf_data"]) for r in handed.rows]
 
     def _hand_in(self, handed: _Handed) -> None:
@@ -136,28 +149,29 @@ class GroupAppender:
             self._write(batch)
 
     def _write(self, batch: list[_Handed]) -> None:
-        rows = [row for handed in batch for row in handed.rows]
+        batch = _refuse_repeats_within(batch)
         error: BaseException | None = None
+        written = 0
         try:
             with self.engine.begin() as conn:
                 if conn.dialect.name == "postgresql":
-                    _insert_postgres(conn, rows)
+                    _insert_postgres(conn, batch)
                 else:
-                    for row, ident in zip(rows, _new_ids(conn, len(rows)), strict=True):
-                        row["id"] = ident
-                    conn.execute(_ENTRIES.insert(), rows)
-                    conn.execute(_QUEUE.insert(), [
-                        {"log": ACCESS_LOG, "entry_ref": r["id"], "entry_time": r["recorded_at"],
-                         "leaf_data": r["leaf_data"]} for r in rows])
+                    _insert_sqlite(conn, batch)
+                if any(handed.once is not None for handed in batch):
+                    replay.sweep_now_and_then(conn)
         except Exception as exc:  # noqa: BLE001 - every waiter of the batch is told
-            log.warning("history appender: a batch of %d entries failed: %s", len(rows), type(exc).__name__)
+            log.warning("history appender: a batch of %d callers failed: %s", len(batch), type(exc).__name__)
             error = exc
         else:
+            written = sum(len(handed.rows) for handed in batch if handed.error is None)
             self.batches += 1
-            self.committed += len(rows)
-            nudge(QUEUED)
+            self.committed += written
+            if written:
+                nudge(QUEUED)
         for handed in batch:
-            handed.error = error
+            if error is not None:
+                handed.error = error
             handed.done.set()
 
 
@@ -178,24 +192,97 @@ _BINARY = [c.name for c in _ENTRIES.columns if isinstance(c.type, LargeBinary)]
 # a JSON text from orjson a few µs a row). Each row is given the sequence's next id; the queue
 # rows are made from what the INSERT returns, in id order; the ids go back to their callers by
 # entry ID (unique: made by the caller).
-_POSTGRES_BATCH = (
-    f"WITH e AS (INSERT INTO {_ENTRIES.name} (id, {', '.join(_COLUMNS)}) "
-    f"SELECT nextval('{ENTRY_SEQUENCES[_ENTRIES.name]}'), "
-    + ", ".join(f"decode({n}, 'hex')" if n in _BINARY else n for n in _COLUMNS)
-    + " FROM json_to_recordset(%s::json) AS r("
-    + ", ".join(f"{n} {_json_type(_ENTRIES.c[n])}" for n in _COLUMNS)
-    + ") RETURNING id, entry_id, recorded_at, leaf_data), "
-    f"q AS (INSERT INTO {_QUEUE.name} (log, entry_ref, entry_time, leaf_data) "
-    f"SELECT '{ACCESS_LOG}', id, recorded_at, leaf_data FROM e ORDER BY id) "
-    "SELECT entry_id, id FROM e")
+# With message IDs to remember (`once`), a first CTE inserts them into the replay cache and
+# the entries' SELECT keeps the rows whose ID it inserted (data-modifying CTEs see each other's
+# RETURNING): still one statement and one round trip for the batch.
+_SEEN = SeenMessage.__table__.name
 
 
-def _insert_postgres(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    batch = orjson.dumps([{name: row[name].hex() if name in _BINARY and row.get(name) is not None else row.get(name)
-                           for name in _COLUMNS} for row in rows])
-    ids = dict(conn.exec_driver_sql(_POSTGRES_BATCH, (batch.decode(),)).all())
-    for row in rows:
-        row["id"] = ids[row["entry_id"]]
+def _postgres_batch(*, once: bool) -> str:
+    record = ", ".join(f"{n} {_json_type(_ENTRIES.c[n])}" for n in _COLUMNS)
+    seen = ""
+    where = ""
+    if once:
+        seen = (f"o AS (INSERT INTO {_SEEN} (issuer, message_id, expires_at) "
+                "SELECT issuer, message_id, expires_at FROM json_to_recordset(%s::json) "
+                "AS s(issuer text, message_id text, expires_at timestamp) "
+                "ON CONFLICT DO NOTHING RETURNING issuer, message_id), ")
+        record += ", once_issuer text, once_id text"
+        where = (" WHERE r.once_id IS NULL OR (r.once_issuer, r.once_id) IN "
+                 "(SELECT issuer, message_id FROM o)")
+    return (
+        f"WITH {seen}e AS (INSERT INTO {_ENTRIES.name} (id, {', '.join(_COLUMNS)}) "
+        f"SELECT nextval('{ENTRY_SEQUENCES[_ENTRIES.name]}'), "
+        + ", ".join(f"decode(r.{n}, 'hex')" if n in _BINARY else f"r.{n}" for n in _COLUMNS)
+        + f" FROM json_to_recordset(%s::json) AS r({record}){where}"
+        + " RETURNING id, entry_id, recorded_at, leaf_data), "
+        f"q AS (INSERT INTO {_QUEUE.name} (log, entry_ref, entry_time, leaf_data) "
+        f"SELECT '{ACCESS_LOG}', id, recorded_at, leaf_data FROM e ORDER BY id) "
+        "SELECT entry_id, id FROM e")
+
+
+_POSTGRES_BATCH = _postgres_batch(once=False)
+_POSTGRES_BATCH_ONCE = _postgres_batch(once=True)
+
+
+def _insert_postgres(conn: Connection, batch: list[_Handed]) -> None:
+    """The batch in one statement; with message IDs to remember (`once`), they go into the
+    replay cache in the same statement and a caller's rows are inserted only if its ID was
+    new (the unique index makes a concurrent batch holding the same ID wait for this one)."""
+    onces = [handed.once for handed in batch if handed.once is not None]
+    entries = orjson.dumps([
+        {**{name: row[name].hex() if name in _BINARY and row.get(name) is not None else row.get(name)
+            for name in _COLUMNS},
+         **({"once_issuer": handed.once.issuer, "once_id": handed.once.message_id} if onces and handed.once else {})}
+        for handed in batch for row in handed.rows]).decode()
+    if onces:
+        seen = orjson.dumps([{"issuer": o.issuer, "message_id": o.message_id, "expires_at": o.expires_at}
+                             for o in onces]).decode()
+        ids = dict(conn.exec_driver_sql(_POSTGRES_BATCH_ONCE, (seen, entries)).all())
+    else:
+        ids = dict(conn.exec_driver_sql(_POSTGRES_BATCH, (entries,)).all())
+    for handed in batch:
+        if handed.once is not None and handed.rows[0]["entry_id"] not in ids:
+            handed.error = handed.once.refused()
+            continue
+        for row in handed.rows:
+            row["id"] = ids[row["entry_id"]]
+
+
+def _insert_sqlite(conn: Connection, batch: list[_Handed]) -> None:
+    """The batch in one transaction: each caller's message ID first (INSERT OR IGNORE), then
+    the rows of the callers whose ID was new, or which had none."""
+    for handed in batch:
+        if handed.once is not None:
+            params = {"issuer": handed.once.issuer, "message_id": handed.once.message_id,
+                      "expires_at": handed.once.expires_at}
+            if conn.execute(replay.insert_statement("sqlite"), params).first() is None:
+                handed.error = handed.once.refused()
+    rows = [row for handed in batch if handed.error is None for row in handed.rows]
+    if not rows:
+        return
+    for row, ident in zip(rows, _new_ids(conn, len(rows)), strict=True):
+        row["id"] = ident
+    conn.execute(_ENTRIES.insert(), rows)
+    conn.execute(_QUEUE.insert(), [
+        {"log": ACCESS_LOG, "entry_ref": r["id"], "entry_time": r["recorded_at"],
+         "leaf_data": r["leaf_data"]} for r in rows])
+
+
+def _refuse_repeats_within(batch: list[_Handed]) -> list[_Handed]:
+    """Two callers with the same message ID in one batch: the later one is a replay, told so
+    at once and left out (one statement would insert the ID once and both callers' rows)."""
+    kept: list[_Handed] = []
+    keys: set[tuple[str, str]] = set()
+    for handed in batch:
+        if handed.once is not None:
+            if handed.once.key in keys:
+                handed.error = handed.once.refused()
+                handed.done.set()
+                continue
+            keys.add(handed.once.key)
+        kept.append(handed)
+    return kept
 
 
 def _new_ids(conn: Connection, n: int) -> list[int]:

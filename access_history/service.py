@@ -36,6 +36,7 @@ from access_history.models import (
 from access_history.record import canonical_json, commitment, iso_utc, person_ref
 from kernel.db import utcnow
 from kernel.keys import KeyStore
+from kernel.replay import Once
 
 NOTE_SECRET = "history-note"  # the seed of the Ed25519 key that signs checkpoints
 PAGE_MAX = 200
@@ -115,10 +116,15 @@ def entry_values(entry: EntryIn, now: datetime) -> dict[str, Any]:
     return values
 
 
-def append_durably(*, db_session: Session, entries: Sequence[EntryIn]) -> list[appender.Appended]:
+def append_durably(*, db_session: Session, entries: Sequence[EntryIn],
+                   once: Once | None = None) -> list[appender.Appended]:
     """Commit the caller's transaction, then record `entries` durably in a batch with other
     callers' (group commit, `appender`); returns once they are committed. Raises
     LogWriteFailed if the caller's commit or the batch failed: then nothing may be disclosed.
+
+    `once`, the message ID of the request being answered, is remembered in the same batch,
+    the entries only if it was new (ReplayDetected if not: nothing written, nothing to
+    disclose). A request whose only write was that ID then commits nothing of its own.
 
     The caller's own writes commit first: on SQLite the batch needs the one write lock, which
     a caller still in a write transaction would hold while it waits.
@@ -131,7 +137,7 @@ def append_durably(*, db_session: Session, entries: Sequence[EntryIn]) -> list[a
     rows = [entry_values(entry, now) for entry in entries]
     bind = db_session.get_bind()
     engine = bind if isinstance(bind, Engine) else bind.engine
-    return appender.appender_for(engine).append(rows)
+    return appender.appender_for(engine).append(rows, once=once)
 
 
 def append(*, db_session: Session, entry: EntryIn) -> HistoryEntry:

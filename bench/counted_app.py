@@ -21,7 +21,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import Pool
 
-COUNTS = {"statements": 0, "commits": 0, "rollbacks": 0, "checkouts": 0, "pings": 0,
+COUNTS = {"statements": 0, "commits": 0, "writing_commits": 0, "rollbacks": 0, "checkouts": 0, "pings": 0,
           "connects": 0, "connections": 0, "peak_connections": 0}
 SQL_MIX: dict[str, int] = {}  # statement head (verb and table) -> times executed
 # the garbage collector's pauses in this worker (a request waits for one that happens under it)
@@ -40,10 +40,16 @@ def _gc(phase: str, info: dict) -> None:
         GC["pause_ms_max"] = max(GC["pause_ms_max"], pause)
 
 
-def _statement(_conn, _cursor, statement: str, *_args, **_kwargs) -> None:
+def _statement(conn, _cursor, statement: str, *_args, **_kwargs) -> None:
     COUNTS["statements"] += 1
     head = _head(statement)
     SQL_MIX[head] = SQL_MIX.get(head, 0) + 1
+    if _WRITE.search(statement):
+        conn.info["bench_wrote"] = True
+
+
+# a statement that writes rows (also inside a CTE); SELECT … FOR UPDATE only locks
+_WRITE = re.compile(r"\bINSERT\s+(?:OR\s+\w+\s+)?INTO\b|\bUPDATE\s+\S+\s+SET\b|\bDELETE\s+FROM\b", re.IGNORECASE)
 
 
 _TABLE = re.compile(r"\b(?:FROM|INTO|UPDATE|JOIN)\s+([\w.\"]+)", re.IGNORECASE)
@@ -58,12 +64,17 @@ def _head(statement: str) -> str:
     return f"{verb} {', '.join(tables[:3])}{lock}"[:100]
 
 
-def _commit(*_args) -> None:
+def _commit(conn) -> None:
+    """A COMMIT; `writing_commits` counts those of transactions that wrote a row (the durable
+    ones: PostgreSQL flushes WAL for these only; a read-only transaction's COMMIT is a round
+    trip, nothing more)."""
     COUNTS["commits"] += 1
+    COUNTS["writing_commits"] += bool(conn.info.pop("bench_wrote", False))
 
 
-def _rollback(*_args) -> None:
+def _rollback(conn) -> None:
     COUNTS["rollbacks"] += 1
+    conn.info.pop("bench_wrote", None)
 
 
 def _checkout(_dbapi_connection, connection_record, _proxy) -> None:

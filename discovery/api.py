@@ -18,7 +18,13 @@ from discovery import pipeline
 from discovery import service as location
 from discovery.errors import DiscoveryRefused, StaffAssertionRejected
 from federation import service as agencies
-from kernel.jose import ClientAuthFailed, verify_client_assertion
+from kernel.jose import (
+    ALREADY_USED,
+    ClientAuthFailed,
+    check_client_assertion,
+    remember_client_assertion,
+)
+from kernel.replay import Once, ReplayDetected
 from kernel.settings import get_settings
 from kernel.validate import bounded_text
 from kernel.web import in_unit_of_work
@@ -118,7 +124,6 @@ async def query(
 
 
 def _query(db: Session, request: Request, body: DiscoveryQueryIn, authorization: str) -> JSONResponse:
-    settings = get_settings()
     scheme, _, jwt = authorization.partition(" ")
     if scheme.lower() != "bearer" or not jwt:
         _record_client_auth_failure(db, request, None, "no bearer client assertion")
@@ -132,10 +137,23 @@ def _query(db: Session, request: Request, body: DiscoveryQueryIn, authorization:
         return agency.signing_keys if agency else ()
 
     try:
-        claims = verify_client_assertion(jwt, keys_for=keys_for, audience=query_url(), db_session=db)
+        claims, once = check_client_assertion(jwt, keys_for=keys_for, audience=query_url())
+        # the jti is remembered with the decisions' log entries (one group commit); an answer
+        # that logged nothing remembers it before it leaves
+        answer = _answer(db, body, claims, once)
+        remember_client_assertion(db_session=db, once=once)
+    except ReplayDetected:
+        _record_client_auth_failure(db, request, claimed[0], ALREADY_USED)
+        return _error(401, "invalid_client", ALREADY_USED)
     except ClientAuthFailed as exc:
         _record_client_auth_failure(db, request, claimed[0] if claimed else None, str(exc))
         return _error(401, "invalid_client", str(exc))
+    return answer
+
+
+def _answer(db: Session, body: DiscoveryQueryIn, claims: dict, once: Once) -> JSONResponse:
+    """The decisions for an authenticated requester, `once` (its jti) remembered with their log."""
+    settings = get_settings()
     requester = agencies.lookup(db_session=db, entity_id=claims["iss"])
     staff = None
     if body.person.staff_assertion:
@@ -149,7 +167,7 @@ def _query(db: Session, request: Request, body: DiscoveryQueryIn, authorization:
     try:
         decisions = pipeline.discover(
             db_session=db, settings=settings, requester=requester, person=person,
-            service_type=body.service_type, task=body.task, info_type=body.info_type,
+            service_type=body.service_type, task=body.task, info_type=body.info_type, once=once,
         )
     except DiscoveryRefused as exc:
         return _refused(exc)

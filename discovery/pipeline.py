@@ -45,6 +45,7 @@ from federation import service as agencies
 from federation.service import RegisteredAgency
 from kernel.db import utcnow
 from kernel.keys import KeyStore, current_signing_key, keystore
+from kernel.replay import Once
 from kernel.settings import Settings
 from kernel.xml import (
     AssertionRejected,
@@ -133,10 +134,11 @@ def _nothing_disclosed_on_database_failure(decide: Callable[..., _Decided]) -> C
     return guarded
 
 
-def _commit_log(db_session: Session, entries: list[EntryIn]) -> None:
+def _commit_log(db_session: Session, entries: list[EntryIn], once: Once | None = None) -> None:
     """Commit the decision's own writes, then make its log entries durable in a batch with
-    other requests' (group commit); a failure of either is the log write failing."""
-    history.append_durably(db_session=db_session, entries=entries)
+    other requests' (group commit); a failure of either is the log write failing. `once`, the
+    request's client assertion jti, is remembered in the same batch (ReplayDetected if used)."""
+    history.append_durably(db_session=db_session, entries=entries, once=once)
 
 
 @_nothing_disclosed_on_database_failure
@@ -151,12 +153,15 @@ def discover(
     info_type: str | None = None,
     now: datetime | None = None,
     query_group_id: str | None = None,
+    once: Once | None = None,
 ) -> list[OfferingDecision]:
     """Decide, log durably, then issue tokens, for every provider of `service_type` for the person.
 
     Commits the session itself: "log before disclose" is this function's promise, not its
     caller's. If the log write or the commit fails, LogWriteFailed is raised and no token exists.
     `query_group_id` ties the entries to a larger procedure (a process run, `process/`).
+    `once` (the request's client assertion jti, `kernel.jose.check_client_assertion`) is
+    remembered with the entries: ReplayDetected, nothing logged and no token, if it was used.
     """
     now = now or utcnow()
     keys = keystore()
@@ -178,7 +183,8 @@ def discover(
     )
     entries = _log(requester, subject, decisions, task, channel=Channel.DISCOVERY, asked_at=now,
                    query_group_id=query_group_id)
-    _commit_log(db_session, entries)  # log before disclose: the decisions are durable before any token exists
+    # log before disclose: the decisions are durable before any token exists
+    _commit_log(db_session, entries, once)
     for d in decisions:
         if d.permitted:
             d.token = _token_for(db_session, settings, keys, requester, d, provider_pseudonyms[d.provider],

@@ -99,8 +99,11 @@ def check_authn_request(
     xml: bytes,
     relay_state: str | None,
     raw_query: str | None,
-) -> tuple[RegisteredAgency, saml.AuthnRequest]:
-    """Parse, authenticate and bound an AuthnRequest; return its agency and the request.
+) -> tuple[RegisteredAgency, saml.AuthnRequest, replay.Once]:
+    """Parse, authenticate and bound an AuthnRequest; return its agency, the request and its
+    ID for the replay cache, not yet remembered: the answer remembers it, a Success Response
+    with its history entry (`answer_success`), anything else before it answers
+    (`remember_request`).
 
     `raw_query` is the untouched query string for the HTTP-Redirect binding (its signature is
     over the encoded octets, bindings §3.4.4.1); None for HTTP-POST.
@@ -143,15 +146,31 @@ def check_authn_request(
     request.acs_location = acs.location
     # From here the ACS is trusted: refusals go back to the agency as SAML error statuses.
     try:
-        _check_bounds(db_session=db_session, settings=settings, request=request, signed=signed)
+        _check_bounds(settings=settings, request=request, signed=signed)
     except saml.SamlStatusError as exc:
         exc.request = request
         raise
-    return agency, request
+    once = replay.Once(request.issuer, request.id,
+                       (request.issue_instant + timedelta(minutes=10)).replace(tzinfo=None))
+    return agency, request, once
 
 
-def _check_bounds(*, db_session: Session, settings: Settings, request: saml.AuthnRequest, signed: bool) -> None:
-    """Binding, Destination, time window, NameID policy, authn context, replay."""
+def remember_request(*, db_session: Session, once: replay.Once | None) -> None:
+    """For an answer that logs nothing (an error Response, the login page): the request's ID
+    into the replay cache now, before the answer leaves; SamlStatusError if it was used."""
+    try:
+        replay.remember_once(db_session=db_session, once=once)
+    except replay.ReplayDetected:
+        raise _replayed() from None
+
+
+def _replayed() -> saml.SamlStatusError:
+    return saml.SamlStatusError(saml.REQUESTER, "this AuthnRequest ID was already used", REQUEST_DENIED)
+
+
+def _check_bounds(*, settings: Settings, request: saml.AuthnRequest, signed: bool) -> None:
+    """Binding, Destination, time window, NameID policy, authn context (the replay check
+    comes with the answer: `check_authn_request`)."""
     if request.protocol_binding and request.protocol_binding != saml.BINDING_POST:
         raise saml.SamlStatusError(
             RESPONDER, "this IdP answers only by HTTP-POST", UNSUPPORTED_BINDING
@@ -172,17 +191,6 @@ def _check_bounds(*, db_session: Session, settings: Settings, request: saml.Auth
         raise saml.SamlStatusError(
             saml.REQUESTER, "the requested authentication context cannot be met", saml.NO_AUTHN_CONTEXT
         )
-    try:
-        replay.remember_at_once(
-            db_session=db_session,
-            issuer=request.issuer,
-            message_id=request.id,
-            expires_at=request.issue_instant + timedelta(minutes=10),
-        )
-    except replay.ReplayDetected:
-        raise saml.SamlStatusError(
-            saml.REQUESTER, "this AuthnRequest ID was already used", REQUEST_DENIED
-        ) from None
 
 
 def _refuse_retired(db_session: Session, issuer: str | None) -> None:
@@ -338,14 +346,22 @@ def answer_success(
     request: saml.AuthnRequest,
     session: LiveSession,
     authn_context: str,
+    once: replay.Once | None = None,
 ) -> Answer:
-    """A signed Response with the person's pseudonym for this agency (profiles §4.1.4.2)."""
+    """A signed Response with the person's pseudonym for this agency (profiles §4.1.4.2).
+
+    `once` is the request's ID (`check_authn_request`), remembered with the release's history
+    entry; a request answered before (a replay) gets an error Response instead."""
     now = utcnow()
     if not request.allow_create and pseudonyms.find(
             db_session=db_session, person_key=session.person_key, agency=agency.entity_id) is None:
         # core §3.4.1.1: AllowCreate="false" forbids establishing a new identifier for a first visit
         error = saml.SamlStatusError(RESPONDER, "no identifier exists for this person at this service"
                                      " and the request does not allow creating one", INVALID_NAMEID_POLICY)
+        try:
+            remember_request(db_session=db_session, once=once)
+        except saml.SamlStatusError as replayed:
+            error = replayed
         return answer_error(settings=settings, keys=keys, request=request, error=error)
     pseudonym = pseudonyms.get_or_create(
         db_session=db_session,
@@ -364,9 +380,13 @@ def answer_success(
     participants.record(db_session=db_session, session=session, sp=agency.entity_id, name_id=name_id,
                         name_id_format=name_id_format)
     # what leaves the hub in this answer lands in the person's history first (log before
-    # disclose): the session's own writes commit, then the entry is durable (group commit)
-    record_release(db_session=db_session, settings=settings, agency=agency.entity_id,
-                   person_key=session.person_key, authn_context=authn_context)
+    # disclose): the session's own writes commit, then the entry is durable (group commit),
+    # with the request's ID in the replay cache (a request answered before is refused there)
+    try:
+        record_release(db_session=db_session, settings=settings, agency=agency.entity_id,
+                       person_key=session.person_key, authn_context=authn_context, once=once)
+    except replay.ReplayDetected:
+        return answer_error(settings=settings, keys=keys, request=request, error=_replayed())
     key = signing_key()
     assertion = saml.assertion(
         saml.AssertionFacts(
@@ -410,15 +430,16 @@ SSO_OUTCOME = "PERMITTED_BY_CONSENT"
 
 
 def record_release(*, db_session: Session, settings: Settings, agency: str, person_key: str,
-                   authn_context: str) -> None:
+                   authn_context: str, once: replay.Once | None = None) -> None:
     """Record an SSO answer's release of the person's pseudonym to an agency (channel sso):
     commits the session's writes, then returns once the entry is durable (LogWriteFailed if
-    not: then no assertion may be built)."""
+    not: then no assertion may be built), with `once` (the request's ID) remembered in the
+    same batch (ReplayDetected, and no entry, if it was used)."""
     history.append_durably(db_session=db_session, entries=[EntryIn(
         kind=EntryKind.DECISION, channel=Channel.SSO, requester=agency, provider=settings.idp_entity_id,
         person_key=person_key, task_code=SSO_TASK, info_type_code=SSO_INFO_TYPE, outcome=SSO_OUTCOME,
         permitted=True, decision_id=secrets.token_hex(16), asked_at=utcnow(),
-        detail={"authn_context": authn_context})])
+        detail={"authn_context": authn_context})], once=once)
 
 
 def _discovery_epr(

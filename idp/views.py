@@ -13,6 +13,7 @@ from access_history.models import OperationIn
 from federation import service as agencies
 from idp import accounts, federation_views, passkeys, saml, service, slo, unsolicited
 from idp.oidc.views import finish_login as finish_oidc_login
+from kernel import replay
 from kernel.keys import keystore
 from kernel.settings import get_settings
 from kernel.web import DB, Pages, in_unit_of_work, raw_query
@@ -76,14 +77,14 @@ def _sso_post(db: Session, request: Request, saml_request: str, relay_state: str
 def _start(request: Request, db: Session, xml: bytes, relay_state: str | None, query: str | None) -> Response:
     settings = get_settings()
     try:
-        agency, authn = service.check_authn_request(
+        agency, authn, once = service.check_authn_request(
             db_session=db, settings=settings, xml=xml, relay_state=relay_state, raw_query=query
         )
     except service.BadRequest as exc:
         return error_page(400, str(exc))
     except saml.SamlStatusError as exc:
         return _post_answer(service.answer_error(settings=settings, keys=keystore(), request=exc.request, error=exc))
-    return _answer_or_login(request, db, agency, authn)
+    return _answer_or_login(request, db, agency, authn, once)
 
 
 @router.get("/sso/unsolicited")
@@ -99,8 +100,13 @@ def sso_unsolicited(request: Request, sp: str | None = None, providerId: str | N
     return _answer_or_login(request, db, agency, authn)
 
 
-def _answer_or_login(request: Request, db: Session, agency, authn: saml.AuthnRequest) -> Response:
-    """Answer at once from a live session that is strong enough, or park the request and log in."""
+def _answer_or_login(request: Request, db: Session, agency, authn: saml.AuthnRequest,
+                     once: replay.Once | None = None) -> Response:
+    """Answer at once from a live session that is strong enough, or park the request and log in.
+
+    `once` is the request's ID for the replay cache: remembered with the answer's history
+    entry, or here before any other answer (the parked request is answered after the login
+    without it)."""
     settings = get_settings()
     session = service.current_session(db_session=db, token=request.cookies.get(SESSION_COOKIE), settings=settings)
     if session is not None and not authn.force_authn:
@@ -109,9 +115,13 @@ def _answer_or_login(request: Request, db: Session, agency, authn: saml.AuthnReq
             return _post_answer(
                 service.answer_success(
                     db_session=db, settings=settings, keys=keystore(), agency=agency,
-                    request=authn, session=session, authn_context=context,
+                    request=authn, session=session, authn_context=context, once=once,
                 )
             )
+    try:
+        service.remember_request(db_session=db, once=once)
+    except saml.SamlStatusError as exc:
+        return _post_answer(service.answer_error(settings=settings, keys=keystore(), request=authn, error=exc))
     if authn.is_passive:
         error = saml.SamlStatusError(RESPONDER, "the person must log in", NO_PASSIVE)
         return _post_answer(service.answer_error(settings=settings, keys=keystore(), request=authn, error=error))

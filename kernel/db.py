@@ -59,9 +59,13 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 def insert_or_ignore(db_session: Session, entity):
     """`INSERT … ON CONFLICT DO NOTHING` in the session's dialect: the way to create a row that
     a concurrent request may be creating too (the loser reads the winner's row afterwards)."""
+    return insert_or_ignore_in(db_session.get_bind().dialect.name, entity)
+
+
+def insert_or_ignore_in(dialect: str, entity):
+    """`insert_or_ignore` for a dialect by name (for a Connection, or a statement built once)."""
     from sqlalchemy.dialects import postgresql, sqlite
 
-    dialect = db_session.get_bind().dialect.name
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(entity).on_conflict_do_nothing()
 
 

@@ -161,6 +161,21 @@ def verify_client_assertion(
     minutes, iat/nbf (if present) not in the future, and the jti unused (kept in the replay
     cache until exp).
     """
+    claims, once = check_client_assertion(token, keys_for=keys_for, audience=audience, now=now)
+    remember_client_assertion(db_session=db_session, once=once)
+    return claims
+
+
+def check_client_assertion(
+    token: str,
+    *,
+    keys_for: Callable[[str], Sequence],
+    audience: str | Sequence[str],
+    now: int | None = None,
+) -> tuple[dict, replay.Once]:
+    """`verify_client_assertion` but for the replay cache: the claims and the jti, which the
+    caller must remember before it answers, with its history entries (`replay.Once`, as
+    discovery does) or by `remember_client_assertion`."""
     now = int(time.time()) if now is None else now
     registry = _CLIENT_ASSERTION_REGISTRY
     try:
@@ -192,12 +207,21 @@ def verify_client_assertion(
     exp = claims["exp"]
     if exp > now + MAX_LIFETIME + CLOCK_SKEW:
         raise ClientAuthFailed("the JWT lives longer than five minutes")
+    return claims, replay.Once(issuer, _JTI_PREFIX + jti,
+                               datetime.fromtimestamp(int(exp) + CLOCK_SKEW, UTC).replace(tzinfo=None))
+
+
+ALREADY_USED = "this JWT was already used"
+
+
+def remember_client_assertion(*, db_session: Session, once: replay.Once) -> None:
+    """The jti of a checked client assertion into the replay cache now (`check_client_assertion`),
+    unless it was remembered with the answer's history entries; ClientAuthFailed if used."""
     try:
-        replay.remember_at_once(db_session=db_session, issuer=issuer, message_id=_JTI_PREFIX + jti,
-                                expires_at=datetime.fromtimestamp(int(exp) + CLOCK_SKEW, UTC).replace(tzinfo=None))
+        replay.remember_once(db_session=db_session, once=once)
     except replay.ReplayDetected:
-        raise ClientAuthFailed("this JWT was already used") from None
-    return claims
+        raise ClientAuthFailed(ALREADY_USED) from None
+
 
 
 def _short_text(value: object, name: str, limit: int) -> str:

@@ -5,12 +5,13 @@ In the database, not in memory, so every app process behind a load balancer sees
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import DateTime, String, UniqueConstraint, delete
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from kernel.db import BIG_ID, Base, insert_or_ignore, utcnow
+from kernel.db import BIG_ID, Base, insert_or_ignore_in, utcnow
 
 
 class ReplayDetected(Exception):
@@ -45,16 +46,50 @@ def remember_at_once(*, db_session: Session, issuer: str, message_id: str, expir
         own.commit()
 
 
+@dataclass
+class Once:
+    """A message ID to be remembered before the answer to its message leaves the hub, later
+    than at the start of the request: with the answer's history entries, in their group
+    commit (`access_history.appender`), so a request that writes nothing else commits nothing
+    of its own. Whatever takes it sets `remembered`; a request that answers without logging
+    calls `remember_once` before it answers."""
+
+    issuer: str
+    message_id: str
+    expires_at: datetime  # naive UTC, as the column holds it
+    remembered: bool = False
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.issuer, self.message_id
+
+    def refused(self) -> ReplayDetected:
+        return ReplayDetected(f"message {self.message_id!r} from {self.issuer} was already received")
+
+
+def remember_once(*, db_session: Session, once: Once | None) -> None:
+    """Remember `once` now (`remember_at_once`) unless that was done; ReplayDetected if used."""
+    if once is None or once.remembered:
+        return
+    remember_at_once(db_session=db_session, issuer=once.issuer, message_id=once.message_id,
+                     expires_at=once.expires_at)
+    once.remembered = True
+
+
 _INSERTS: dict[str, object] = {}  # per dialect, built once (a prebuilt Core statement)
 
 
-def _insert(db_session: Session):
-    dialect = db_session.get_bind().dialect.name
+def insert_statement(dialect: str):
+    """`INSERT … ON CONFLICT DO NOTHING RETURNING id` into the cache: a row back means the ID
+    was new (rowcount is not reliable across drivers; a returned row is)."""
     stmt = _INSERTS.get(dialect)
     if stmt is None:
-        # rowcount is not reliable across drivers; a returned row is
-        stmt = _INSERTS[dialect] = insert_or_ignore(db_session, SeenMessage).returning(SeenMessage.id)
+        stmt = _INSERTS[dialect] = insert_or_ignore_in(dialect, SeenMessage).returning(SeenMessage.id)
     return stmt
+
+
+def _insert(db_session: Session):
+    return insert_statement(db_session.get_bind().dialect.name)
 
 
 def remember(*, db_session: Session, issuer: str, message_id: str, expires_at: datetime) -> None:
@@ -62,8 +97,13 @@ def remember(*, db_session: Session, issuer: str, message_id: str, expires_at: d
     params = {"issuer": issuer, "message_id": message_id, "expires_at": expires_at}
     if db_session.connection().execute(_insert(db_session), params).first() is None:
         raise ReplayDetected(f"message {message_id!r} from {issuer} was already received")
-    if random.random() < 0.01:  # sweep expired IDs now and then, off the common path
-        db_session.execute(delete(SeenMessage).where(SeenMessage.expires_at < utcnow()))
+    sweep_now_and_then(db_session.connection())
+
+
+def sweep_now_and_then(connection) -> None:
+    """Delete expired IDs on one call in a hundred: off the common path, yet never piling up."""
+    if random.random() < 0.01:
+        connection.execute(delete(SeenMessage).where(SeenMessage.expires_at < utcnow()))
 
 
 class DatabaseReplayCache:

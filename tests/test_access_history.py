@@ -516,6 +516,52 @@ def test_concurrent_durable_appends_land_once_each_in_commit_order(log):
     assert log.verify(log.export()).ok
 
 
+def test_a_message_id_rides_in_the_batch_and_only_its_first_user_is_logged(log):
+    """Callers hand entries with the message ID they answer (a `Once`): 24 callers, 4 IDs used
+    by 6 callers each, released together into two appenders (two processes' writers: batches
+    that commit concurrently) that also take callers without an ID. Each ID is remembered
+    once and only its first user's entries are written; every other user is told it was a
+    replay (ReplayDetected) and leaves nothing, within a batch and across batches."""
+    from kernel.replay import Once, ReplayDetected, SeenMessage
+
+    groups = [_appender(log, max_batch=64, max_wait=0.02), _appender(log, max_batch=64, max_wait=0.02)]
+    expires = utcnow().replace(tzinfo=None) + timedelta(minutes=10)
+    barrier = threading.Barrier(28)
+    outcomes: dict[int, str] = {}
+    onces: dict[int, Once] = {}
+
+    def caller(n: int) -> None:
+        once = onces[n] = Once("https://city-b.example/sp", f"_req-{n % 4}", expires) if n < 24 else None
+        barrier.wait(timeout=30)
+        try:
+            groups[n % 2].append(_rows([decision(f"p{n}"), decision(f"q{n}")]), once=once)
+            outcomes[n] = "logged"
+        except ReplayDetected:
+            outcomes[n] = "replay"
+
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(28)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [n for n in range(24) if outcomes[n] == "logged"]
+    assert sorted(n % 4 for n in winners) == [0, 1, 2, 3]  # one user of each ID
+    assert all(outcomes[n] == "replay" for n in range(24) if n not in winners)
+    assert all(outcomes[n] == "logged" for n in range(24, 28))  # no ID: always logged
+    assert all(onces[n].remembered == (n in winners) for n in range(24))
+    with log.session() as db:
+        logged = set(db.scalars(select(HistoryEntry.person_key)))
+        seen = db.scalars(select(SeenMessage.message_id).where(SeenMessage.issuer == "https://city-b.example/sp"))
+        assert sorted(seen) == ["_req-0", "_req-1", "_req-2", "_req-3"]
+    assert logged == {f"{k}{n}" for n in winners + [24, 25, 26, 27] for k in "pq"}
+    # later, alone in its batch: still a replay, still nothing written
+    with pytest.raises(ReplayDetected):
+        groups[0].append(_rows([decision("late")]), once=Once("https://city-b.example/sp", "_req-2", expires))
+    with log.session() as db:
+        assert db.scalar(select(HistoryEntry.id).where(HistoryEntry.person_key == "late")) is None
+    assert log.integrate() == len(logged)
+
+
 def _fail_entry_inserts(engine, on: bool) -> None:
     with engine.begin() as conn:
         if engine.dialect.name == "sqlite":

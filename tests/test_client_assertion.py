@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -114,6 +116,47 @@ def test_huge_and_non_base64url_tokens_are_refused(hub, fed, bootstrap):
                   f"{head}.{body}.{sig}.", f"{head}..{sig}", f"{head}.{body}.{sig}=="):
         _refused(_post(hub, bootstrap, stray))
     assert _post(hub, bootstrap, good).status_code == 200, "the unaltered token is still fresh"
+
+
+def test_concurrent_copies_of_one_assertion_get_one_answer_and_one_logged_query(hub, fed, bootstrap):
+    """The jti is remembered with the decisions' log entries, in their group commit: eight
+    copies of one client assertion sent at once get one 200 and seven 401s, and the log holds
+    the decisions of one query."""
+    jwt = sign_jws(_claims(hub, fed), key=fed["r"].key, alg="RS256")
+    before = _decisions_asked_by(fed["r"].entity_id)
+    barrier = threading.Barrier(8)
+
+    def send(_: int) -> httpx.Response:
+        barrier.wait(timeout=30)
+        return _post(hub, bootstrap, jwt)
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(send, range(8)))
+    assert sorted(a.status_code for a in answers) == [200] + [401] * 7, [a.text[:200] for a in answers]
+    assert all("already used" in a.json()["message"] for a in answers if a.status_code == 401)
+    offerings = next(a for a in answers if a.status_code == 200).json()["offerings"]
+    assert offerings and _decisions_asked_by(fed["r"].entity_id) == before + len(offerings)
+
+
+def test_an_assertion_is_used_up_by_a_refused_query_too(hub, fed, bootstrap):
+    """An answer that logs nothing (a refusal) remembers the jti before it leaves: the same
+    assertion cannot then ask again, with another body."""
+    jwt = sign_jws(_claims(hub, fed), key=fed["r"].key, alg="RS256")
+    unknown = {"service_type": "urn:renkei:no-such-service", "task": "JUKI", "person": {"bootstrap_token": bootstrap}}
+    first = httpx.post(_url(hub), json=unknown, headers={"Authorization": f"Bearer {jwt}"}, timeout=20)
+    assert first.status_code == 404, first.text
+    assert "already used" in _refused(_post(hub, bootstrap, jwt))
+
+
+def _decisions_asked_by(requester: str) -> int:
+    from sqlalchemy import func, select
+
+    from access_history.models import HistoryEntry
+    from kernel.db import session_scope
+
+    with session_scope() as db:
+        return db.scalar(select(func.count()).select_from(HistoryEntry).where(
+            HistoryEntry.requester == requester, HistoryEntry.channel == "discovery"))
 
 
 def test_replayed_jti_and_foreign_key_are_refused(hub, fed, bootstrap):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import subprocess
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -233,6 +235,52 @@ def test_replayed_authn_request_refused(hub, people, city_a):
     assert "Success" in _status(browser.start(city_a, etree.tostring(root)))
     again = browser.start(city_a, etree.tostring(root))
     assert "RequestDenied" in _status(again)
+
+
+def test_concurrent_copies_of_one_request_get_one_assertion_and_one_history_entry(hub, people, city_a):
+    """The request's ID is remembered with the release's history entry, in its group commit:
+    eight copies of one signed AuthnRequest sent at once by a logged-in browser get one
+    Success and seven RequestDenied, and the person's history holds one release."""
+    import httpx
+
+    browser, *_ = sso(hub, city_a, password=people["alice"])
+    _, root = city_a.authn_request(f"{hub.base_url}/idp/sso", request_id=f"_raced-{uuid.uuid4().hex}")
+    query = city_a.redirect_query(etree.tostring(root))  # signed once: eight identical copies
+    before = _releases_to(city_a)
+    barrier = threading.Barrier(8)
+
+    def send(_: int) -> str:
+        with httpx.Client(base_url=hub.base_url, cookies=browser.client.cookies, timeout=30) as client:
+            barrier.wait(timeout=30)
+            return _status(client.get("/idp/sso?" + query))
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(send, range(8)))
+    assert sum("Success" in s for s in statuses) == 1, statuses
+    assert sum("RequestDenied" in s for s in statuses) == 7, statuses
+    assert _releases_to(city_a) == before + 1
+
+
+def test_a_request_parked_for_login_is_not_answered_again_from_a_session(hub, people, city_a):
+    """A request that went to the login page was remembered then: the same request from a
+    logged-in browser is refused, and nothing is logged for it."""
+    _, root = city_a.authn_request(f"{hub.base_url}/idp/sso", request_id=f"_parked-{uuid.uuid4().hex}")
+    assert Browser(hub.base_url).start(city_a, etree.tostring(root)).status_code == 303  # parked
+    browser, *_ = sso(hub, city_a, password=people["alice"])
+    before = _releases_to(city_a)
+    assert "RequestDenied" in _status(browser.start(city_a, etree.tostring(root)))
+    assert _releases_to(city_a) == before
+
+
+def _releases_to(sp: TestSP) -> int:
+    from sqlalchemy import func, select
+
+    from access_history.models import HistoryEntry
+    from kernel.db import session_scope
+
+    with session_scope() as db:
+        return db.scalar(select(func.count()).select_from(HistoryEntry)
+                         .where(HistoryEntry.requester == sp.entity_id, HistoryEntry.channel == "sso"))
 
 
 def _status(r) -> str:
