@@ -249,7 +249,7 @@ def bench_inprocess(hub: Hub, seconds: float) -> dict:
         )
         with session_scope(hub.db_url) as db:
             agency = agencies.lookup(db_session=db, entity_id=SP_ENTITY_ID)
-            session = service.current_session(db_session=db, token=hub.token)
+            session = service.current_session(db_session=db, token=hub.token, agency=SP_ENTITY_ID)
             return service.answer_success(
                 db_session=db, settings=settings, keys=keys, agency=agency, request=request,
                 session=session, authn_context=saml.AC_PPT,
@@ -287,7 +287,7 @@ def bench_full_path(hub: Hub, seconds: float, profile: bool) -> dict:
             xml = inflate_redirect(unquote_plus(encoded), max_bytes=settings.max_message_bytes)
             agency, authn, once = service.check_authn_request(
                 db_session=db, settings=settings, xml=xml, relay_state=None, raw_query=query)
-            session = service.current_session(db_session=db, token=hub.token)
+            session = service.current_session(db_session=db, token=hub.token, agency=agency.entity_id)
             context = saml.context_for_level(authn.requested_context, service.session_level(session))
             answer = service.answer_success(
                 db_session=db, settings=settings, keys=keys, agency=agency, request=authn,

@@ -33,15 +33,26 @@ def new_transient() -> str:
 
 
 _PARTICIPANTS = SessionParticipant.__table__
-_KNOWN = select(_PARTICIPANTS.c.id).where(
-    _PARTICIPANTS.c.session_id == bindparam("session_id"), _PARTICIPANTS.c.sp == bindparam("sp"),
-    _PARTICIPANTS.c.name_id == bindparam("name_id")).limit(1)
+
+
+def known_of(session_id, sp, name_id):
+    """Whether `sp` was already given `name_id` in the session (columns or bound parameters):
+    a statement of its own, or `exists(…)` inside the session's read."""
+    return select(_PARTICIPANTS.c.id).where(
+        _PARTICIPANTS.c.session_id == session_id, _PARTICIPANTS.c.sp == sp,
+        _PARTICIPANTS.c.name_id == name_id).limit(1)
+
+
+_KNOWN = known_of(bindparam("session_id"), bindparam("sp"), bindparam("name_id"))
 _ADD = _PARTICIPANTS.insert()
 
 
-def record(*, db_session: Session, session: LiveSession, sp: str, name_id: str, name_id_format: str) -> None:
+def record(*, db_session: Session, session: LiveSession, sp: str, name_id: str, name_id_format: str,
+           known: bool = False) -> None:
     """Note that `sp` got an assertion in `session` naming the person `name_id` (prebuilt Core
-    statements: this runs on every SSO answer)."""
+    statements: this runs on every SSO answer); `known`: the session's read found it already."""
+    if known:
+        return
     connection = db_session.connection()
     params = {"session_id": session.id, "sp": sp, "name_id": name_id}
     if connection.execute(_KNOWN, params).first() is None:

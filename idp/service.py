@@ -240,6 +240,12 @@ class LiveSession:
     authn_context: str
     authn_instant: datetime
     expires_at: datetime
+    # read with the session when it was read for an answer to `agency` (current_session): the
+    # person's live pseudonym there, and whether the agency already took part in the session
+    # under it; `answer_success` then reads neither again
+    agency: str | None = None
+    pseudonym: str | None = None
+    participant_known: bool = False
 
 
 _SESSIONS = IdpSession.__table__
@@ -247,18 +253,29 @@ _READ_SESSION = select(
     _SESSIONS.c.id, _SESSIONS.c.person_key, _SESSIONS.c.session_index, _SESSIONS.c.authn_context,
     _SESSIONS.c.authn_instant, _SESSIONS.c.expires_at, _SESSIONS.c.last_seen_at,
 ).where(_SESSIONS.c.id == bindparam("id"))
+# the same, with what an answer to one agency needs, in one round trip (bindparam "agency")
+_LIVE_PSEUDONYM = (pseudonyms.live_value_of(_SESSIONS.c.person_key, bindparam("agency"))
+                   .correlate(_SESSIONS).scalar_subquery())  # the session of the outer read, at any depth
+_READ_SESSION_FOR_AGENCY = _READ_SESSION.add_columns(
+    _LIVE_PSEUDONYM.label("pseudonym"),
+    participants.known_of(_SESSIONS.c.id, bindparam("agency"), _LIVE_PSEUDONYM).exists().label("participant_known"),
+)
 _TOUCH_SESSION = (_SESSIONS.update().where(_SESSIONS.c.id == bindparam("session_id"))
                   .values(last_seen_at=bindparam("now")))
 
 
 def current_session(
-    *, db_session: Session, token: str | None, settings: Settings | None = None
+    *, db_session: Session, token: str | None, settings: Settings | None = None, agency: str | None = None
 ) -> LiveSession | None:
-    """The live session a cookie token names, if any: within its lifetime and not idle too long."""
+    """The live session a cookie token names, if any: within its lifetime and not idle too long.
+    With `agency`, read in the same statement what an answer to it needs (`LiveSession.agency`)."""
     if not token:
         return None
     connection = db_session.connection()
-    row = connection.execute(_READ_SESSION, {"id": _hash(token)}).first()
+    if agency is None:
+        row = connection.execute(_READ_SESSION, {"id": _hash(token)}).first()
+    else:
+        row = connection.execute(_READ_SESSION_FOR_AGENCY, {"id": _hash(token), "agency": agency}).first()
     now = utcnow()
     if row is None or row.expires_at <= now:
         return None
@@ -268,8 +285,11 @@ def current_session(
         return None
     if now - seen > _SEEN_GRANULARITY:  # not a write on every request
         connection.execute(_TOUCH_SESSION, {"session_id": row.id, "now": now})
+    if agency is None:
+        return LiveSession(row.id, row.person_key, row.session_index, row.authn_context, row.authn_instant,
+                           row.expires_at)
     return LiveSession(row.id, row.person_key, row.session_index, row.authn_context, row.authn_instant,
-                       row.expires_at)
+                       row.expires_at, agency, row.pseudonym, bool(row.participant_known))
 
 
 # how stale `last_seen_at` may get before a use refreshes it
@@ -353,8 +373,13 @@ def answer_success(
     `once` is the request's ID (`check_authn_request`), remembered with the release's history
     entry; a request answered before (a replay) gets an error Response instead."""
     now = utcnow()
-    if not request.allow_create and pseudonyms.find(
-            db_session=db_session, person_key=session.person_key, agency=agency.entity_id) is None:
+    if session.agency == agency.entity_id:  # read with the session (current_session)
+        existing = session.pseudonym
+    elif not request.allow_create:
+        existing = pseudonyms.find(db_session=db_session, person_key=session.person_key, agency=agency.entity_id)
+    else:
+        existing = None  # get_or_create reads it
+    if not request.allow_create and existing is None:
         # core §3.4.1.1: AllowCreate="false" forbids establishing a new identifier for a first visit
         error = saml.SamlStatusError(RESPONDER, "no identifier exists for this person at this service"
                                      " and the request does not allow creating one", INVALID_NAMEID_POLICY)
@@ -363,7 +388,7 @@ def answer_success(
         except saml.SamlStatusError as replayed:
             error = replayed
         return answer_error(settings=settings, keys=keys, request=request, error=error)
-    pseudonym = pseudonyms.get_or_create(
+    pseudonym = existing or pseudonyms.get_or_create(
         db_session=db_session,
         keys=keys,
         person_key=session.person_key,
@@ -378,7 +403,8 @@ def answer_success(
     # log, one commit and round trip fewer per answer (a participant whose answer then failed
     # only gets a logout it does not need)
     participants.record(db_session=db_session, session=session, sp=agency.entity_id, name_id=name_id,
-                        name_id_format=name_id_format)
+                        name_id_format=name_id_format,
+                        known=name_id == existing and session.agency == agency.entity_id and session.participant_known)
     # what leaves the hub in this answer lands in the person's history first (log before
     # disclose): the session's own writes commit, then the entry is durable (group commit),
     # with the request's ID in the replay cache (a request answered before is refused there)

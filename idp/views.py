@@ -108,7 +108,8 @@ def _answer_or_login(request: Request, db: Session, agency, authn: saml.AuthnReq
     entry, or here before any other answer (the parked request is answered after the login
     without it)."""
     settings = get_settings()
-    session = service.current_session(db_session=db, token=request.cookies.get(SESSION_COOKIE), settings=settings)
+    session = service.current_session(db_session=db, token=request.cookies.get(SESSION_COOKIE), settings=settings,
+                                      agency=agency.entity_id)
     if session is not None and not authn.force_authn:
         context = saml.context_for_level(authn.requested_context, service.session_level(session))
         if context is not None:

@@ -87,10 +87,16 @@ def agency_key_version(*, db_session: Session, keys: KeyStore, agency: str) -> i
 
 # The hot path's statements, built once: executed on the session's connection (the same
 # transaction) with only their parameters, they skip the ORM's per-statement work.
-_LIVE = select(Pseudonym.value).where(
-    Pseudonym.person_key == bindparam("person_key"), Pseudonym.agency == bindparam("agency"),
-    Pseudonym.revoked_at.is_(None),
-)
+def live_value_of(person_key, agency):
+    """The live pseudonym of `person_key` at `agency` (columns or bound parameters), as a
+    statement of its own or, `.scalar_subquery()`, inside another room's read (the IdP reads it
+    with the login session: one round trip for both)."""
+    return select(Pseudonym.value).where(
+        Pseudonym.person_key == person_key, Pseudonym.agency == agency, Pseudonym.revoked_at.is_(None),
+    ).limit(1)
+
+
+_LIVE = live_value_of(bindparam("person_key"), bindparam("agency"))
 _RESOLVE = select(Pseudonym.person_key, Pseudonym.agency, Pseudonym.key_version).where(
     Pseudonym.value == bindparam("value"), Pseudonym.agency == bindparam("agency"), Pseudonym.revoked_at.is_(None)
 )

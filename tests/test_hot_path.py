@@ -71,6 +71,52 @@ def test_revoked_pseudonyms_are_not_used(env):
             ps.resolve_with_holdings(db_session=db, agency=REQ, value=requester)
 
 
+def test_the_session_read_for_an_answer_equals_the_separate_reads(env):
+    """An SSO answer reads the login session, the person's live pseudonym at the agency and
+    whether the agency already took part under it in one statement: the same answers as the
+    separate reads, through a first visit, a recorded participant, a transient NameID, another
+    session and a revoked pseudonym."""
+    from idp import participants
+    from idp import service as idp
+    from idp.saml import NAMEID_PERSISTENT, NAMEID_TRANSIENT
+    from kernel.settings import get_settings
+
+    url, keys = env
+    settings = get_settings()
+
+    def read(token: str, agency: str):
+        with session_scope(url) as db:
+            both = idp.current_session(db_session=db, token=token, settings=settings, agency=agency)
+            alone = idp.current_session(db_session=db, token=token, settings=settings)
+            live = ps.find(db_session=db, person_key="person-4", agency=agency)
+            known = live is not None and db.connection().execute(participants._KNOWN, {
+                "session_id": alone.id, "sp": agency, "name_id": live}).first() is not None
+        assert (both.id, both.person_key, both.expires_at) == (alone.id, alone.person_key, alone.expires_at)
+        assert (both.agency, both.pseudonym, both.participant_known) == (agency, live, known)
+        return both
+
+    with session_scope(url) as db:
+        token = idp.start_session(db_session=db, settings=settings, person_key="person-4", level=2)
+        other = idp.start_session(db_session=db, settings=settings, person_key="person-4", level=2)
+    assert read(token, REQ).pseudonym is None  # a first visit: nothing yet
+    with session_scope(url) as db:
+        session = idp.current_session(db_session=db, token=token, settings=settings)
+        value = _pseudonym(db, keys, "person-4", REQ)
+        participants.record(db_session=db, session=session, sp=HOLDER_A, name_id=participants.new_transient(),
+                            name_id_format=NAMEID_TRANSIENT)  # a transient NameID is never "the pseudonym"
+    first = read(token, REQ)
+    assert first.pseudonym == value and not first.participant_known
+    with session_scope(url) as db:
+        participants.record(db_session=db, session=first, sp=REQ, name_id=value, name_id_format=NAMEID_PERSISTENT)
+    assert read(token, REQ).participant_known
+    assert not read(other, REQ).participant_known  # the same person's other session
+    assert not read(token, HOLDER_A).participant_known
+    with session_scope(url) as db:
+        ps.revoke(db_session=db, agency=REQ, value=value)
+    revoked = read(token, REQ)
+    assert revoked.pseudonym is None and not revoked.participant_known
+
+
 def test_a_serving_hub_keeps_its_startup_objects_out_of_the_collectors_sight(hub):
     """`gc.freeze` once the app is up: a full collection no longer walks every module, template
     and key the app holds for its life (a pause of up to ~150 ms that some request would wait
