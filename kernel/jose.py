@@ -223,7 +223,6 @@ def remember_client_assertion(*, db_session: Session, once: replay.Once) -> None
         raise ClientAuthFailed(ALREADY_USED) from None
 
 
-
 def _short_text(value: object, name: str, limit: int) -> str:
     """A claim that goes into a database lookup: a non-empty string within the column limit."""
     if not isinstance(value, str) or not value:
