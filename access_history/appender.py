@@ -151,7 +151,6 @@ class GroupAppender:
     def _write(self, batch: list[_Handed]) -> None:
         batch = _refuse_repeats_within(batch)
         error: BaseException | None = None
-        written = 0
         try:
             with self.engine.begin() as conn:
                 if conn.dialect.name == "postgresql":
