@@ -4,6 +4,7 @@ chose (a socket bound to port 0 and kept open, so no other process can take it m
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import threading
 import time
@@ -35,6 +36,13 @@ def listening_socket(host: str = "127.0.0.1") -> socket.socket:
 
 def port_of(sock: socket.socket) -> int:
     return sock.getsockname()[1]
+
+
+def agency_entity_id(port: int) -> str:
+    """A test agency's entity ID: its port and a random segment. The session's hub outlives
+    the agency servers of earlier test modules, whose ports the kernel hands out again, so a
+    port alone may name an agency that is already registered."""
+    return f"http://127.0.0.1:{port}/metadata/{secrets.token_hex(4)}"
 
 
 def serve_in_thread(app, sock: socket.socket) -> tuple[uvicorn.Server, threading.Thread]:

@@ -20,7 +20,7 @@ from lxml import etree
 
 from kernel.jose import sign_client_assertion
 from renkei.cli import main
-from tests.conftest import listening_socket, port_of, serve_in_thread
+from tests.conftest import agency_entity_id, listening_socket, port_of, serve_in_thread
 from tests.saml_sp import NS, post_form_fields
 
 RUN = uuid.uuid4().hex[:8]
@@ -64,7 +64,7 @@ class AgencyServer:
         sock = listening_socket()
         port = port_of(sock)
         self.config = AgencyConfig(
-            entity_id=f"http://127.0.0.1:{port}/metadata", name=name, base_url=f"http://127.0.0.1:{port}",
+            entity_id=agency_entity_id(port), name=name, base_url=f"http://127.0.0.1:{port}",
             hub_base_url=hub.base_url, key_dir=tmp_path / key, **extra,
         )
         md = tmp_path / f"{key}.xml"

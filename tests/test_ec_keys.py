@@ -29,7 +29,7 @@ from kernel.keys import EC_P256, RSA_2048, KeyProblem, KeyStore
 from kernel.settings import reset_settings
 from kernel.xml import ECDSA_SHA256, RSA_SHA256, SignatureInvalid, parse_xml, verify_signed
 from renkei_provider import TokenSignatureInvalid, TokenVerifier, hub_signing_certificates
-from tests.conftest import listening_socket, port_of, serve_in_thread
+from tests.conftest import agency_entity_id, listening_socket, port_of, serve_in_thread
 from tests.saml_sp import NS, Browser, TestSP, post_form_fields, response_from_page
 from tests.test_keys import ServedHub, certificate, der, new_env, ok, published
 
@@ -195,7 +195,7 @@ def test_python3_saml_logs_in_against_the_ec_idp_over_http(fed, tmp_path):
 
     sock = listening_socket()
     port = port_of(sock)
-    config = AgencyConfig(entity_id=f"http://127.0.0.1:{port}/metadata", name="EC 市役所",
+    config = AgencyConfig(entity_id=agency_entity_id(port), name="EC 市役所",
                           base_url=f"http://127.0.0.1:{port}", hub_base_url=fed.base_url, key_dir=tmp_path / "agency")
     md = tmp_path / "agency.xml"
     md.write_text(sp_metadata(config))

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from renkei.cli import main
-from tests.conftest import listening_socket, port_of, serve_in_thread
+from tests.conftest import agency_entity_id, listening_socket, port_of, serve_in_thread
 from tests.saml_sp import post_form_fields
 
 
@@ -21,7 +21,7 @@ class AgencyServer:
         sock = listening_socket()
         port = port_of(sock)
         self.config = AgencyConfig(
-            entity_id=f"http://127.0.0.1:{port}/metadata", name=name,
+            entity_id=agency_entity_id(port), name=name,
             base_url=f"http://127.0.0.1:{port}", hub_base_url=hub.base_url, key_dir=tmp_path / key,
         )
         md = tmp_path / f"{key}.xml"

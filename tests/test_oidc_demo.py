@@ -8,7 +8,7 @@ import re
 import httpx
 import pytest
 
-from tests.conftest import listening_socket, port_of, serve_in_thread
+from tests.conftest import agency_entity_id, listening_socket, port_of, serve_in_thread
 from tests.test_oidc import cli
 
 PASSWORD = "demo oidc person's password"
@@ -22,7 +22,7 @@ def pension(hub, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("oidc-demo")
     sock = listening_socket()
     port = port_of(sock)
-    config = AgencyConfig(entity_id=f"http://127.0.0.1:{port}/metadata", name="年金事務所 (test)",
+    config = AgencyConfig(entity_id=agency_entity_id(port), name="年金事務所 (test)",
                           base_url=f"http://127.0.0.1:{port}", hub_base_url=hub.base_url, key_dir=tmp / "pension")
     md = tmp / "pension.json"
     md.write_bytes(client_metadata_json(config))

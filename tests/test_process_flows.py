@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from kernel.jose import sign_client_assertion
-from tests.conftest import listening_socket, port_of, serve_in_thread
+from tests.conftest import agency_entity_id, listening_socket, port_of, serve_in_thread
 from tests.test_demo_lookups import AgencyServer, cli
 
 RUN = uuid.uuid4().hex[:8]
@@ -308,7 +308,7 @@ def test_a_broken_provider_fails_conformance_with_readable_reasons(federation, h
     f = federation
     sock = listening_socket()
     port = port_of(sock)
-    config = AgencyConfig(entity_id=f"http://127.0.0.1:{port}/metadata", name="careless (test)",
+    config = AgencyConfig(entity_id=agency_entity_id(port), name="careless (test)",
                           base_url=f"http://127.0.0.1:{port}", hub_base_url=hub.base_url,
                           key_dir=f["tmp"] / "careless", provides=(RESIDENT,))
     md = f["tmp"] / "careless.xml"
