@@ -40,7 +40,7 @@ from access_history.ledger import QUEUED
 from access_history.models import ACCESS_LOG, ENTRY_SEQUENCES, HistoryEntry, LogQueue
 from kernel import replay
 from kernel.background import nudge
-from kernel.replay import Once, ReplayDetected, SeenMessage
+from kernel.replay import Once, ReplayDetected
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ _BINARY = [c.name for c in _ENTRIES.columns if isinstance(c.type, LargeBinary)]
 # With message IDs to remember (`once`), a first CTE inserts them into the replay cache and
 # the entries' SELECT keeps the rows whose ID it inserted (data-modifying CTEs see each other's
 # RETURNING): still one statement and one round trip for the batch.
-_SEEN = SeenMessage.__table__.name
+_SEEN = replay.SeenMessage.__table__.name
 
 
 def _postgres_batch(*, once: bool) -> str:
@@ -255,7 +255,7 @@ def _insert_sqlite(conn: Connection, batch: list[_Handed]) -> None:
         if handed.once is not None:
             params = {"issuer": handed.once.issuer, "message_id": handed.once.message_id,
                       "expires_at": handed.once.expires_at}
-            if conn.execute(replay.insert_statement("sqlite"), params).first() is None:
+            if conn.execute(replay.insert_statement(conn.dialect.name), params).first() is None:
                 handed.error = handed.once.refused()
     rows = [row for handed in batch if handed.error is None for row in handed.rows]
     if not rows:

@@ -44,8 +44,9 @@ Phases, for SQLite and then for PostgreSQL (a fresh database, created and droppe
                per request; --client httpx uses it) sends at 0.7 x the peak rate for the same
                duration on a fixed schedule, whatever the answers do, and measures latency from
                each request's SCHEDULED send time (no coordinated omission): p50, p99.
-    [c] in-process  the same work without HTTP: `verify_client_assertion` + the API's
-               agency lookup + `discovery.pipeline.discover` in one session per request,
+    [c] in-process  the same work without HTTP: `check_client_assertion` + the API's
+               agency lookup + `discovery.pipeline.discover` (the jti remembered with the
+               decisions' log entries, as the API does) in one session per request,
                time-boxed, one core; the server is stopped by then. Then the crypto floor:
                one RSA-2048 signature + two RSA-OAEP key transports + one ES256 check with
                the hub's own keys, the public-key work no implementation of this flow avoids.
@@ -711,12 +712,12 @@ def bench_open_loop(hub: Hub, fed: Federation, args, tmp: Path, server: subproce
 
 def bench_inprocess(hub: Hub, fed: Federation, seconds: float, profile: bool) -> dict:
     """What `POST /api/discovery/query` does after the body is parsed, on one core: the JWT
-    check (with the replay-cache insert), the requester lookup and `pipeline.discover` (which
-    commits the log) in one session, then base64 of the token."""
+    check, the requester lookup and `pipeline.discover` (which commits the log, the jti into
+    the replay cache in the same batch) in one session, then base64 of the token."""
     from discovery import pipeline
     from federation import service as agencies
     from kernel.db import dispose_engines, session_scope
-    from kernel.jose import sign_client_assertion, verify_client_assertion
+    from kernel.jose import check_client_assertion, sign_client_assertion
     from kernel.settings import get_settings, reset_settings
 
     os.environ.update(hub.env)
@@ -736,10 +737,10 @@ def bench_inprocess(hub: Hub, fed: Federation, seconds: float, profile: bool) ->
                 agency = agencies.lookup(db_session=db, entity_id=entity_id)
                 return agency.signing_keys if agency else ()
 
-            claims = verify_client_assertion(pool[i], keys_for=keys_for, audience=hub.query_url, db_session=db)
+            claims, once = check_client_assertion(pool[i], keys_for=keys_for, audience=hub.query_url)
             requester = agencies.lookup(db_session=db, entity_id=claims["iss"])
             decisions = pipeline.discover(db_session=db, settings=settings, requester=requester, person=person,
-                                          service_type=SERVICE_TYPE, task=TASK, info_type=INFO_TYPE)
+                                          service_type=SERVICE_TYPE, task=TASK, info_type=INFO_TYPE, once=once)
             return decisions[0].token_b64
 
     for i in range(20):  # warm-up: key loads, caches, connection pool
@@ -789,9 +790,8 @@ def crypto_floor(hub: Hub, fed: Federation, count: int = 300) -> dict:
 # (label, file path suffix, function name): the stages of one query, for the breakdown
 STAGES = [
     ("whole request (JWT check + discover)", "bench/discovery.py", "one"),
-    ("  client assertion: verify_client_assertion", "kernel/jose.py", "verify_client_assertion"),
+    ("  client assertion: check_client_assertion", "kernel/jose.py", "check_client_assertion"),
     ("    ES256 signature check", "kernel/jose.py", "_verifies"),
-    ("    replay cache insert (jti)", "kernel/replay.py", "remember_at_once"),
     ("  discover", "discovery/pipeline.py", "discover"),
     ("    resolve_subject (bootstrap + pseudonym)", "discovery/pipeline.py", "resolve_subject"),
     ("    service type and offerings (cached)", "discovery/pipeline.py", "_offerings_and_info_types"),
@@ -799,7 +799,8 @@ STAGES = [
     ("    _decide_offering (whitelist + policy)", "discovery/pipeline.py", "_decide_offering"),
     ("    provider pseudonyms", "pseudonym/service.py", "get_or_create_many"),
     ("    _log (history append: entry + queue row)", "discovery/pipeline.py", "_log"),
-    ("    commit (log before disclose)", "sqlalchemy/orm/session.py", "commit"),
+    ("    commit, then the log's batch with the jti (log before disclose)", "access_history/service.py",
+     "append_durably"),
     ("    _token_for (provider token)", "discovery/pipeline.py", "_token_for"),
     ("      encrypt_element (2x: NameID, local ID)", "kernel/xml/_enc.py", "encrypt_element"),
     ("      sign_enveloped", "kernel/xml/_dsig.py", "sign_enveloped"),

@@ -64,7 +64,7 @@ class Once:
         return self.issuer, self.message_id
 
     def refused(self) -> ReplayDetected:
-        return ReplayDetected(f"message {self.message_id!r} from {self.issuer} was already received")
+        return _seen_before(self.issuer, self.message_id)
 
 
 def remember_once(*, db_session: Session, once: Once | None) -> None:
@@ -96,8 +96,12 @@ def remember(*, db_session: Session, issuer: str, message_id: str, expires_at: d
     """Record a message ID once; raise ReplayDetected if it was already recorded."""
     params = {"issuer": issuer, "message_id": message_id, "expires_at": expires_at}
     if db_session.connection().execute(_insert(db_session), params).first() is None:
-        raise ReplayDetected(f"message {message_id!r} from {issuer} was already received")
+        raise _seen_before(issuer, message_id)
     sweep_now_and_then(db_session.connection())
+
+
+def _seen_before(issuer: str, message_id: str) -> ReplayDetected:
+    return ReplayDetected(f"message {message_id!r} from {issuer} was already received")
 
 
 def sweep_now_and_then(connection) -> None:
