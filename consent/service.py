@@ -38,7 +38,7 @@ from consent.models import (
     rule_in_force,
 )
 from federation import service as agencies
-from kernel.db import utcnow
+from kernel.db import serialize_writers, utcnow
 from kernel.keys import KeyStore
 
 # agency entity ID -> the classes it belongs to ("municipality", or "class:municipality")
@@ -334,6 +334,14 @@ def list_policy_versions(*, db_session: Session, person_key: str) -> list[Policy
     )
 
 
+def lock_policy(*, db_session: Session, person_key: str) -> None:
+    """Make the person's policy changes one at a time, until this transaction ends. A change is
+    computed from the policy in force (the portal's form, add_rule, remove_rule): call this
+    before reading it, so that of two changes at the same instant the second is computed from
+    the first's version, not beside it (one would be lost, or its version number taken)."""
+    serialize_writers(db_session, key=f"consent-policy {person_key}", table=_VERSIONS)
+
+
 def set_policy(
     *,
     db_session: Session,
@@ -350,6 +358,7 @@ def set_policy(
     receipt states it, so each caller names its own; there is no default to be wrong by.
     """
     at = naive_utc(at) if at else utcnow()
+    lock_policy(db_session=db_session, person_key=person_key)
     latest = db_session.scalar(
         select(func.max(PolicyVersion.version)).where(PolicyVersion.person_key == person_key)
     )
@@ -379,6 +388,7 @@ def add_rule(
     at: datetime | None = None,
 ) -> PolicyVersion:
     """A new policy version: the current rules plus `rule`."""
+    lock_policy(db_session=db_session, person_key=person_key)
     return set_policy(
         db_session=db_session,
         person_key=person_key,
@@ -401,6 +411,7 @@ def remove_rule(
     at: datetime | None = None,
 ) -> PolicyVersion:
     """A new policy version without rule `rule_id` of the current one (revoking it)."""
+    lock_policy(db_session=db_session, person_key=person_key)
     current = get_current_policy(db_session=db_session, person_key=person_key)
     rules = current.rules if current else []
     if not any(r.id == rule_id for r in rules):

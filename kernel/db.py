@@ -12,7 +12,18 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import BigInteger, Integer, MetaData, create_engine, event
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    MetaData,
+    Table,
+    create_engine,
+    event,
+    false,
+    func,
+    select,
+    update,
+)
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -67,6 +78,20 @@ def insert_or_ignore_in(dialect: str, entity):
     from sqlalchemy.dialects import postgresql, sqlite
 
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(entity).on_conflict_do_nothing()
+
+
+def serialize_writers(db_session: Session, *, key: str, table: Table) -> None:
+    """Hold, until the session's transaction ends, a lock that every other transaction asking
+    for the same `key` waits for, so that what it reads afterwards is what the previous holder
+    committed (a read-modify-write that two requests must not interleave). PostgreSQL: a
+    transaction-scoped advisory lock on the key's hash. SQLite, which has one writer: its
+    write lock, taken by an UPDATE of `table` that matches no row. Asking again in the same
+    transaction is harmless."""
+    if db_session.get_bind().dialect.name == "postgresql":
+        db_session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(key, 0))))
+        return
+    column = next(iter(table.primary_key.columns))
+    db_session.execute(update(table).where(false()).values({column.name: column}))
 
 
 # database connections per process unless set (Settings.db_pool_size, RENKEI_DB_POOL_SIZE)

@@ -153,6 +153,9 @@ def save_change(db_session: Session, session: PortalSession, owner: Owner, *, pr
     """Save a previewed change as a new policy version of `owner`; the ID of its signed receipt.
     Raises FormRefused for a form the portal cannot act on."""
     _check_form(session, csrf_token)
+    # the change is made to the policy in force when it is saved, not when it was previewed:
+    # another tab's change saved meanwhile stays (consent.lock_policy)
+    consent.lock_policy(db_session=db_session, person_key=owner.person_key)
     _, rules = _planned(_situation(db_session, owner.person_key), entry_id, change, valid_until)
     version = consent.set_policy(
         db_session=db_session, person_key=owner.person_key, rules=rules, principal_id=principal_id,

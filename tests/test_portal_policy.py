@@ -4,7 +4,10 @@ verifiable receipt collected by the portal and that the very next discovery quer
 pause and resume, end dates, CSRF, and nobody reading another person's receipt."""
 from __future__ import annotations
 
+import functools
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timedelta
 
 import httpx
@@ -178,6 +181,36 @@ def test_end_dates(hub, client, fed, bootstrap, entries):
                                                     "change": "deny", "valid_until": bad})
         assert saved.status_code == 400
     assert policy_version(fed) == before  # nothing written
+
+
+def confirm_form(client: httpx.Client, entry_id: int, how: str) -> dict[str, str]:
+    """The fields of a preview's confirm button, not yet pressed."""
+    page = preview(client, entry_id, how)
+    assert page.status_code == 200, page.text[:500]
+    confirm = re.search(r'<form method="post" action="/portal/policy">(.*?)</form>', page.text, re.DOTALL).group(1)
+    return dict(re.findall(r'name="([^"]+)" value="([^"]*)"', confirm))
+
+
+def press_together(start: threading.Barrier, browser: httpx.Client, form: dict[str, str]) -> httpx.Response:
+    start.wait(timeout=20)
+    return browser.post("/portal/policy", data=form)
+
+
+def test_changes_saved_at_once_each_make_a_version_and_none_is_lost(hub, client, fed, entries):
+    """Two tabs confirm two changes at the same instant: both are saved, one version after the
+    other, and the newer one holds both changes (no version is computed from a stale policy,
+    and the person sees no error)."""
+    second = httpx.Client(base_url=hub.base_url, cookies=client.cookies, follow_redirects=False, timeout=20)
+    for _ in range(4):
+        set_rules(fed)
+        before = policy_version(fed)
+        forms = [confirm_form(client, entries["JUMINHYO"], "deny"), confirm_form(client, entries["FUHYO"], "deny")]
+        start = threading.Barrier(2)
+        with ThreadPoolExecutor(2) as pool:
+            saved = list(pool.map(functools.partial(press_together, start), (client, second), forms))
+        assert [r.status_code for r in saved] == [303, 303], [r.text[:300] for r in saved]
+        assert policy_version(fed) == before + 2
+        assert setting(client, entries["JUMINHYO"]) == "deny" and setting(client, entries["FUHYO"]) == "deny"
 
 
 def test_forms_need_the_session_token(client, fed, entries):
