@@ -796,7 +796,7 @@ STAGES = [
     ("    resolve_subject (bootstrap + pseudonym)", "discovery/pipeline.py", "resolve_subject"),
     ("    service type and offerings (cached)", "discovery/pipeline.py", "_offerings_and_info_types"),
     ("    person + holdings + their pseudonyms (one statement)", "pseudonym/service.py", "resolve_with_holdings"),
-    ("    _decide_offering (whitelist + policy)", "discovery/pipeline.py", "_decide_offering"),
+    ("    whitelist + policy for every provider (one statement)", "consent/service.py", "decide_all"),
     ("    provider pseudonyms", "pseudonym/service.py", "get_or_create_many"),
     ("    _log (history append: entry + queue row)", "discovery/pipeline.py", "_log"),
     ("    commit, then the log's batch with the jti (log before disclose)", "access_history/service.py",

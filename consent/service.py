@@ -12,7 +12,22 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, or_, select, update
+from sqlalchemy import (
+    DateTime,
+    Integer,
+    String,
+    Text,
+    bindparam,
+    cast,
+    delete,
+    func,
+    literal,
+    null,
+    or_,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.orm import Session, joinedload
 
 from consent import receipts
@@ -566,15 +581,81 @@ def decide(
         requesters=question.requester_refs,
         providers=question.provider_refs,
     )
+    if entry is not None and policy is READ_FRESH:
+        # 2. the person (利用許諾ポリシー): read afresh for every query, so a change applies at once
+        policy = policy_in_force(db_session=db_session, person_key=person_key)
+    return _weighed(entry, question, policy)
+
+
+def _weighed(entry, question: _Question, policy: PolicyInForce | None) -> Decision:
+    """The decision on `question` under the whitelist `entry` found for it (None: none allows
+    it) and the person's `policy`."""
     if entry is None:
         return Decision(permitted=False, reason=DecisionReason.NO_WHITELIST_ENTRY,
                         whitelist_entry_id=None, policy_version=None)
-    # 2. the person (利用許諾ポリシー): read afresh for every query, so a change applies at once
-    if policy is READ_FRESH:
-        policy = policy_in_force(db_session=db_session, person_key=person_key)
     rules = [r for r in (policy.rules if policy else []) if _applies(r, question)]
     # 3. deny beats allow; the entry says whether the law overrides the person's no
     return _weigh(entry, policy.version if policy else None, rules)
+
+
+_ENTRY_ROWS = select(
+    literal("entry").label("kind"), _WHITELIST.c.id, _WHITELIST.c.requester, _WHITELIST.c.provider,
+    _WHITELIST.c.task_code, _WHITELIST.c.info_type_code, _WHITELIST.c.consent, _WHITELIST.c.legal_basis,
+    cast(null(), Integer).label("version"), cast(null(), String).label("effect"),
+    cast(null(), DateTime).label("valid_from"), cast(null(), DateTime).label("valid_until"),
+    cast(null(), Integer).label("position"),
+).where(
+    _WHITELIST.c.task_code == bindparam("task_code"),
+    _WHITELIST.c.info_type_code.in_(bindparam("info_type_codes", expanding=True)),
+    _WHITELIST.c.requester.in_(bindparam("requesters", expanding=True)),
+    _WHITELIST.c.provider.in_(bindparam("providers", expanding=True)),
+    _WHITELIST.c.retired_at.is_(None),
+)
+_RULE_ROWS = (
+    select(literal("rule").label("kind"), _RULES.c.id, _RULES.c.requester, _RULES.c.provider, _RULES.c.task_code,
+           _RULES.c.info_type_code, cast(null(), String).label("consent"), cast(null(), Text).label("legal_basis"),
+           _VERSIONS.c.version, _RULES.c.effect, _RULES.c.valid_from, _RULES.c.valid_until, _RULES.c.position)
+    .select_from(_VERSIONS.outerjoin(_RULES, _RULES.c.version_id == _VERSIONS.c.id))
+    .where(_VERSIONS.c.id == _NEWEST_VERSION)
+)
+# the live whitelist entries that may allow a query's exchanges and the person's newest policy,
+# in one round trip: rows of kind "entry" (any order) and "rule" (in the policy's order; one
+# with a NULL id if the newest version has no rules)
+_ENTRIES_AND_POLICY = union_all(_ENTRY_ROWS, _RULE_ROWS).order_by("kind", "position")
+
+
+def decide_all(
+    *,
+    db_session: Session,
+    person_key: str,
+    requester: str,
+    task_code: str,
+    exchanges: Sequence[tuple[str, str]],
+    classes_of: ClassResolver,
+    at: datetime | None = None,
+) -> dict[tuple[str, str], Decision]:
+    """`decide` for each (provider, information type) of one query, the law and the person's
+    policy read afresh in one statement: the decision for each, by that pair."""
+    questions = {(provider, code): _question(requester, provider, task_code, code, classes_of, at)
+                 for provider, code in exchanges}
+    if not questions:
+        return {}
+    rows = db_session.connection().execute(_ENTRIES_AND_POLICY, {
+        "task_code": task_code, "person_key": person_key,
+        "info_type_codes": sorted({code for _, code in questions}),
+        "requesters": sorted({r for q in questions.values() for r in q.requester_refs}),
+        "providers": sorted({p for q in questions.values() for p in q.provider_refs}),
+    }).all()
+    entries = [row for row in rows if row.kind == "entry"]
+    rules = [row for row in rows if row.kind == "rule"]
+    policy = PolicyInForce(rules[0].version, tuple(r for r in rules if r.id is not None)) if rules else None
+    decided = {}
+    for pair, question in questions.items():
+        requesters, providers = set(question.requester_refs), set(question.provider_refs)
+        entry = min((e for e in entries if e.info_type_code == question.info_type_code
+                     and e.requester in requesters and e.provider in providers), key=_specificity, default=None)
+        decided[pair] = _weighed(entry, question, policy)
+    return decided
 
 
 def _question(

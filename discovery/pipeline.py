@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
@@ -170,11 +170,13 @@ def discover(
     all_offerings, info_types = _offerings_and_info_types(db_session, service_type, info_type)
     held = subject.holdings  # read with the person: one round trip for person, holdings, pseudonyms
     offerings = location.offerings_for_person(offerings=all_offerings, holdings=held)
-    policy = consent.policy_in_force(db_session=db_session, person_key=subject.person_key)
-    decisions = [
-        _decide_offering(db_session, requester, subject, offering, task, info_types, now, policy)
-        for offering in offerings
-    ]
+    # the law and the person's policy for every provider and information type: one statement
+    decided = consent.decide_all(
+        db_session=db_session, person_key=subject.person_key, requester=requester.entity_id, task_code=task,
+        exchanges=[(o.provider, code) for o in offerings for code in info_types],
+        classes_of=_classes_of(db_session), at=now)
+    decisions = [_decide_offering(db_session, requester, subject, offering, task, info_types, now, decided=decided)
+                 for offering in offerings]
     # the providers' own pseudonyms, stored (if new) in the same transaction as the decisions
     provider_pseudonyms = pseudonyms.get_or_create_many(
         db_session=db_session, keys=keys, person_key=subject.person_key,
@@ -262,10 +264,12 @@ def _classes_of(db_session: Session) -> Callable[[str], set[str]]:
 
 def _decide_offering(db_session: Session, requester: RegisteredAgency, subject: Subject,
                      offering: location.OfferingView, task: str, info_types: list[str],
-                     now: datetime, policy=consent.READ_FRESH, *, needs_encryption: bool = True) -> OfferingDecision:
-    """Whitelist, then the person's policy, for every information type the offering discloses;
-    the offering is permitted only if every one is, and only to a provider that can decrypt
-    (unless nothing is encrypted for it, as when the hub relays an envelope)."""
+                     now: datetime, policy=consent.READ_FRESH, *, needs_encryption: bool = True,
+                     decided: Mapping[tuple[str, str], consent.Decision] | None = None) -> OfferingDecision:
+    """Whitelist, then the person's policy, for every information type the offering discloses
+    (or what `decided`, `consent.decide_all`'s answer, says of each); the offering is permitted
+    only if every one is, and only to a provider that can decrypt (unless nothing is encrypted
+    for it, as when the hub relays an envelope)."""
     provider = agencies.lookup(db_session=db_session, entity_id=offering.provider)
     result = OfferingDecision(
         provider=offering.provider, provider_name=provider.name if provider else offering.provider,
@@ -273,9 +277,10 @@ def _decide_offering(db_session: Session, requester: RegisteredAgency, subject: 
         security_mechanism=offering.security_mechanism, permitted=True, reason="", decision_id=new_id(),
     )
     for code in info_types:
-        d = consent.decide(db_session=db_session, person_key=subject.person_key, requester=requester.entity_id,
-                           provider=offering.provider, task_code=task, info_type_code=code,
-                           classes_of=_classes_of(db_session), at=now, policy=policy)
+        d = decided[offering.provider, code] if decided is not None else consent.decide(
+            db_session=db_session, person_key=subject.person_key, requester=requester.entity_id,
+            provider=offering.provider, task_code=task, info_type_code=code,
+            classes_of=_classes_of(db_session), at=now, policy=policy)
         result.per_info_type.append((code, d))
         if not d.permitted:
             break

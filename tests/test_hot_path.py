@@ -117,6 +117,77 @@ def test_the_session_read_for_an_answer_equals_the_separate_reads(env):
     assert revoked.pseudonym is None and not revoked.participant_known
 
 
+def test_a_querys_decisions_read_in_one_statement_equal_the_one_by_one_decisions(env):
+    """A discovery query decides all its (provider, information type) pairs from one statement
+    (`consent.decide_all`: the live whitelist entries and the person's newest policy): the same
+    decisions as `consent.decide` one by one, through entries naming an agency or its class, a
+    retired entry, no policy, rules in and out of force, deny beside allow, an override, and a
+    newest version without rules."""
+    from datetime import timedelta
+
+    from consent import service as consent
+    from consent.models import ConsentMode, Effect, PolicyRuleIn, WhitelistEntryIn
+    from consent.receipts import PiiController, ReceiptIssuer
+    from consent.whitelist_io import DEMO_WHITELIST, read_whitelist_file
+    from kernel.db import utcnow
+
+    url, keys = env
+    issuer = ReceiptIssuer(signing_key=keys.ensure_signing_key("consent"), policy_url="http://127.0.0.1/policy",
+                           controller=PiiController(url="http://127.0.0.1"))
+    city_a, city_b, insurer, electric = (f"http://127.0.0.1:{port}/metadata" for port in (8101, 8102, 8103, 8104))
+    classes = {city_a: {"municipality"}, city_b: {"municipality"}, insurer: {"health_insurer"},
+               electric: {"electricity_company"}}
+    person, now = "person-decide-all", utcnow()
+    entries = read_whitelist_file(DEMO_WHITELIST)
+    more = [WhitelistEntryIn(requester=city_b, provider="class:health_insurer", task_code="YOBO-KYUSAI",
+                             task_name="t", info_type_code="IRYO-HOKEN-KYUFU", info_type_name="i",
+                             legal_basis="City B's own entry beats its class's", consent=ConsentMode.REQUIRED),
+            WhitelistEntryIn(requester=city_a, provider=city_b, task_code="JUKI-TENNYU", task_name="t",
+                             info_type_code="JUMINHYO", info_type_name="i", legal_basis="to be retired",
+                             consent=ConsentMode.OVERRIDE)]
+    with session_scope(url) as db:
+        consent.import_whitelist(db_session=db, entries=entries)
+        for entry in more:
+            consent.create_whitelist_entry(db_session=db, entry=entry)
+        retired = consent.find_whitelist_entry(db_session=db, requester=city_a, provider=city_b,
+                                               task_code="JUKI-TENNYU", info_type_code="JUMINHYO", classes_of=classes)
+        retired.retired_at = now - timedelta(minutes=1)
+    agencies = list(classes)
+    tasks = sorted({e.task_code for e in entries})
+    info_types = sorted({e.info_type_code for e in entries}) + ["NOT-LISTED"]
+    day = timedelta(days=1)
+    policies = [
+        None,
+        [PolicyRuleIn(effect=Effect.ALLOW, provider="class:municipality", task_code="JUKI-TENNYU")],
+        [PolicyRuleIn(effect=Effect.DENY, requester=electric), PolicyRuleIn(effect=Effect.ALLOW),
+         PolicyRuleIn(effect=Effect.DENY, provider="class:health_insurer", info_type_code="IRYO-HOKEN-KYUFU")],
+        [PolicyRuleIn(effect=Effect.ALLOW, valid_from=now - 2 * day, valid_until=now - day),
+         PolicyRuleIn(effect=Effect.ALLOW, requester=city_a, valid_from=now - day, valid_until=now + day),
+         PolicyRuleIn(effect=Effect.DENY, provider=city_a, valid_from=now + day)],
+        [],
+    ]
+    compared = permitted = 0
+    for rules in policies:
+        if rules is not None:
+            with session_scope(url) as db:
+                consent.set_policy(db_session=db, person_key=person, rules=rules, principal_id="p",
+                                   collection_method="test-setup", issuer=issuer)
+        with session_scope(url) as db:
+            for requester in agencies:
+                for task in tasks:
+                    pairs = [(p, code) for p in agencies if p != requester for code in info_types]
+                    together = consent.decide_all(db_session=db, person_key=person, requester=requester,
+                                                  task_code=task, exchanges=pairs, classes_of=classes, at=now)
+                    one_by_one = {(p, code): consent.decide(
+                        db_session=db, person_key=person, requester=requester, provider=p, task_code=task,
+                        info_type_code=code, classes_of=classes, at=now) for p, code in pairs}
+                    assert together == one_by_one, (rules, requester, task)
+                    compared += len(pairs)
+                    permitted += sum(d.permitted for d in together.values())
+    assert compared == len(policies) * len(agencies) * len(tasks) * 3 * len(info_types)
+    assert 0 < permitted < compared  # the grid holds both answers, not only refusals
+
+
 def test_a_serving_hub_keeps_its_startup_objects_out_of_the_collectors_sight(hub):
     """`gc.freeze` once the app is up: a full collection no longer walks every module, template
     and key the app holds for its life (a pause of up to ~150 ms that some request would wait
