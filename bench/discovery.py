@@ -710,10 +710,11 @@ def bench_open_loop(hub: Hub, fed: Federation, args, tmp: Path, server: subproce
 
 # --- [c] in-process: the handler's work without HTTP -------------------------------------------
 
-def bench_inprocess(hub: Hub, fed: Federation, seconds: float, profile: bool) -> dict:
+def bench_inprocess(hub: Hub, fed: Federation, seconds: float, profile: str | None) -> dict:
     """What `POST /api/discovery/query` does after the body is parsed, on one core: the JWT
     check, the requester lookup and `pipeline.discover` (which commits the log, the jti into
-    the replay cache in the same batch) in one session, then base64 of the token."""
+    the replay cache in the same batch) in one session, then base64 of the token. `profile`:
+    the clock of a cProfile of it ("wall" or "cpu"), or None."""
     from discovery import pipeline
     from federation import service as agencies
     from kernel.db import dispose_engines, session_scope
@@ -751,7 +752,8 @@ def bench_inprocess(hub: Hub, fed: Federation, seconds: float, profile: bool) ->
                               limit=len(pool) - 2100 - offset)
     done = result["ops"]
     if profile:
-        result["profile"] = _profile(lambda i: one(offset + done + i), min(2000, len(pool) - offset - done - 1))
+        result["profile"] = _profile(lambda i: one(offset + done + i), min(2000, len(pool) - offset - done - 1),
+                                     profile)
     dispose_engines()
     return result
 
@@ -808,13 +810,16 @@ STAGES = [
 ]
 
 
-def _profile(fn, count: int) -> str:
+def _profile(fn, count: int, clock: str = "wall") -> str:
     import io
     import pstats
 
-    stats = pstats.Stats(harness.cprofile(fn, count))
+    prof = harness.cprofile(fn, count, clock)
+    if os.environ.get("RENKEI_BENCH_PSTATS"):  # the raw profile, for pstats' callers and callees
+        prof.dump_stats(os.environ["RENKEI_BENCH_PSTATS"])
+    stats = pstats.Stats(prof)
     lines = [(f"cProfile of {count} in-process queries: where one request's time goes "
-              f"(cumulative ms per request, profiler overhead included)")]
+              f"(cumulative {clock} ms per request, profiler overhead included)")]
     total = None
     for label, path, func in STAGES:
         cum = sum(v[3] for (file, _line, name), v in stats.stats.items()
@@ -986,7 +991,8 @@ def run_database(label: str, db_url: str, fed: Federation, args, tmp: Path, key_
                                                          "seen_messages"))
             + f" (rows: {store['rows']})")
     say("  [c] in-process, one core: JWT check + discover + commit, no HTTP (server stopped)")
-    inproc = bench_inprocess(hub, fed, args.inproc_seconds, args.profile and label == args.profile_db)
+    inproc = bench_inprocess(hub, fed, args.inproc_seconds,
+                             args.profile_clock if args.profile and label == args.profile_db else None)
     result["inproc_profile"] = inproc.pop("profile", None)
     result["inprocess"] = inproc
     say(f"      {inproc['ops']} decisions in {inproc['seconds']:.2f} s = {inproc['rate']:,.1f} decisions/s "
@@ -1181,6 +1187,9 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true",
                         help="cProfile the in-process phase (stage breakdown) and py-spy one worker during "
                              "the peak run (if py-spy is installed)")
+    parser.add_argument("--profile-clock", choices=("wall", "cpu"), default="wall",
+                        help="the in-process cProfile's clock: wall (database waits included) or the "
+                             "request thread's CPU time (waits and other threads left out)")
     parser.add_argument("--profile-db", choices=("sqlite", "postgresql"), default=None,
                         help="which database's run to profile (default: PostgreSQL unless skipped)")
     parser.add_argument("--flame", type=Path, default=None,
