@@ -388,7 +388,9 @@ def test_a_notice_is_relayed_in_an_envelope_and_waits_while_the_receiver_is_down
 
     f = federation
     city_a, city_b = f["city_a"].entity_id, f["city_b"].entity_id
-    power = AgencyServer(hub, f["tmp"], "power", "電力会社 (process test)", "electricity_company")
+    # ASCII names: the session's hub is shared, and other modules' portal pages (test_portal's
+    # English pages) list this entry, whose provider class holds their person's data too
+    power = AgencyServer(hub, f["tmp"], "power", "Power company (process test)", "electricity_company")
     inbox_urn, notice_task = f"urn:renkei:test-{RUN}:inbox", f"NOTICE-{RUN}"
     receiver = ReceiverServer("power", EnvelopeReceiver(hub_keys=hub_certificates()))
     receiver.start()
@@ -399,8 +401,8 @@ def test_a_notice_is_relayed_in_an_envelope_and_waits_while_the_receiver_is_down
                                   endpoint=receiver.url)
             consent.create_whitelist_entry(db_session=db, entry=WhitelistEntryIn(
                 requester=power.entity_id, provider="class:municipality", task_code=notice_task,
-                task_name=notice_task, info_type_code="TENKYO", info_type_name="転居先",
-                legal_basis="本人同意 (test)", consent="required"))
+                task_name=notice_task, info_type_code="TENKYO", info_type_name="new address",
+                legal_basis="the person's consent (test)", consent="required"))
             consent.set_policy(collection_method="test-setup", db_session=db, person_key=f["person_key"],
                                principal_id=USERNAME, rules=[
                                    PolicyRuleIn(effect="allow", requester=city_b),
