@@ -27,7 +27,9 @@ from access_history.errors import LogWriteFailed
 from access_history.models import (
     ACCESS_LOG,
     OPERATIONS_LOG,
+    Channel,
     EntryIn,
+    EntryKind,
     HistoryEntry,
     LogLeaf,
     OperationEntry,
@@ -316,6 +318,38 @@ def timeline(*, db_session: Session, person_key: str, limit: int = 50, cursor: s
     entries = [TimelineEntry(r, r.sealed_until is not None and r.sealed_until > now) for r in rows]
     next_cursor = Cursor(rows[-1].recorded_at, rows[-1].id).encode() if more and rows else None
     return Page(entries, next_cursor)
+
+
+# what became of an electronic envelope the hub relayed (entries of kind relay, beside the
+# decision that let it go): the hub's own disclosure to the receiver, or its failure
+DELIVERED = "DELIVERED"  # the receiver acknowledged it (received, or a copy of one it had)
+REJECTED_BY_RECEIVER = "REJECTED_BY_RECEIVER"  # the receiver got it and did not accept it
+NOT_DELIVERED = "NOT_DELIVERED"  # the receiver never took it before the copy's keeping period ended
+RELAY_OUTCOMES = (DELIVERED, REJECTED_BY_RECEIVER, NOT_DELIVERED)
+
+
+def record_relay_outcome(*, db_session: Session, decision_id: str, outcome: str, provided_at: datetime | None,
+                         detail: dict[str, Any]) -> HistoryEntry | None:
+    """Record, in the caller's transaction, what became of a relayed envelope: an entry of kind
+    relay with its decision's facts (who, whom, what, why, the query) and when the receiver was
+    given it (`provided_at`, None if it never was). None if the decision is no longer in the
+    history (retention removed it)."""
+    if outcome not in RELAY_OUTCOMES:
+        raise ValueError(f"a relay outcome is one of {', '.join(RELAY_OUTCOMES)}")
+    decision = db_session.scalars(select(HistoryEntry).where(
+        HistoryEntry.decision_id == decision_id, HistoryEntry.kind == EntryKind.DECISION.value)
+        .order_by(HistoryEntry.id).limit(1)).first()
+    if decision is None:
+        return None
+    return append(db_session=db_session, entry=EntryIn(
+        kind=EntryKind.RELAY, channel=Channel.RELAY, owner=decision.owner, requester=decision.requester,
+        provider=decision.provider, person_key=decision.person_key, task_code=decision.task_code,
+        info_type_code=decision.info_type_code, outcome=outcome, decision_id=decision_id,
+        permitted=decision.permitted, staff=decision.staff, legal_basis=decision.legal_basis,
+        whitelist_entry=decision.whitelist_entry, person_rule=decision.person_rule, overridden=decision.overridden,
+        asked_at=decision.asked_at, provided_at=provided_at, query_id=decision.query_id,
+        query_group_id=decision.query_group_id, sealed_until=decision.sealed_until,
+        sealed_reason=decision.sealed_reason, detail=detail))
 
 
 def entries_for_decision(*, db_session: Session, decision_id: str) -> list[HistoryEntry]:

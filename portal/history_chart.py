@@ -10,12 +10,14 @@ from datetime import datetime
 from access_history.person import MonthCount, month_starts
 
 # outcome codes grouped into what a person asks: given, given by law over my no, not given,
-# the provider reported it, something does not match (message IDs of the portal's catalogs)
+# the provider reported it, the hub delivered it, something does not match (message IDs of the
+# portal's catalogs)
 GROUPS: tuple[tuple[str, str, str], ...] = (
     ("permitted", "提供された", "#2b6cb0"),
     ("overridden", "拒否に関わらず法律により提供", "#b7791f"),
     ("refused", "提供されなかった", "#718096"),
     ("reported", "提供機関の報告", "#2f855a"),
+    ("delivered", "ハブが届けた", "#2c7a7b"),
     ("anomaly", "不一致", "#c53030"),
 )
 _GROUP_OF = {
@@ -24,6 +26,7 @@ _GROUP_OF = {
     "DENIED_BY_PERSON": "refused", "CONSENT_NOT_GIVEN": "refused", "NO_WHITELIST_ENTRY": "refused",
     "NO_ENCRYPTION_KEY": "refused",
     "DISCLOSED": "reported",
+    "DELIVERED": "delivered", "REJECTED_BY_RECEIVER": "delivered", "NOT_DELIVERED": "refused",
 }
 WIDTH, HEIGHT, LEFT, BOTTOM, TOP = 720, 240, 40, 30, 10
 

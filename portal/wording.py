@@ -17,6 +17,10 @@ OUTCOMES: dict[str, str] = {
     "UNMATCHED_DISCLOSURE": "許可の記録がない提供が報告されました（不一致）",
     "DISCLOSED_DESPITE_REFUSAL": "拒否された照会への提供が報告されました（不一致）",
     "OUTSIDE_PERMITTED_INFO_TYPES": "許可されていない情報の提供が報告されました（不一致）",
+    # an electronic envelope the hub relayed (access_history.service.RELAY_OUTCOMES)
+    "DELIVERED": "ハブが受け取る機関に届けました",
+    "REJECTED_BY_RECEIVER": "ハブが届けましたが、受け取った機関は受理しませんでした",
+    "NOT_DELIVERED": "受け取る機関に届かないまま保管期間が過ぎ、提供されませんでした",
 }
 
 TITLES = ("概要", "情報の所在", "やりとり履歴", "ログアウト", "ログインできませんでした",

@@ -5,8 +5,8 @@ there is no second counter to drift.
 
 One row per (month, requester, provider, process): `queries` is the number of decisions (one
 per provider asked, whatever the number of information types), `permitted` and `refused` split
-them, `provided` counts the disclosures the providers reported. A query outside any process
-run is billed under the process `-`.
+them, `provided` counts the disclosures the providers reported and the envelopes the hub
+delivered for them (relay). A query outside any process run is billed under the process `-`.
 """
 from __future__ import annotations
 
@@ -72,13 +72,14 @@ def _count(db_session: Session, month: str, entries: Iterable[dict]) -> list[Met
     provided: Counter = Counter()
     for e in entries:
         key = (e["requester"], e["provider"])
-        if e["kind"] in ("decision", "relay"):
+        if e["kind"] == "decision":
             # several entries (one per information type) make one decision; it is permitted
             # only if each of them is
             seen = decisions.get((*key, e["decision_id"]))
             permitted = bool(e["permitted"]) and (seen is None or seen[0])
             decisions[(*key, e["decision_id"])] = (permitted, e.get("query_group_id") or (seen and seen[1]))
-        elif e["kind"] == "disclosure":
+        elif e["kind"] == "disclosure" or (e["kind"] == "relay" and e.get("provided_at")):
+            # a provider's report, or an envelope the hub handed to its receiver
             provided[(*key, e["decision_id"])] += 1
     groups = {g for _, g in decisions.values() if g}
     process_of = _processes(db_session, groups)

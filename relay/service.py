@@ -26,6 +26,7 @@ from sqlalchemy import and_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, aliased
 
+from access_history import service as history
 from discovery import pipeline
 from discovery import service as location
 from discovery.errors import DiscoveryRefused, LogWriteFailed
@@ -456,19 +457,32 @@ def deliver(*, session_scope: Callable, settings: Settings, delivery_id: int,
         if row is None or row.state != QUEUED:
             return row.state if row is not None else "gone"
         row.claimed_until = None
+        row.attempts += 1
         if error is None:
             row.state = REJECTED if ack.status == env_format.REJECTED else DELIVERED
             row.ack_status, row.ack_remark = ack.status, ack.remark[:REMARK_MAX]
             row.ack_time = ack.time.astimezone(UTC).replace(tzinfo=None)
-            row.attempts += 1
+            # the receiver has it (even if it did not accept it): the hub disclosed it now
+            _record_outcome(db, row, history.REJECTED_BY_RECEIVER if row.state == REJECTED else history.DELIVERED,
+                            provided_at=now)
         else:
-            row.attempts += 1
             row.last_error = error
             if now >= row.keep_until:
                 row.state = EXPIRED
+                _record_outcome(db, row, history.NOT_DELIVERED, provided_at=None)
             else:
                 row.next_attempt_at = now + _backoff(settings, row.attempts)
         return row.state
+
+
+def _record_outcome(db_session: Session, row: RelayDelivery, outcome: str, *, provided_at: datetime | None) -> None:
+    """The delivery's end in the person's access history, in the transaction that records it
+    on the row: a delivery ends once, so it is recorded once (a resend is a delivery of its
+    own, recorded when it ends)."""
+    history.record_relay_outcome(
+        db_session=db_session, decision_id=row.decision_id, outcome=outcome, provided_at=provided_at,
+        detail={"receipt_number": row.receipt_number, "to": row.logical_to, "ack": row.ack_status,
+                "attempts": row.attempts})
 
 
 def run_deliveries(*, session_scope: Callable, settings: Settings, only: Sequence[int] | None = None,

@@ -185,10 +185,41 @@ def test_soap_envelope_is_routed_split_translated_resigned_and_delivered(hub, re
 
     # both decisions are in the access history: channel relay, one query, the group of the envelope
     entries = relay_entries([answer["tennyu-saki"]["decision_id"], answer["denryoku"]["decision_id"]])
+    decided = [e for e in entries if e.kind == "decision"]
     assert {e.channel for e in entries} == {"relay"} and all(e.permitted for e in entries)
     assert len({e.query_id for e in entries}) == 1 and all(e.query_group_id for e in entries)
-    assert {e.requester for e in entries} == {fed["b"].entity_id, fed["p"].entity_id}
+    assert {e.requester for e in decided} == {fed["b"].entity_id, fed["p"].entity_id}
     assert {e.provider for e in entries} == {fed["s"].entity_id}
+    # and so is each delivery, after its decision: the hub's own disclosure, with when it was made
+    delivered = [e for e in entries if e.kind == "relay"]
+    assert sorted((e.requester, e.outcome) for e in delivered) == sorted(
+        (fed[x].entity_id, "DELIVERED") for x in ("b", "p"))
+    for e in delivered:
+        decision = next(d for d in decided if d.decision_id == e.decision_id)
+        assert e.id > decision.id and e.provided_at is not None and e.provided_at >= decision.recorded_at
+        assert (e.person_key, e.task_code, e.info_type_code, e.query_id) == (
+            decision.person_key, decision.task_code, decision.info_type_code, decision.query_id)
+        assert json.loads(e.detail)["receipt_number"] == number and json.loads(e.detail)["ack"] == "received"
+
+    # the person reads it in the portal: the delivery's row says when the receiver was given it
+    from tests.test_portal import portal_login
+
+    browser = portal_login(hub, f"relay-{fed['tag']}", "relay person pass", "/portal/history")
+
+    def delivery_rows(page: str, text: str) -> list[str]:
+        return [row for row in (chunk.split("</tr>", 1)[0] for chunk in page.split("<tr")[1:]) if text in row]
+
+    wait_for(lambda: len(delivery_rows(browser.get("/portal/history").text, "ハブが受け取る機関に届けました")) == 2,
+             "both deliveries are on the person's history page")
+    for row in delivery_rows(browser.get("/portal/history").text, "ハブが受け取る機関に届けました"):
+        provided = row.split('<td class="provided">', 1)[1].split("</td>", 1)[0]
+        assert provided.strip() not in ("—", "") and "提供されていません" not in provided
+    browser.get("/portal/lang", params={"to": "en", "next": "/portal/history"})
+    try:
+        assert len(delivery_rows(browser.get("/portal/history").text,
+                                 "The hub delivered it to the receiving agency")) == 2
+    finally:
+        browser.get("/portal/lang", params={"to": "ja", "next": "/portal/"})
 
 
 def test_json_envelope_with_jws_department_signature_is_verified_by_pyjwt(hub, relay_fed):
@@ -246,7 +277,7 @@ def test_refused_forwarding_is_logged_and_acked_as_refused(hub, relay_fed):
     assert states["tennyu-saki"]["state"] == "delivered"  # the law overrides: consent=override
     assert states["denryoku"]["state"] == "refused" and states["denryoku"]["reason"] == "DENIED_BY_PERSON"
     assert all(n != number for _, n, _, _ in fed["servers"]["p"].deliveries)
-    [entry] = relay_entries([states["denryoku"]["decision_id"]])
+    [entry] = relay_entries([states["denryoku"]["decision_id"]])  # refused: decided, never delivered
     assert entry.channel == "relay" and entry.permitted is False and entry.outcome == "DENIED_BY_PERSON"
 
     # no whitelist entry for the receiver: refused, logged, never sent
@@ -370,10 +401,12 @@ def test_receiver_down_then_up_receives_everything_in_order_and_can_ask_for_a_re
     server.stop()
     numbers = [receipt() for _ in range(5)]
     try:
+        answers = []
         for n in numbers:
             r = submit_json(hub, fed, envelope_for(fed, n), asynchronous=True)
             assert r.status_code == 202, r.text
             assert {d["to"]: d["state"] for d in r.json()["deliveries"]}["tennyu-saki"] == "queued"
+            answers.append(r.json())
         # the hub keeps trying while the receiver is down
         status_url = f"{hub.base_url}/api/relay/envelopes/{numbers[0]}"
 
@@ -399,6 +432,23 @@ def test_receiver_down_then_up_receives_everything_in_order_and_can_ask_for_a_re
     assert r.status_code == 202 and r.json() == {"queued": 1}
     wait_for(lambda: any(s == E.DUPLICATE and n == numbers[0] for s, n, _, _ in server.deliveries),
              "the resent copy arrived")
+    # the first delivery and the resent copy are each in the access history
+    decision_id = next(d for d in answers[0]["deliveries"] if d["to"] == "tennyu-saki")["decision_id"]
+    wait_for(lambda: len([e for e in relay_entries([decision_id]) if e.kind == "relay"]) == 2,
+             "the resent copy's delivery was recorded")
+    assert [e.outcome for e in relay_entries([decision_id]) if e.kind == "relay"] == ["DELIVERED", "DELIVERED"]
+    # metering bills it as one query, permitted, provided once (from the signed history's export)
+    from kernel.db import utcnow
+    from process import metering
+    from tests.history_helpers import export_lines
+
+    lines = [json.loads(line) for line in export_lines(hub)]
+    mine = [line for line in lines if line.get("type") == "entry" and line["decision_id"] == decision_id]
+    assert sorted(line["kind"] for line in mine) == ["decision", "relay", "relay"]
+    with session_scope() as db:
+        [billed] = metering._count(db, utcnow().strftime("%Y-%m"), mine)
+    assert (billed.requester, billed.provider) == (fed["b"].entity_id, fed["s"].entity_id)
+    assert (billed.queries, billed.permitted, billed.refused, billed.provided) == (1, 1, 0, 1)
     # another agency cannot have it resent to itself
     r = httpx.post(url, json={"sender": fed["s"].entity_id, "receipt_number": numbers[0]},
                    headers={"Authorization": "Bearer " + client_assertion(fed["p"], url)})
@@ -514,6 +564,17 @@ def test_a_receiver_down_for_the_whole_keeping_period_ends_expired_and_the_copy_
             assert row.attempts >= 1 and "ConnectError" in row.last_error and row.state == "queued"
             row.keep_until = utcnow() - timedelta(seconds=1)  # the keeping period is over
         assert service.deliver(session_scope=scope, settings=short, delivery_id=delivery_id) == "expired"
+        [not_delivered] = [e for e in relay_entries([result.deliveries[0].decision_id]) if e.kind == "relay"]
+        assert not_delivered.outcome == "NOT_DELIVERED" and not_delivered.provided_at is None
+        from process import metering
+        from tests.history_helpers import export_lines
+
+        lines = [json.loads(line) for line in export_lines(hub)]
+        mine = [line for line in lines if line.get("type") == "entry"
+                and line["decision_id"] == result.deliveries[0].decision_id]
+        with session_scope() as db:
+            [billed] = metering._count(db, utcnow().strftime("%Y-%m"), mine)
+        assert (billed.queries, billed.permitted, billed.provided) == (1, 1, 0)  # decided, never provided
         with session_scope() as db:
             assert service.status(db_session=db, sender=fed["s"].entity_id,
                                   receipt_number=number).deliveries[0].state == "expired"
