@@ -34,7 +34,7 @@ from authlib.oidc.core import UserInfo, UserInfoEndpoint
 from authlib.oidc.core.grants import OpenIDCode
 from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet, RSAKey
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.orm import Session
 
 from federation import service as agencies
@@ -43,7 +43,7 @@ from idp import service as idp_service
 from idp.oidc import keys as op_keys
 from idp.oidc.models import OidcCode, OidcRpSession, OidcToken
 from kernel import replay
-from kernel.db import utcnow
+from kernel.db import insert_or_ignore_in, utcnow
 from kernel.jose import ClientAuthFailed, verify_client_assertion
 from kernel.keys import KeyStore
 from kernel.replay import SeenMessage
@@ -248,9 +248,7 @@ class CodeGrant(grants.AuthorizationCodeGrant):
         than once")."""
         if not isinstance(code, str) or len(code) > 128:
             return None
-        row = self.ctx.db_session.execute(
-            delete(OidcCode).where(OidcCode.id == _hash(code)).returning(*OidcCode.__table__.columns)
-        ).first()
+        row = self.ctx.db_session.connection().execute(_TAKE_CODE, {"id": _hash(code)}).first()
         if row is None:
             return None
         found = OidcCode(**row._mapping)
@@ -416,6 +414,25 @@ class Reply:
         self.headers = [(k, v) for k, v in self.headers if k.lower() != "location"] + [("Location", value)]
 
 
+_CODES, _TOKENS, _RP_SESSIONS = OidcCode.__table__, OidcToken.__table__, OidcRpSession.__table__
+# take a code out in one statement (single use: of two concurrent exchanges one gets the row)
+_TAKE_CODE = delete(_CODES).where(_CODES.c.id == bindparam("id")).returning(*_CODES.c)
+_RP_SID = select(_RP_SESSIONS.c.sid).where(_RP_SESSIONS.c.login_session_id == bindparam("login_session_id"),
+                                           _RP_SESSIONS.c.client_id == bindparam("client_id"))
+
+
+def _rp_sid(conn, user: Grantee, client_id: str, now: datetime) -> str:
+    """The `sid` this RP knows the login session by: the one it was told before, or a new one
+    (two exchanges at once for a new RP agree on the first one stored)."""
+    key = {"login_session_id": user.login_session_id, "client_id": client_id}
+    sid = conn.execute(_RP_SID, key).scalar()
+    if sid is None:
+        conn.execute(insert_or_ignore_in(conn.dialect.name, OidcRpSession).values(
+            **key, person_key=user.person_key, sid=secrets.token_urlsafe(24), created_at=now))
+        sid = conn.execute(_RP_SID, key).scalar_one()
+    return sid
+
+
 class HubServer(AuthorizationServer):
     """Authlib's authorization server, framework-free: requests come in as `HubRequest`, answers
     go out as `Reply` for the route to turn into a Starlette response."""
@@ -469,20 +486,14 @@ class HubServer(AuthorizationServer):
         disclose); add the discovery bootstrap token."""
         ctx, user, client = self.ctx, request.user, request.client
         now = utcnow()
-        ctx.db_session.add(OidcToken(
-            id=_hash(token["access_token"]), client_id=client.client_id, person_key=user.person_key,
-            login_session_id=user.login_session_id, scope=token.get("scope") or "", acr=user.acr,
-            auth_time=user.auth_time, expires_at=now + timedelta(seconds=TOKEN_LIFETIME)))
-        rp = ctx.db_session.scalar(select(OidcRpSession).where(
-            OidcRpSession.login_session_id == user.login_session_id, OidcRpSession.client_id == client.client_id))
-        if rp is None:
-            rp = OidcRpSession(login_session_id=user.login_session_id, client_id=client.client_id,
-                               person_key=user.person_key, sid=secrets.token_urlsafe(24))
-            ctx.db_session.add(rp)
-        user.extra["sid"] = rp.sid
+        conn = ctx.db_session.connection()  # prebuilt Core statements: no unit of work to flush
+        conn.execute(_TOKENS.insert(), {
+            "id": _hash(token["access_token"]), "client_id": client.client_id, "person_key": user.person_key,
+            "login_session_id": user.login_session_id, "scope": token.get("scope") or "", "acr": user.acr,
+            "auth_time": user.auth_time, "expires_at": now + timedelta(seconds=TOKEN_LIFETIME)})
+        user.extra["sid"] = _rp_sid(conn, user, client.client_id, now)
         idp_service.record_release(db_session=ctx.db_session, settings=ctx.settings, agency=client.client_id,
                                    person_key=user.person_key, authn_context=user.acr)
-        ctx.db_session.flush()
         # ID-WSF's bootstrap, as in the SAML assertion's DiscoveryEPR: lets the agency ask the
         # discovery service about this person by its own sub (docs/oidc.md)
         token["discovery_bootstrap"] = bootstrap.issue_bootstrap(
